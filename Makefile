@@ -1,0 +1,34 @@
+# effattn developer tasks. `make test` and `make bench` set up .venv on first use (idempotent).
+# torch is pinned to the CPU build that this machine's pip serves from disk; on a GPU machine
+# override it, e.g. `make TORCH_SPEC='torch==2.13.0 --index-url ...' test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.effattn-installed
+
+.PHONY: setup test test-fast bench report lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check $(TORCH_SPEC)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+bench: $(STAMP)
+	$(VENV)/bin/effattn bench --out results/bench-latest.jsonl
+	$(VENV)/bin/effattn report results/bench-latest.jsonl --out results/report-latest
+
+lint: $(STAMP)
+	$(PY) -m compileall -q effattn tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info

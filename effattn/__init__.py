@@ -1,0 +1,23 @@
+"""effattn: benchmark efficient attention fairly.
+
+    import effattn
+    attn = effattn.create_attention("sliding_window", window=128)
+    out = attn(q, k, v, causal=True)        # q, k, v: (batch, heads, seq, head_dim)
+"""
+from .errors import EffattnError, OptionError, UnknownAttentionError, UnsupportedError
+from .registry import (
+    Facts,
+    broken_plugins,
+    create_attention,
+    get_entry,
+    list_attention,
+    register_attention,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EffattnError", "OptionError", "UnknownAttentionError", "UnsupportedError", "Facts",
+    "broken_plugins", "create_attention", "get_entry", "list_attention", "register_attention",
+    "__version__",
+]

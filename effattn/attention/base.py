@@ -1,0 +1,107 @@
+"""What every built-in plugin shares: declared facts, option checks and the mask conventions of
+SEMANTICS.md (causal is top-left aligned `j <= i`; `key_padding_mask` is True at padding; a query
+row left with no key outputs zeros)."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..errors import OptionError, UnsupportedError
+
+
+class AttentionBase(nn.Module):
+    """Base for built-in plugins. Third-party plugins need not subclass it: the registry reads the
+    same facts, with defaults, from any class (see `effattn.registry.Facts`)."""
+
+    exact: bool = True
+    complexity: str = "O(n^2)"
+    supports_causal: bool = True
+    supports_padding: bool = True
+    supports_cross: bool = True
+    devices: tuple[str, ...] = ("cpu", "cuda")
+    dtypes: tuple[str, ...] = ("float32", "float64", "bfloat16", "float16")
+
+    #: which computation path the last forward took (recorded in results).
+    last_backend: str = "default"
+
+    def check_call(self, q, k, v, causal, key_padding_mask) -> None:
+        if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+            raise ValueError("q, k, v must be (batch, heads, seq, head_dim)")
+        if k.shape[:3] != v.shape[:3] or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
+            raise ValueError(f"incompatible shapes q{tuple(q.shape)} k{tuple(k.shape)} v{tuple(v.shape)}")
+        if causal and not self.supports_causal:
+            raise UnsupportedError(f"{type(self).__name__} does not support causal attention")
+        if key_padding_mask is not None:
+            if not self.supports_padding:
+                raise UnsupportedError(f"{type(self).__name__} does not support key_padding_mask")
+            if key_padding_mask.shape != (k.shape[0], k.shape[2]) or key_padding_mask.dtype != torch.bool:
+                raise ValueError(
+                    f"key_padding_mask must be bool (batch, n_k) = ({k.shape[0]}, {k.shape[2]}), "
+                    f"got {key_padding_mask.dtype} {tuple(key_padding_mask.shape)}"
+                )
+        if q.shape[2] != k.shape[2] and not self.supports_cross:
+            raise UnsupportedError(f"{type(self).__name__} does not support n_q != n_k (cross-attention)")
+
+
+# ----------------------------------------------------------------------------- option checks
+def check_int(name: str, value, lo: int, hi: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise OptionError(f"option {name} must be an integer, got {value!r}")
+    if value < lo or (hi is not None and value > hi):
+        rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise OptionError(f"option {name} must be {rng}, got {value}")
+    return value
+
+
+def check_float(name: str, value, lo: float, hi: float | None = None, lo_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise OptionError(f"option {name} must be a number, got {value!r}")
+    bad = value <= lo if lo_open else value < lo
+    if bad or (hi is not None and value > hi):
+        rng = (f"> {lo}" if lo_open else f">= {lo}") + ("" if hi is None else f" and <= {hi}")
+        raise OptionError(f"option {name} must be {rng}, got {value}")
+    return float(value)
+
+
+def check_choice(name: str, value, choices) -> str:
+    if value not in choices:
+        raise OptionError(f"option {name} must be one of {', '.join(map(str, choices))}; got {value!r}")
+    return value
+
+
+# ----------------------------------------------------------------------------- masks
+def causal_mask(n_q: int, n_k: int, device=None) -> torch.Tensor:
+    """(n_q, n_k) bool, True where j <= i (top-left aligned, as SDPA's is_causal)."""
+    i = torch.arange(n_q, device=device)[:, None]
+    j = torch.arange(n_k, device=device)[None, :]
+    return j <= i
+
+
+def combine_masks(pattern: torch.Tensor | None, key_padding_mask: torch.Tensor | None):
+    """Pattern (n_q, n_k) and padding (B, n_k, True = pad) -> allowed mask broadcastable to
+    (B, 1, n_q, n_k), or None when everything attends."""
+    mask = pattern
+    if key_padding_mask is not None:
+        keep = ~key_padding_mask[:, None, None, :]  # (B, 1, 1, n_k)
+        mask = keep if mask is None else (mask & keep)
+    return mask
+
+
+def guard_empty_rows(mask: torch.Tensor | None):
+    """A row with no allowed key would make softmax 0/0. Let such rows attend key 0 instead (so
+    every intermediate and gradient stays finite) and return a row multiplier that zeroes them.
+    Returns (mask, row_keep) where row_keep is None when no row is empty."""
+    if mask is None:
+        return None, None
+    has_key = mask.any(-1, keepdim=True)  # (..., n_q, 1)
+    if bool(has_key.all()):
+        return mask, None
+    first = torch.zeros(mask.shape[-1], dtype=torch.bool, device=mask.device)
+    first[0] = True
+    return mask | (~has_key & first), has_key
+
+
+def softmax_scale(head_dim: int) -> float:
+    return 1.0 / math.sqrt(head_dim)

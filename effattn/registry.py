@@ -1,0 +1,216 @@
+"""The attention registry: a dict, a decorator, wildcard listing and entry-point discovery.
+
+Modelled on timm's `_registry.py` (a dict filled by a decorator, `fnmatch` listing) and on
+pytest's `pytest11` entry-point group (third-party plugins found once, a broken one reported
+by name instead of breaking the rest).
+"""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import inspect
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Callable
+
+from .errors import OptionError, UnknownAttentionError
+
+ENTRY_POINT_GROUP = "effattn.attention"
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What a plugin declares about itself. Undeclared facts take these defaults, which are
+    deliberately modest: a minimal plugin (one class with a `forward`) is treated as an
+    approximate, non-causal, self-attention-only, unpadded plugin of unknown complexity, and the
+    conformance suite checks only what is claimed."""
+
+    exact: bool = False
+    complexity: str = "unknown"
+    supports_causal: bool = False
+    supports_padding: bool = False
+    supports_cross: bool = False
+    devices: tuple[str, ...] = ("cpu", "cuda")
+    dtypes: tuple[str, ...] = ("float32", "float64", "bfloat16", "float16")
+    description: str = ""
+
+    @classmethod
+    def of(cls, target: Any) -> "Facts":
+        values = {}
+        for f in cls.__dataclass_fields__:
+            if hasattr(target, f):
+                v = getattr(target, f)
+                values[f] = tuple(v) if isinstance(v, (list, tuple)) else v
+        if "description" not in values:
+            doc = inspect.getdoc(target) or ""
+            values["description"] = doc.strip().splitlines()[0] if doc.strip() else ""
+        return cls(**values)
+
+
+@dataclass
+class PluginEntry:
+    name: str
+    target: Any  # an nn.Module subclass or a factory returning one
+    source: str = "builtin"  # "builtin", or "entry point (dist-name)"
+    facts: Facts = field(default_factory=Facts)
+
+    def availability(self, device: str = "cpu") -> str | None:
+        """None when the plugin can run on `device` here, else the reason it cannot."""
+        if device not in self.facts.devices:
+            return f"unavailable: does not run on {device}"
+        probe = getattr(self.target, "availability", None)
+        if callable(probe):
+            try:
+                return probe(device)
+            except Exception as e:  # a broken probe must not break listing
+                return f"unavailable: availability check failed ({type(e).__name__}: {e})"
+        return None
+
+
+_REGISTRY: dict[str, PluginEntry] = {}
+_BROKEN: dict[str, str] = {}
+_entry_points_loaded = False
+
+
+def register_attention(name: str, *, source: str = "builtin") -> Callable:
+    """Decorator: `@register_attention("sliding_window")` on an nn.Module class or a factory."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"attention name must be an identifier, got {name!r}")
+
+    def deco(target):
+        old = _REGISTRY.get(name)
+        if old is not None:
+            if old.target is target:
+                return target  # the same object met again (decorator + entry point): fine
+            raise ValueError(
+                f"attention {name!r} is already registered by {old.source} "
+                f"({_qualname(old.target)}); cannot register {_qualname(target)} under that name"
+            )
+        _REGISTRY[name] = PluginEntry(name, target, source, Facts.of(target))
+        return target
+
+    return deco
+
+
+def _qualname(obj) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
+
+
+def load_entry_points(force: bool = False) -> None:
+    """Import third-party plugins from the `effattn.attention` entry-point group, once."""
+    global _entry_points_loaded
+    if _entry_points_loaded and not force:
+        return
+    _entry_points_loaded = True
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = getattr(getattr(ep, "dist", None), "name", None) or "?"
+        if ep.name in _REGISTRY and _REGISTRY[ep.name].source != "builtin" and not force:
+            continue
+        try:
+            target = ep.load()
+        except Exception as e:  # noqa: BLE001 - any import failure makes the plugin broken
+            _BROKEN[ep.name] = f"{ep.value} failed to import: {type(e).__name__}: {e}"
+            continue
+        old = _REGISTRY.get(ep.name)
+        if old is not None and old.target is target:
+            old.source = f"entry point ({dist})"
+            continue
+        try:
+            register_attention(ep.name, source=f"entry point ({dist})")(target)
+        except ValueError as e:
+            _BROKEN[ep.name] = str(e)
+        else:
+            _BROKEN.pop(ep.name, None)
+
+
+def _ensure_loaded() -> None:
+    from . import attention  # noqa: F401  - registers the built-ins
+
+    load_entry_points()
+
+
+def list_attention(pattern: str = "*") -> list[str]:
+    """Registered names matching a shell-style wildcard, sorted."""
+    _ensure_loaded()
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
+
+
+def broken_plugins() -> dict[str, str]:
+    """Entry points that failed to load, with the reason."""
+    _ensure_loaded()
+    return dict(_BROKEN)
+
+
+def get_entry(name: str) -> PluginEntry:
+    _ensure_loaded()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        pass
+    if name in _BROKEN:
+        raise UnknownAttentionError(f"attention {name!r} is installed but broken: {_BROKEN[name]}")
+    close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(sorted(_REGISTRY))}"
+    raise UnknownAttentionError(f"unknown attention {name!r}{hint}")
+
+
+def option_names(target) -> tuple[list[str], bool]:
+    """The keyword options a plugin takes, and whether it also takes **kwargs."""
+    if inspect.isclass(target) and _inherits_generic_init(target):
+        return [], False
+    fn = target.__init__ if inspect.isclass(target) else target
+    params = list(inspect.signature(fn).parameters.values())
+    if inspect.isclass(target):
+        params = params[1:]  # self
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return names, any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+def _inherits_generic_init(cls) -> bool:
+    """True when a class takes no options of its own (its __init__ is object's or nn.Module's,
+    whose `*args, **kwargs` would otherwise hide unknown options)."""
+    import torch.nn
+
+    return cls.__init__ in (object.__init__, torch.nn.Module.__init__)
+
+
+def option_defaults(target) -> dict[str, Any]:
+    if inspect.isclass(target) and _inherits_generic_init(target):
+        return {}
+    fn = target.__init__ if inspect.isclass(target) else target
+    return {
+        p.name: p.default
+        for p in inspect.signature(fn).parameters.values()
+        if p.default is not inspect.Parameter.empty
+    }
+
+
+def create_attention(name: str, **options):
+    """Build the plugin `name` with its validated options."""
+    entry = get_entry(name)
+    names, var_kw = option_names(entry.target)
+    unknown = [k for k in options if k not in names]
+    if unknown and not var_kw:
+        valid = ", ".join(names) if names else "none"
+        raise OptionError(
+            f"attention {name!r} has no option {', '.join(map(repr, unknown))}; valid options: {valid}"
+        )
+    defaults = option_defaults(entry.target)
+    for k, v in options.items():
+        d = defaults.get(k)
+        # A CLI or config value of the wrong kind is named here rather than failing deep inside.
+        if isinstance(d, bool) and not isinstance(v, bool):
+            raise OptionError(f"attention {name!r}: option {k} must be true or false, got {v!r}")
+        if isinstance(d, int) and not isinstance(d, bool) and (isinstance(v, bool) or not isinstance(v, int)):
+            raise OptionError(f"attention {name!r}: option {k} must be an integer, got {v!r}")
+        if isinstance(d, float) and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise OptionError(f"attention {name!r}: option {k} must be a number, got {v!r}")
+    try:
+        module = entry.target(**options)
+    except OptionError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise OptionError(f"attention {name!r}: {e}") from None
+    module.attention_name = name
+    module.attention_options = dict(options)
+    return module

@@ -1,0 +1,47 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+
+
+@pytest.fixture(scope="session")
+def plugin_site(tmp_path_factory):
+    """Install the two third-party demo packages (one good, one broken) with pip into a private
+    folder, as a user would install a plugin package, and return that folder."""
+    target = tmp_path_factory.mktemp("site")
+    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+           "--disable-pip-version-check", "--target", str(target),
+           str(HERE / "plugins" / "demo_good"), str(HERE / "plugins" / "demo_broken")]
+    subprocess.run(cmd, check=True, capture_output=True)
+    return target
+
+
+@pytest.fixture
+def with_plugins(plugin_site, monkeypatch):
+    """The registry as it is with the demo packages installed; restored afterwards."""
+    from effattn import registry
+
+    saved = dict(registry._REGISTRY), dict(registry._BROKEN)
+    monkeypatch.syspath_prepend(str(plugin_site))
+    registry.load_entry_points(force=True)
+    yield plugin_site
+    registry._REGISTRY.clear(), registry._REGISTRY.update(saved[0])
+    registry._BROKEN.clear(), registry._BROKEN.update(saved[1])
+    for m in [m for m in sys.modules if m.startswith("effattn_demo")]:
+        del sys.modules[m]
+
+
+def _run_cli(*args, env_extra=None, timeout=300, cwd=None):
+    env = dict(os.environ, **(env_extra or {}))
+    return subprocess.run([sys.executable, "-m", "effattn.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout, cwd=cwd)
+
+
+@pytest.fixture
+def run_cli():
+    """Run `effattn ...` in a fresh process, as a user would; returns the CompletedProcess."""
+    return _run_cli

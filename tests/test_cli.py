@@ -1,0 +1,49 @@
+import pytest
+
+import effattn
+
+
+def test_version(run_cli):
+    r = run_cli("--version")
+    assert r.returncode == 0 and effattn.__version__ in r.stdout
+
+
+def test_list_shows_builtins(run_cli):
+    r = run_cli("list")
+    assert r.returncode == 0, r.stderr
+    for n in ("full", "naive", "masked"):
+        assert f"\n{n} " in r.stdout
+    assert "complexity" in r.stdout and "available (cpu)" in r.stdout
+
+
+def test_info(run_cli):
+    r = run_cli("info")
+    assert r.returncode == 0 and "torch" in r.stdout and "threads" in r.stdout
+
+
+def test_check_passes(run_cli):
+    r = run_cli("check", "full")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "exact_vs_reference" in r.stdout and "0 failed" in r.stdout
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["check", "fulll"], "did you mean full"),
+    (["check", "full:window=3"], "no option 'window'"),
+    (["check", "full:window"], "must be KEY=VALUE"),
+    (["check", "full", "--device", "cuda"], None),
+    (["nosuchcommand"], "No such command"),
+    (["list", "--bogus"], "No such option"),
+])
+def test_usage_errors_are_one_line_exit_2(run_cli, args, needle):
+    import torch
+
+    if args[-1] == "cuda" and torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    r = run_cli(*args)
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("effattn: error:"), r.stderr
+    assert "Traceback" not in r.stderr
+    if needle:
+        assert needle in lines[0]

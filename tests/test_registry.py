@@ -1,0 +1,85 @@
+import pytest
+import torch
+
+import effattn
+from effattn import registry
+from effattn.errors import OptionError, UnknownAttentionError
+
+
+def test_builtins_listed():
+    names = effattn.list_attention()
+    for n in ("full", "naive", "masked"):
+        assert n in names
+
+
+def test_wildcards():
+    assert effattn.list_attention("fu*") == ["full"]
+    assert effattn.list_attention("nothing*") == []
+
+
+def test_unknown_name_suggests_close_match():
+    with pytest.raises(UnknownAttentionError, match="did you mean full"):
+        effattn.create_attention("fulll")
+
+
+def test_unknown_option_names_valid_ones():
+    with pytest.raises(OptionError, match="valid options: none"):
+        effattn.create_attention("full", window=3)
+
+
+def test_register_conflict_and_same_object():
+    class A(torch.nn.Module):
+        def forward(self, q, k, v, causal=False, key_padding_mask=None):
+            return q
+
+    class B(A):
+        pass
+
+    try:
+        effattn.register_attention("zz_test_a")(A)
+        effattn.register_attention("zz_test_a")(A)  # the very same object again: fine
+        with pytest.raises(ValueError, match="already registered"):
+            effattn.register_attention("zz_test_a")(B)
+        with pytest.raises(ValueError, match="already registered"):
+            effattn.register_attention("full")(B)
+    finally:
+        registry._REGISTRY.pop("zz_test_a", None)
+
+
+def test_minimal_plugin_gets_default_facts():
+    class Minimal(torch.nn.Module):
+        def forward(self, q, k, v, causal=False, key_padding_mask=None):
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+    f = effattn.Facts.of(Minimal)
+    assert f.exact is False and f.supports_causal is False and f.complexity == "unknown"
+    # and the suite passes it on what it claims (nothing beyond plain self-attention)
+    from effattn.testing import check_attention
+
+    check_attention(Minimal())
+
+
+def test_factory_plugin_and_option_type_errors():
+    def make(scale: float = 1.0):
+        if scale <= 0:
+            raise ValueError(f"option scale must be > 0, got {scale}")
+        return effattn.create_attention("full")
+
+    try:
+        effattn.register_attention("zz_factory")(make)
+        assert effattn.create_attention("zz_factory", scale=2.0) is not None
+        with pytest.raises(OptionError, match="must be a number"):
+            effattn.create_attention("zz_factory", scale="big")
+        with pytest.raises(OptionError, match="must be > 0"):
+            effattn.create_attention("zz_factory", scale=-1.0)
+    finally:
+        registry._REGISTRY.pop("zz_factory", None)
+
+
+def test_bad_call_shapes_are_clear():
+    a = effattn.create_attention("full")
+    q = torch.randn(1, 2, 5, 4)
+    with pytest.raises(ValueError, match="key_padding_mask must be bool"):
+        a(q, q, q, key_padding_mask=torch.zeros(1, 5))
+    with pytest.raises(ValueError, match="batch, heads, seq, head_dim"):
+        a(q[0], q[0], q[0])
