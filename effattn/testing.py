@@ -165,9 +165,10 @@ def run_checks(
                     (out * g).sum().backward()
                     for nm, a, b in zip("qkv", (q32, k32, v32), (qr, kr, vr)):
                         if b.grad.norm() == 0:
-                            # exactly zero in float64 (e.g. n_k = 1): float32 roundoff is allowed
-                            small = 0.0 if a.grad is None else a.grad.abs().max().item()
-                            assert small <= 1e-6, f"{where}: gradient of {nm} should be 0, max |grad| {small:.1e}"
+                            # exactly zero in float64 (n_k = 1, or a window of 0): float32 roundoff
+                            # is allowed, measured against the scale of the value gradient.
+                            small = 0.0 if a.grad is None else float(a.grad.norm() / vr.grad.norm().clamp_min(1e-30))
+                            assert small <= EXACT_RTOL, f"{where}: gradient of {nm} should be 0, relative size {small:.1e}"
                             continue
                         e = _rel_err(a.grad, b.grad)
                         assert e <= EXACT_RTOL, f"{where}: gradient of {nm} relative error {e:.2e} > {EXACT_RTOL:g}"

@@ -1,2 +1,2 @@
 """Built-in attention plugins: importing this package registers them. One family per file."""
-from . import full, masked  # noqa: F401
+from . import bigbird, full, masked, sliding_window, sparse  # noqa: F401
