@@ -56,14 +56,16 @@ class PluginEntry:
 
     def availability(self, device: str = "cpu") -> str | None:
         """None when the plugin can run on `device` here, else the reason it cannot."""
-        if device not in self.facts.devices:
-            return f"unavailable: does not run on {device}"
         probe = getattr(self.target, "availability", None)
-        if callable(probe):
+        if callable(probe):  # the plugin's own reason is the most useful one
             try:
-                return probe(device)
+                why = probe(device)
             except Exception as e:  # a broken probe must not break listing
                 return f"unavailable: availability check failed ({type(e).__name__}: {e})"
+            if why:
+                return why
+        if device not in self.facts.devices:
+            return f"unavailable: does not run on {device}"
         return None
 
 

@@ -1,0 +1,68 @@
+"""Performer / FAVOR+ (Choromanski et al. 2021, arXiv:2009.14794).
+
+exp(q.k / sqrt(d)) ~= phi(q)^T phi(k) with positive random features
+phi(x) = exp(W x' - |x'|^2 / 2) / sqrt(m),  x' = x / d^(1/4),  W: m orthogonal Gaussian rows
+(blocks of d orthogonal rows, rescaled to chi-distributed norms), fixed by `seed`. Then the
+linear-attention sums of `linear.py`. Supports causal (chunked) and padding.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..registry import register_attention
+from .base import AttentionBase, check_int
+from .linear import linear_attention
+
+
+def orthogonal_gaussian(m: int, d: int, generator: torch.Generator) -> torch.Tensor:
+    blocks = []
+    for _ in range(-(-m // d)):
+        g = torch.randn(d, d, generator=generator, dtype=torch.float64)
+        qmat, _ = torch.linalg.qr(g)
+        blocks.append(qmat.T)
+    w = torch.cat(blocks)[:m]
+    norms = torch.randn(m, d, generator=generator, dtype=torch.float64).norm(dim=1)
+    return (w * norms[:, None]).float()
+
+
+@register_attention("performer")
+class PerformerAttention(AttentionBase):
+    """FAVOR+: positive orthogonal random features for the softmax kernel."""
+
+    exact = False
+    complexity = "O(n·m)"
+
+    def __init__(self, num_features: int = 256, seed: int = 0, orthogonal: bool = True, chunk: int = 64):
+        super().__init__()
+        self.num_features = check_int("num_features", num_features, 1)
+        self.seed = check_int("seed", seed, 0)
+        self.orthogonal = orthogonal
+        self.chunk = check_int("chunk", chunk, 1)
+        self._w: dict[int, torch.Tensor] = {}
+
+    def features(self, d: int) -> torch.Tensor:
+        if d not in self._w:
+            g = torch.Generator().manual_seed(self.seed)
+            if self.orthogonal:
+                self._w[d] = orthogonal_gaussian(self.num_features, d, g)
+            else:
+                self._w[d] = torch.randn(self.num_features, d, generator=g)
+        return self._w[d]
+
+    def _phi(self, x, w, per_row: bool):
+        x = x * x.shape[-1] ** -0.25
+        proj = x @ w.T                                          # (B, H, n, m)
+        # stabiliser: a constant that cancels in the ratio (detached, so no gradient path)
+        stab = (proj.amax(-1, keepdim=True) if per_row else proj.amax((-1, -2), keepdim=True)).detach()
+        return torch.exp(proj - x.square().sum(-1, keepdim=True) / 2 - stab) / self.num_features ** 0.5
+
+    def forward(self, q, k, v, causal: bool = False, key_padding_mask=None):
+        self.check_call(q, k, v, causal, key_padding_mask)
+        self.last_backend = "favor+"
+        w = self.features(q.shape[-1]).to(device=q.device, dtype=q.dtype)
+        fq = self._phi(q, w, per_row=True)
+        # keys: one constant per (batch, head), so every key is scaled alike and the constant
+        # cancels in num/den (up to eps). It is detached: even with causal, no gradient reaches a
+        # later key through it.
+        fk = self._phi(k, w, per_row=False)
+        return linear_attention(fq, fk, v, causal, key_padding_mask, 1e-6, self.chunk)

@@ -1,0 +1,59 @@
+"""xFormers `memory_efficient_attention` (Lefaudeux et al., facebookresearch/xformers) on CUDA.
+
+Exact softmax attention; causal through `LowerTriangularMask` (top-left aligned, as SEMANTICS.md),
+padding through an additive bias. Its kernels need CUDA: elsewhere it is listed as unavailable
+with the reason, and never imported.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..errors import UnsupportedError
+from ..registry import register_attention
+from .base import AttentionBase, causal_mask, guard_empty_rows
+
+
+@register_attention("xformers")
+class XFormersAttention(AttentionBase):
+    """xFormers memory-efficient exact attention (CUDA only)."""
+
+    complexity = "O(n^2)"
+    devices = ("cuda",)
+    dtypes = ("float32", "bfloat16", "float16")
+
+    @staticmethod
+    def availability(device: str = "cuda") -> str | None:
+        if device != "cuda" or not torch.cuda.is_available():
+            return "unavailable: needs CUDA"
+        try:
+            import xformers.ops  # noqa: F401
+        except Exception as e:  # noqa: BLE001
+            return f"unavailable: xformers not importable ({type(e).__name__}: {e}); pip install 'effattn[xformers]'"
+        return None
+
+    def dense_mask(self, n_q: int, n_k: int, causal: bool = False) -> torch.Tensor:
+        return causal_mask(n_q, n_k) if causal else torch.ones(n_q, n_k, dtype=torch.bool)
+
+    def forward(self, q, k, v, causal: bool = False, key_padding_mask=None):
+        self.check_call(q, k, v, causal, key_padding_mask)
+        why = self.availability(q.device.type)
+        if why:
+            raise UnsupportedError(f"xformers: {why}")
+        import xformers.ops as xops
+
+        self.last_backend = "xformers-cutlass"
+        qx, kx, vx = (t.transpose(1, 2) for t in (q, k, v))                 # (B, n, H, D)
+        if key_padding_mask is None:
+            bias = xops.LowerTriangularMask() if causal else None
+            return xops.memory_efficient_attention(qx, kx, vx, attn_bias=bias).transpose(1, 2)
+        B, H, n_q, n_k = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
+        allowed = ~key_padding_mask[:, None, None, :]
+        if causal:
+            allowed = allowed & causal_mask(n_q, n_k, q.device)
+        allowed, row_keep = guard_empty_rows(allowed.expand(B, H, n_q, n_k))
+        # xFormers wants the bias's last dim aligned to 8 elements: allocate wider, then slice.
+        pad = -(-n_k // 8) * 8
+        bias = torch.zeros(B, H, n_q, pad, device=q.device, dtype=q.dtype)[..., :n_k]
+        bias.masked_fill_(~allowed, float("-inf"))
+        out = xops.memory_efficient_attention(qx, kx, vx, attn_bias=bias).transpose(1, 2)
+        return out if row_keep is None else out * row_keep.to(out.dtype)
