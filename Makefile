@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.effattn-installed
 
-.PHONY: setup test test-fast bench report lint clean
+.PHONY: setup test test-fast bench lint clean
 
 setup: $(STAMP)
 
@@ -23,9 +23,9 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
+# The default sweep (every available built-in, n = 256..4k, fp32 forward); keeps the last run.
 bench: $(STAMP)
-	$(VENV)/bin/effattn bench --out results/bench-latest.jsonl
-	$(VENV)/bin/effattn report results/bench-latest.jsonl --out results/report-latest
+	$(VENV)/bin/effattn bench --out results/bench-latest.jsonl --overwrite
 
 lint: $(STAMP)
 	$(PY) -m compileall -q effattn tests benchmarks

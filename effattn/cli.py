@@ -90,7 +90,7 @@ def check(variant, device, seq_lens):
 
 def _register_more():
     """Commands that live in their own modules (bench, report) attach here."""
-    for mod in ("effattn.bench.cli",):
+    for mod in ("effattn.bench.cli", "effattn.report"):
         try:
             __import__(mod)
         except ModuleNotFoundError as e:
@@ -118,4 +118,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m effattn.cli` runs this file as __main__; commands attach to the importable
+    # module's group, so hand over to it.
+    from effattn.cli import main as _main
+
+    _main()

@@ -1,0 +1,5 @@
+"""Sweeps: measure time, memory and error of attention variants across sequence lengths."""
+from .point import SweepSpec, measure_point
+from .sweep import run_sweep
+
+__all__ = ["SweepSpec", "measure_point", "run_sweep"]

@@ -1,0 +1,137 @@
+"""`effattn bench`: the sweep command. Attaches itself to the CLI group."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import click
+
+from ..cli import cli, fail
+
+DEFAULT_SEQ_LENS = "256,512,1k,2k,4k"
+
+
+def _default_variants(device: str) -> str:
+    from ..registry import get_entry, list_attention
+
+    return ",".join(n for n in list_attention() if get_entry(n).source == "builtin"
+                    and get_entry(n).availability(device) is None)
+
+
+def _check_dtype(device: str, dtype: str):
+    import torch
+
+    if dtype not in ("float32", "bfloat16", "float16", "float64"):
+        fail(f"--dtype {dtype!r}: choose float32, bfloat16, float16 or float64")
+    try:
+        a = torch.ones(8, 8, device=device, dtype=getattr(torch, dtype))
+        torch.nn.functional.scaled_dot_product_attention(a[None, None], a[None, None], a[None, None])
+    except Exception as e:  # noqa: BLE001
+        fail(f"--dtype {dtype} is not supported on {device}: {str(e).splitlines()[0]}")
+
+
+@cli.command()
+@click.option("--seq-lens", default=DEFAULT_SEQ_LENS, show_default=True, help="comma list; k = 1024")
+@click.option("--attn", "attn", default=None, help="NAME[:KEY=VALUE...] comma list [default: every available built-in]")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--dtype", default="float32", show_default=True)
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--heads", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--head-dim", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--causal", is_flag=True)
+@click.option("--mode", type=click.Choice(["fwd", "fwdbwd"]), default="fwd", show_default=True)
+@click.option("--level", type=click.Choice(["attention", "layer", "model"]), default="attention", show_default=True)
+@click.option("--out", "out_path", default=None, help="JSON-lines results file [default: results/bench-<time>.jsonl]")
+@click.option("--resume", is_flag=True, help="complete only the points missing from --out")
+@click.option("--overwrite", is_flag=True, help="replace an existing --out instead of refusing")
+@click.option("--isolate", is_flag=True, help="each point in its own process (a crash or OOM loses only it)")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=120.0, show_default=True,
+              help="seconds per point")
+@click.option("--memory-budget", default=None, help="e.g. 4GB: a point above it is recorded as oom")
+@click.option("--min-run-time", type=click.FloatRange(min=0, min_open=True), default=0.2, show_default=True,
+              help="seconds of timed repeats per point")
+@click.option("--no-error", is_flag=True, help="skip the error-vs-full columns")
+@click.option("--seed", type=int, default=0, show_default=True)
+def bench(seq_lens, attn, device, dtype, batch, heads, head_dim, causal, mode, level, out_path, resume, overwrite,
+          isolate, timeout_s, memory_budget, min_run_time, no_error, seed):
+    """Sweep sequence lengths and measure time, memory and error of attention variants."""
+    import torch
+
+    from ..results import load, summary
+    from ..spec import parse_seq_lens, parse_size, parse_variants
+    from .point import SweepSpec
+    from .sweep import run_sweep
+
+    # --- validate everything before touching any file
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        fail("--device cuda: CUDA is not available on this machine")
+    lens = parse_seq_lens(seq_lens)
+    variants = parse_variants(attn or _default_variants(device))
+    if len({v.label for v in variants}) != len(variants):
+        fail("--attn lists the same variant twice")
+    _check_dtype(device, dtype)
+    budget = parse_size(memory_budget) if memory_budget else None
+    if out_path is None:
+        out_path = os.path.join("results", time.strftime("bench-%Y%m%d-%H%M%S.jsonl"))
+    out_dir = os.path.dirname(os.path.abspath(out_path))
+    if not os.path.isdir(out_dir):
+        if out_path.startswith("results" + os.sep) and os.access(os.path.dirname(out_dir) or ".", os.W_OK):
+            os.makedirs(out_dir, exist_ok=True)
+        else:
+            fail(f"--out {out_path}: folder {out_dir} does not exist")
+    if os.path.isdir(out_path) or not os.access(out_dir, os.W_OK) or (
+            os.path.exists(out_path) and not os.access(out_path, os.W_OK)):
+        fail(f"--out {out_path}: cannot be written")
+    if os.path.exists(out_path) and os.path.getsize(out_path) and not (resume or overwrite):
+        fail(f"--out {out_path} already holds results; use --resume to complete it or --overwrite to replace it")
+    for v in variants:
+        why = __import__("effattn").get_entry(v.name).availability(device)
+        if why and attn:
+            fail(f"{v.label}: {why}")
+
+    spec = SweepSpec(seq_lens=lens, variants=variants, device=device, dtype=dtype, batch=batch, heads=heads,
+                     head_dim=head_dim, causal=causal, mode=mode, level=level, timeout_s=timeout_s,
+                     memory_budget_bytes=budget, min_run_time_s=min_run_time, error=not no_error, seed=seed)
+    click.echo(f"effattn bench: {len(variants)} variants x {len(lens)} lengths on {device} ({dtype}, {mode}, "
+               f"{level}) -> {out_path}", err=True)
+    try:
+        run_sweep(spec, out_path, resume=resume, isolate=isolate)
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: every finished point is in {out_path}; rerun with --resume to complete it",
+                   err=True)
+        sys.exit(130)
+    except OSError as e:
+        fail(f"cannot write results to {out_path}: {e.strerror or e}")
+
+    df = load(out_path)
+    df = df[(df["mode"] == mode) & (df["level"] == level) & (df["causal"] == causal)]
+    _print_summary(df, summary(df))
+    click.echo(f"\nresults: {out_path}  (effattn report {out_path})")
+
+
+def _print_summary(df, summ):
+    import pandas as pd
+
+    if df.empty:
+        click.echo("no points")
+        return
+    cell = df.apply(lambda r: f"{r['time_ms']:.2f}" if r["status"] == "ok" else r["status"], axis=1)
+    t = pd.DataFrame({"label": df["label"], "seq_len": df["seq_len"], "cell": cell}).pivot_table(
+        index="label", columns="seq_len", values="cell", aggfunc="last", sort=False)
+    click.echo("\ntime (ms) per sequence length")
+    click.echo(t.to_string())
+    mem = df[df["status"] == "ok"].pivot_table(index="label", columns="seq_len", values="peak_mem_bytes",
+                                               aggfunc="last", sort=False) / 2**20
+    click.echo("\npeak memory (MiB)")
+    click.echo(mem.round(1).to_string())
+    s = summ.copy()
+    fmt = lambda e, se: "-" if pd.isna(e) else (f"{e:.2f}" + ("" if pd.isna(se) else f" ± {se:.2f}"))
+    s["time exponent"] = [fmt(e, se) for e, se in zip(s["time_exponent"], s["time_exponent_se"])]
+    s["memory exponent"] = [fmt(e, se) for e, se in zip(s["mem_exponent"], s["mem_exponent_se"])]
+    cross = [c for c in s.columns if c.startswith("faster_than_")][0]
+    s[cross] = s[cross].map(lambda x: "-" if pd.isna(x) else str(int(x)))
+    click.echo("\nscaling (log-log fit)")
+    click.echo(s[["label", "time exponent", "memory exponent", "fit_from", cross, "points"]].to_string(index=False))

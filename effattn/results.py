@@ -1,0 +1,73 @@
+"""Results as data: load JSON-lines sweeps into a tidy DataFrame, fit scaling exponents."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+COLUMNS = ["run_id", "label", "variant", "seq_len", "status", "reason", "time_ms", "time_iqr_ms", "noisy",
+           "first_call_ms", "peak_mem_bytes", "gflops", "peak_fraction", "attended_pairs", "rel_err_vs_full",
+           "cosine_vs_full", "rel_err_vs_own_dense", "backend", "device", "dtype", "batch", "heads", "head_dim",
+           "causal", "mode", "level"]
+
+
+def load(*paths: str) -> pd.DataFrame:
+    """One row per point, units in the column names (time_ms, peak_mem_bytes, ...)."""
+    from .bench.sweep import read_rows
+
+    rows = [r for p in paths for r in read_rows(p)]
+    df = pd.DataFrame(rows)
+    for c in COLUMNS:
+        if c not in df.columns:
+            df[c] = None
+    if len(df):
+        df["seq_len"] = df["seq_len"].astype(int)
+        for c in ("time_ms", "time_iqr_ms", "peak_mem_bytes", "gflops", "rel_err_vs_full"):
+            df[c] = pd.to_numeric(df[c], errors="coerce")
+    return df[COLUMNS + [c for c in df.columns if c not in COLUMNS]]
+
+
+def fit_exponent(n, y) -> tuple[float, float]:
+    """Least-squares slope of log y against log n, with its standard error (NaN if < 2 points)."""
+    n, y = np.asarray(n, float), np.asarray(y, float)
+    ok = np.isfinite(y) & (y > 0)
+    n, y = n[ok], y[ok]
+    if len(n) < 2 or len(set(n)) < 2:
+        return math.nan, math.nan
+    x, z = np.log(n), np.log(y)
+    A = np.vstack([x, np.ones_like(x)]).T
+    coef, res, *_ = np.linalg.lstsq(A, z, rcond=None)
+    if len(n) > 2:
+        resid = z - A @ coef
+        se = math.sqrt((resid @ resid) / (len(n) - 2) / ((x - x.mean()) ** 2).sum())
+    else:
+        se = math.nan
+    return float(coef[0]), se
+
+
+def summary(df: pd.DataFrame, baseline: str = "full", min_fit_len: int = 1024) -> pd.DataFrame:
+    """Per variant: fitted time and memory exponents (lengths >= min_fit_len where there are at
+    least 3 such, else all), and the crossover length from which it is faster than `baseline`."""
+    ok = df[df["status"] == "ok"]
+    base = ok[ok["label"] == baseline].set_index("seq_len")["time_ms"] if baseline in set(ok["label"]) else None
+    out = []
+    for label, g in df.groupby("label", sort=False):
+        gk = g[g["status"] == "ok"].sort_values("seq_len")
+        fit = gk[gk["seq_len"] >= min_fit_len] if (gk["seq_len"] >= min_fit_len).sum() >= 3 else gk
+        te, tse = fit_exponent(fit["seq_len"], fit["time_ms"])
+        me, mse = fit_exponent(fit["seq_len"], fit["peak_mem_bytes"])
+        cross = None
+        if base is not None and label != baseline:
+            common = [n for n in gk["seq_len"] if n in base.index]
+            faster = [gk.set_index("seq_len").loc[n, "time_ms"] < base.loc[n] for n in common]
+            for i, n in enumerate(common):
+                if all(faster[i:]):
+                    cross = int(n)
+                    break
+        statuses = g["status"].value_counts().to_dict()
+        out.append({"label": label, "time_exponent": te, "time_exponent_se": tse, "mem_exponent": me,
+                    "mem_exponent_se": mse, "fit_from": int(fit["seq_len"].min()) if len(fit) else None,
+                    f"faster_than_{baseline}_from": cross,
+                    "points": ", ".join(f"{k} {v}" for k, v in statuses.items())})
+    return pd.DataFrame(out)

@@ -1,0 +1,174 @@
+"""`effattn bench`: results are data, bad input is one line and exit 2, resume completes exactly."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import effattn
+from effattn.bench import SweepSpec, measure_point, run_sweep
+from effattn.bench.measure import peak_memory_bytes
+from effattn.results import fit_exponent, load, summary
+from effattn.spec import Variant, parse_seq_lens, parse_size
+
+FAST = ["--min-run-time", "0.01", "--heads", "2", "--head-dim", "16"]
+
+
+def test_parse_seq_lens_and_sizes():
+    assert parse_seq_lens("256,1k,2K,512") == [256, 512, 1024, 2048]
+    assert parse_size("4GB") == 4 * 2**30 and parse_size("512MiB") == 512 * 2**20 and parse_size("100") == 100
+    for bad in ("0", "-5", "abc", "1.5k", ""):
+        with pytest.raises(effattn.EffattnError):
+            parse_seq_lens(bad)
+
+
+def test_fit_exponent_recovers_slope():
+    n = [256, 512, 1024, 2048]
+    e, se = fit_exponent(n, [3 * x**2 for x in n])
+    assert abs(e - 2) < 1e-9 and se < 1e-6
+    assert fit_exponent([256], [1.0])[0] != fit_exponent([256], [1.0])[0]  # NaN with one point
+
+
+def test_naive_peak_memory_is_at_least_the_score_matrix():
+    """CPU memory is measured, not guessed: naive at n = 2048, 8 heads holds 8 * 2048^2 floats."""
+    n = 2048
+    q, k, v = (torch.randn(1, 8, n, 64) for _ in range(3))
+    naive = effattn.create_attention("naive")
+    with torch.no_grad():
+        peak = peak_memory_bytes(lambda: naive(q, k, v), "cpu")
+    assert peak >= 8 * n * n * 4, peak
+
+
+def test_linear_memory_grows_linearly():
+    lin = effattn.create_attention("linear")
+    peaks = []
+    for n in (1024, 2048, 4096, 8192):
+        q, k, v = (torch.randn(1, 8, n, 64) for _ in range(3))
+        with torch.no_grad():
+            peaks.append(peak_memory_bytes(lambda: lin(q, k, v), "cpu"))
+    e, _ = fit_exponent([1024, 2048, 4096, 8192], peaks)
+    assert 0.85 < e < 1.15, (peaks, e)
+
+
+def test_point_row_is_complete_data():
+    spec = SweepSpec(seq_lens=[64], variants=[], heads=2, head_dim=16, min_run_time_s=0.01)
+    row = measure_point(spec, Variant("sliding_window", {"window": 8}), 64)
+    assert row["status"] == "ok", row
+    for col in ("time_ms", "time_iqr_ms", "time_raw_ms", "first_call_ms", "peak_mem_bytes", "gflops",
+                "attended_pairs", "rel_err_vs_full", "cosine_vs_full", "rel_err_vs_own_dense", "backend"):
+        assert row[col] is not None, col
+    assert row["rel_err_vs_own_dense"] < 1e-5  # the in-sweep bug detector
+    assert row["rel_err_vs_full"] > 1e-3       # a window of 8 at n = 64 is not full attention
+
+
+def test_unsupported_and_skipped_points(tmp_path):
+    out = tmp_path / "r.jsonl"
+    spec = SweepSpec(seq_lens=[32, 64], variants=[Variant("linformer", {"proj_len": 8, "max_len": 40}),
+                                                  Variant("full", {})],
+                     heads=2, head_dim=8, causal=False, min_run_time_s=0.01, memory_budget_bytes=1)
+    rows = run_sweep(spec, str(out), progress=False)
+    by = {(r["label"], r["seq_len"]): r for r in rows}
+    # over the budget at 32: recorded as oom, and 64 is skipped without being attempted
+    assert by[("full", 32)]["status"] == "oom" and by[("full", 64)]["status"] == "skipped"
+    spec2 = SweepSpec(seq_lens=[32], variants=[Variant("nystrom", {})], causal=True, heads=2, head_dim=8,
+                      min_run_time_s=0.01)
+    r = run_sweep(spec2, str(tmp_path / "c.jsonl"), progress=False)[0]
+    assert r["status"] == "unsupported" and "causal" in r["reason"]
+
+
+def _bench(run_cli, tmp_path, *args):
+    return run_cli("bench", *FAST, *args, cwd=str(tmp_path))
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--attn", "fulll"], "did you mean full"),
+    (["--attn", "sliding_window:windw=3"], "valid options: window, global_tokens"),
+    (["--attn", "sliding_window:window=-3"], "window must be >= 0"),
+    (["--seq-lens", "0"], "must be > 0"),
+    (["--seq-lens", "12x"], "not a positive integer"),
+    (["--heads", "0"], "--heads"),
+    (["--batch", "-1"], "--batch"),
+    (["--dtype", "int8"], "--dtype"),
+    (["--out", "/nonexistent-dir/x.jsonl"], "does not exist"),
+    (["--out", "."], "cannot be written"),
+    (["--memory-budget", "lots"], "not a number of bytes"),
+])
+def test_bad_input_is_one_line_exit_2_and_no_file(run_cli, tmp_path, args, needle):
+    r = _bench(run_cli, tmp_path, "--seq-lens", "64", "--out", "r.jsonl", *args) if "--out" not in args else \
+        _bench(run_cli, tmp_path, "--seq-lens", "64", *args)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_cuda_without_cuda_is_refused(run_cli, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    r = _bench(run_cli, tmp_path, "--device", "cuda", "--out", "r.jsonl")
+    assert r.returncode == 2 and "CUDA is not available" in r.stderr
+
+
+def test_existing_results_are_never_overwritten_silently(run_cli, tmp_path):
+    (tmp_path / "r.jsonl").write_text('{"label": "full"}\n')
+    r = _bench(run_cli, tmp_path, "--seq-lens", "64", "--attn", "full", "--out", "r.jsonl")
+    assert r.returncode == 2 and "--resume" in r.stderr
+    assert (tmp_path / "r.jsonl").read_text() == '{"label": "full"}\n'
+
+
+def test_interrupted_sweep_resumes_with_every_point_once(tmp_path):
+    out = tmp_path / "r.jsonl"
+    lens = "64,128,256,512,1024,2048"
+    cmd = [sys.executable, "-m", "effattn.cli", "bench", *FAST, "--min-run-time", "0.3", "--seq-lens", lens,
+           "--attn", "full,linear", "--out", str(out)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait for a few points, then interrupt as Ctrl-C would
+        if out.exists() and len(out.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert b"--resume" in err
+    before = [json.loads(line) for line in out.read_text().splitlines()]
+    assert 3 <= len(before) < 12
+    r = subprocess.run(cmd[:-2] + ["--out", str(out), "--resume", "--min-run-time", "0.01"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr
+    df = load(str(out))
+    keys = list(zip(df["label"], df["seq_len"]))
+    assert len(keys) == 12 and len(set(keys)) == 12  # every point exactly once
+    assert set(df["status"]) == {"ok"}
+    # the rows measured before the interruption are kept as they were
+    assert [json.loads(x) for x in out.read_text().splitlines()][: len(before)] == before
+
+
+def test_summary_fits_quadratic_and_linear(tmp_path):
+    """naive is ~n^2 and linear ~n at lengths where fixed overheads no longer dominate."""
+    out = tmp_path / "r.jsonl"
+    spec = SweepSpec(seq_lens=[1024, 2048, 4096], variants=[Variant("naive", {}), Variant("linear", {})],
+                     heads=4, head_dim=32, min_run_time_s=0.1, error=False)
+    run_sweep(spec, str(out), progress=False)
+    s = summary(load(str(out))).set_index("label")
+    assert s.loc["naive", "time_exponent"] > 1.6, s
+    assert s.loc["linear", "time_exponent"] < 1.3, s
+    assert s.loc["naive", "mem_exponent"] > 1.8, s
+
+
+def test_isolated_point_runs_in_its_own_process(tmp_path):
+    spec = SweepSpec(seq_lens=[64], variants=[Variant("full", {})], heads=2, head_dim=8, min_run_time_s=0.01)
+    rows = run_sweep(spec, str(tmp_path / "r.jsonl"), isolate=True, progress=False)
+    assert rows[0]["status"] == "ok" and rows[0]["isolated"] is True
+
+
+def test_default_bench_cli_prints_summary(run_cli, tmp_path):
+    r = _bench(run_cli, tmp_path, "--seq-lens", "64,128", "--attn", "full,sliding_window:window=8",
+               "--out", "r.jsonl")
+    assert r.returncode == 0, r.stderr
+    assert "scaling (log-log fit)" in r.stdout and "sliding_window:window=8" in r.stdout
+    assert "[4/4]" in r.stderr  # plain progress lines when not on a terminal
