@@ -172,3 +172,19 @@ def test_default_bench_cli_prints_summary(run_cli, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "scaling (log-log fit)" in r.stdout and "sliding_window:window=8" in r.stdout
     assert "[4/4]" in r.stderr  # plain progress lines when not on a terminal
+
+
+def test_find_max_len_bisects_to_the_budget(run_cli, tmp_path):
+    """naive holds heads * n^2 floats: with 2 heads and a 64 MiB budget, 2048 fits (32 MiB of
+    scores) and 4096 cannot (128 MiB), so the answer lies in [2048, 4096)."""
+    r = run_cli("bench", "--find-max-len", "--attn", "naive,linear", "--memory-budget", "64MB", "--heads", "2",
+                "--head-dim", "16", "--seq-lens", "1k,16k", "--min-run-time", "0.01", "--out", "m.jsonl",
+                cwd=str(tmp_path), timeout=600)
+    assert r.returncode == 0, r.stderr
+    line = [x for x in r.stdout.splitlines() if x.strip().startswith("naive")][0]
+    best = int(line.split()[-1])
+    assert 2048 <= best < 4096, r.stdout
+    lin = [x for x in r.stdout.splitlines() if x.strip().startswith("linear")][0]
+    assert int(lin.split()[-1]) == 16384  # linear fits everywhere up to the limit
+    probes = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert any(p["status"] == "oom" for p in probes if p["label"] == "naive")

@@ -53,8 +53,10 @@ def _check_dtype(device: str, dtype: str):
               help="seconds of timed repeats per point")
 @click.option("--no-error", is_flag=True, help="skip the error-vs-full columns")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--find-max-len", is_flag=True,
+              help="find each variant's longest length within --memory-budget (default: free memory)")
 def bench(seq_lens, attn, device, dtype, batch, heads, head_dim, causal, mode, level, out_path, resume, overwrite,
-          isolate, timeout_s, memory_budget, min_run_time, no_error, seed):
+          isolate, timeout_s, memory_budget, min_run_time, no_error, seed, find_max_len):
     """Sweep sequence lengths and measure time, memory and error of attention variants."""
     import torch
 
@@ -95,6 +97,8 @@ def bench(seq_lens, attn, device, dtype, batch, heads, head_dim, causal, mode, l
     spec = SweepSpec(seq_lens=lens, variants=variants, device=device, dtype=dtype, batch=batch, heads=heads,
                      head_dim=head_dim, causal=causal, mode=mode, level=level, timeout_s=timeout_s,
                      memory_budget_bytes=budget, min_run_time_s=min_run_time, error=not no_error, seed=seed)
+    if find_max_len:
+        return _find_max_len(spec, out_path, budget, lens)
     click.echo(f"effattn bench: {len(variants)} variants x {len(lens)} lengths on {device} ({dtype}, {mode}, "
                f"{level}) -> {out_path}", err=True)
     try:
@@ -135,3 +139,21 @@ def _print_summary(df, summ):
     s[cross] = s[cross].map(lambda x: "-" if pd.isna(x) else str(int(x)))
     click.echo("\nscaling (log-log fit)")
     click.echo(s[["label", "time exponent", "memory exponent", "fit_from", cross, "points"]].to_string(index=False))
+
+
+def _find_max_len(spec, out_path, budget, lens):
+    from .maxlen import available_memory_bytes, find_max_len
+
+    budget = budget or available_memory_bytes(spec.device)
+    start = lens[0] if len(lens) > 1 or lens[0] != 256 else 1024
+    limit = lens[-1] if len(lens) > 1 else 2**20
+    click.echo(f"effattn bench --find-max-len: budget {budget / 2**30:.2f} GiB, n from {start} up to {limit} "
+               f"-> {out_path}", err=True)
+    results = []
+    with open(out_path, "w") as f:
+        for v in spec.variants:
+            best, _ = find_max_len(spec, v, budget, start, limit, out=f, log=lambda m: click.echo(m, err=True))
+            results.append((v.label, best))
+    click.echo("\nlongest sequence within the budget")
+    for label, best in results:
+        click.echo(f"  {label:40s} {best if best is not None else 'none (fails at ' + str(start) + ')'}")

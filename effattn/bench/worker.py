@@ -7,8 +7,21 @@ from ..spec import Variant
 from .point import SweepSpec, measure_point
 
 
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
 def main():
     job = json.loads(sys.stdin.read())
+    if job.get("data_limit"):
+        import resource
+
+        # Cap this process's heap (malloc and anonymous mmap) so that running out of the budget
+        # is a clean allocation failure here, not the kernel's OOM killer choosing a victim.
+        import torch  # noqa: F401  - load the libraries before the cap
+        soft = int(job["data_limit"]) + _rss()
+        resource.setrlimit(resource.RLIMIT_DATA, (soft, resource.getrlimit(resource.RLIMIT_DATA)[1]))
     spec = SweepSpec(**{k: v for k, v in job["spec"].items()})
     v = Variant(job["variant"]["name"], job["variant"]["options"])
     print(json.dumps(measure_point(spec, v, job["n"]), default=str))

@@ -1,0 +1,88 @@
+"""`effattn bench --find-max-len`: the longest sequence each variant runs within a memory budget.
+
+Doubles n until a probe fails, then bisects between the last success and the first failure. Each
+probe runs in its own process with its data segment capped (RLIMIT_DATA) at the budget, so running
+out of memory is a clean failure of that probe alone. Every probe is recorded as a row.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+
+from ..spec import Variant
+from .point import SweepSpec
+
+
+def available_memory_bytes(device: str) -> int:
+    if device == "cuda":
+        import torch
+
+        free, _ = torch.cuda.mem_get_info()
+        return int(free)
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 8 * 2**30
+
+
+def probe(spec: SweepSpec, variant: Variant, n: int, budget: int) -> dict:
+    payload = json.dumps({"spec": {**asdict(spec), "variants": [], "seq_lens": [], "error": False},
+                          "variant": {"name": variant.name, "options": variant.options}, "n": n,
+                          "data_limit": budget if spec.device == "cpu" else None})
+    base = {"variant": variant.name, "options": variant.options, "label": variant.label, "seq_len": n,
+            "probe": "find-max-len", "memory_budget_bytes": budget}
+    try:
+        p = subprocess.run([sys.executable, "-m", "effattn.bench.worker"], input=payload, capture_output=True,
+                           text=True, timeout=spec.timeout_s + 60)
+    except subprocess.TimeoutExpired:
+        return {**base, "status": "timeout", "reason": f"probe exceeded {spec.timeout_s:g} s"}
+    if p.returncode == 0 and p.stdout.strip():
+        row = json.loads(p.stdout.strip().splitlines()[-1])
+        return {**row, **base, "status": row["status"], "reason": row.get("reason")}
+    if p.returncode in (-9, 137):
+        return {**base, "status": "oom", "reason": "probe killed (out of memory)"}
+    tail = (p.stderr.strip().splitlines() or ["no output"])[-1]
+    return {**base, "status": "oom" if "memory" in tail.lower() else "error", "reason": tail}
+
+
+def find_max_len(spec: SweepSpec, variant: Variant, budget: int, start: int, limit: int, out=None,
+                 log=None) -> tuple[int | None, list[dict]]:
+    rows: list[dict] = []
+
+    def run(n):
+        row = probe(spec, variant, n, budget)
+        row["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        rows.append(row)
+        if out is not None:
+            out.write(json.dumps(row, default=str) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        if log:
+            log(f"{variant.label} n={n}: {row['status']}" + (f" ({row['reason']})" if row.get("reason") else ""))
+        return row["status"] == "ok"
+
+    lo, hi, n = None, None, start
+    while n <= limit:
+        if run(n):
+            lo, n = n, n * 2
+        else:
+            hi = n
+            break
+    if lo is None:
+        return None, rows
+    if hi is None:
+        return lo, rows  # still fine at the limit
+    while hi - lo > max(64, lo // 16):
+        mid = (lo + hi) // 2 // 64 * 64 or (lo + hi) // 2
+        if mid in (lo, hi):
+            break
+        if run(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo, rows
