@@ -1,8 +1,10 @@
 """`effattn bench --find-max-len`: the longest sequence each variant runs within a memory budget.
 
 Doubles n until a probe fails, then bisects between the last success and the first failure. Each
-probe runs in its own process with its data segment capped (RLIMIT_DATA) at the budget, so running
-out of memory is a clean failure of that probe alone. Every probe is recorded as a row.
+probe runs in its own process: a measured peak above the budget is `oom`, and so is a probe the
+kernel kills, which costs only that probe. Every probe is recorded as a row. (Capping the probe's
+heap with RLIMIT_DATA was tried and dropped: glibc's per-thread arenas count against it, so small
+budgets failed spuriously.)
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ def available_memory_bytes(device: str) -> int:
 def probe(spec: SweepSpec, variant: Variant, n: int, budget: int) -> dict:
     payload = json.dumps({"spec": {**asdict(spec), "variants": [], "seq_lens": [], "error": False},
                           "variant": {"name": variant.name, "options": variant.options}, "n": n,
-                          "data_limit": budget if spec.device == "cpu" else None})
+                          "data_limit": None})
     base = {"variant": variant.name, "options": variant.options, "label": variant.label, "seq_len": n,
             "probe": "find-max-len", "memory_budget_bytes": budget}
     try:
