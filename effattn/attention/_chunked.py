@@ -18,6 +18,9 @@ from typing import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
+from .base import AttentionBase, check_choice, combine_masks
+from .full import dense_attention
+
 PairMask = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (i, j) broadcast -> bool
 
 
@@ -27,12 +30,42 @@ class Group:
     keys: torch.Tensor          # (G, K) key indices
     mask: torch.Tensor | None   # (c, K) shared bool mask, None when every pair attends
     row_keep: torch.Tensor | None  # (c, 1) zero for rows with no key at all
+    # (first row, first key, key step) when chunk g holds rows [r0 + g c, r0 + (g+1) c) and keys
+    # [k0 + g step, k0 + g step + K): then q, k, v are read through unfold views, with no copy
+    sliding: tuple[int, int, int] | None = None
+    _float_masks: dict | None = None
+
+    def additive_mask(self, dtype, device):
+        """The shared mask as 0 / -inf in the input dtype (SDPA's fastest mask form), cached."""
+        if self.mask is None:
+            return None
+        key = (dtype, str(device))
+        if self._float_masks is None:
+            self._float_masks = {}
+        if key not in self._float_masks:
+            m = torch.zeros(self.mask.shape, dtype=dtype, device=device)
+            self._float_masks[key] = m.masked_fill_(~self.mask.to(device), float("-inf"))
+        return self._float_masks[key]
+
+
+def _sliding(rows: torch.Tensor, keys: torch.Tensor):
+    G, c = rows.shape
+    K = keys.shape[1]
+    r0, k0 = int(rows[0, 0]), int(keys[0, 0])
+    if not torch.equal(rows.reshape(-1), torch.arange(r0, r0 + G * c)):
+        return None
+    if not torch.equal(keys - keys[:, :1], torch.arange(K).expand(G, K)):
+        return None  # a chunk's keys are not one contiguous run
+    step = int(keys[1, 0] - keys[0, 0]) if G > 1 else c
+    if step <= 0 or not torch.equal(keys[:, 0], k0 + step * torch.arange(G)):
+        return None
+    return r0, k0, step
 
 
 @dataclass
 class Plan:
     groups: list[Group]
-    order: torch.Tensor         # inverse permutation putting group outputs back in row order
+    order: torch.Tensor | None  # permutation putting group outputs back in row order (None: already)
     pairs: int                  # attended pairs (for FLOP counts)
     computed_pairs: int         # pairs actually computed, slack included
 
@@ -58,41 +91,82 @@ def build_plan(chunks: Iterable[tuple[torch.Tensor, torch.Tensor]], pair_mask: P
             m[~has_key[:, 0], 0] = True
             row_keep = has_key
         mask = None if bool(m.all()) else m
-        groups.append(Group(torch.stack(rows), torch.stack(keys), mask, row_keep))
-        all_rows.append(groups[-1].rows.reshape(-1))
-    order = torch.argsort(torch.cat(all_rows))
+        rows_t, keys_t = torch.stack(rows), torch.stack(keys)
+        groups.append(Group(rows_t, keys_t, mask, row_keep, _sliding(rows_t, keys_t)))
+    groups.sort(key=lambda g: int(g.rows.min()))
+    flat = torch.cat([g.rows.reshape(-1) for g in groups])
+    order = None if torch.equal(flat, torch.arange(flat.numel())) else torch.argsort(flat)
     return Plan(groups, order, pairs, computed)
+
+
+def _padding_mask(key_padding_mask, keys_view, shared, B, H, G, c, K, device):
+    """Shared pattern & per-batch key padding -> (mask, row_keep) for one group."""
+    keep = ~keys_view                                             # (B, G, K)
+    m = keep[:, None, :, None, :]                                 # (B, 1, G, 1, K)
+    m = m if shared is None else (m & shared.to(device))
+    m = m.expand(B, H, G, c, K)
+    has_key = m.any(-1, keepdim=True)
+    first = torch.zeros(K, dtype=torch.bool, device=device)
+    first[0] = True
+    return m | (~has_key & first), has_key
+
+
+def _run_sliding(g: Group, q, k, v, key_padding_mask, scale):
+    """Chunks read through unfold views: q (G, H, c, D), k/v (G, H, K, D) per batch element,
+    the chunk index acting as SDPA's batch dimension. No gather, no copy of k or v."""
+    B, H, _, D = q.shape
+    G, c = g.rows.shape
+    K = g.keys.shape[1]
+    r0, k0, step = g.sliding
+    qv = q.narrow(2, r0, G * c).unflatten(2, (G, c)).transpose(1, 2)                       # (B, G, H, c, D)
+    span = (G - 1) * step + K
+    kv = k.narrow(2, k0, span).unfold(2, K, step).permute(0, 2, 1, 4, 3)                   # (B, G, H, K, D)
+    vv = v.narrow(2, k0, span).unfold(2, K, step).permute(0, 2, 1, 4, 3)
+    mask = g.additive_mask(q.dtype, q.device)
+    row_keep = None if g.row_keep is None else g.row_keep.to(device=q.device, dtype=q.dtype)
+    outs = []
+    for b in range(B):
+        mb, keep_b = mask, row_keep
+        if key_padding_mask is not None:
+            pad = key_padding_mask[b : b + 1].narrow(1, k0, span).unfold(1, K, step)      # (1, G, K)
+            m, has = _padding_mask(key_padding_mask, pad, g.mask, 1, 1, G, c, K, q.device)
+            mb = m[0, 0][:, None]                                                          # (G, 1, c, K)
+            keep_b = has[0, 0][:, None].to(q.dtype)
+            keep_b = keep_b if row_keep is None else keep_b * row_keep
+        out = F.scaled_dot_product_attention(qv[b], kv[b], vv[b], attn_mask=mb, scale=scale)  # (G, H, c, D)
+        if keep_b is not None:
+            out = out * keep_b
+        outs.append(out.transpose(0, 1).reshape(H, G * c, -1))
+    return torch.stack(outs)                                                               # (B, H, G*c, D)
+
+
+def _run_gathered(g: Group, q, k, v, key_padding_mask, scale):
+    B, H, _, D = q.shape
+    G, c = g.rows.shape
+    K = g.keys.shape[1]
+    rows, keys = g.rows.to(q.device).reshape(-1), g.keys.to(q.device)
+    qg = q.index_select(2, rows).reshape(B, H * G, c, D)                          # (B, H*G, c, D)
+    kg = k.index_select(2, keys.reshape(-1)).reshape(B, H * G, K, D)              # (B, H*G, K, D)
+    vg = v.index_select(2, keys.reshape(-1)).reshape(B, H * G, K, v.shape[-1])
+    mask = g.additive_mask(q.dtype, q.device)
+    row_keep = None if g.row_keep is None else g.row_keep.to(device=q.device, dtype=q.dtype)
+    if key_padding_mask is not None:
+        m, has = _padding_mask(key_padding_mask, key_padding_mask[:, keys], g.mask, B, H, G, c, K, q.device)
+        mask = m.reshape(B, H * G, c, K)
+        rk = has.reshape(B, H * G, c, 1).to(q.dtype)
+        row_keep = rk if row_keep is None else rk * row_keep
+    out = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=mask, scale=scale)
+    if row_keep is not None:
+        out = out * row_keep
+    return out.reshape(B, H, G * c, -1)
 
 
 def run_plan(plan: Plan, q, k, v, key_padding_mask=None, scale=None):
     """q (B, H, n_q, D), k/v (B, H, n_k, D) -> (B, H, n_q, D)."""
-    B, H, _, D = q.shape
-    outs = []
-    for g in plan.groups:
-        G, c = g.rows.shape
-        K = g.keys.shape[1]
-        rows, keys = g.rows.to(q.device), g.keys.to(q.device)
-        qg = q[:, :, rows.reshape(-1)].reshape(B, H * G, c, D)   # (B, H*G, c, D)
-        kg = k[:, :, keys.reshape(-1)].reshape(B, H * G, K, D)   # (B, H*G, K, D)
-        vg = v[:, :, keys.reshape(-1)].reshape(B, H * G, K, v.shape[-1])
-        mask = None if g.mask is None else g.mask.to(q.device)
-        row_keep = None if g.row_keep is None else g.row_keep.to(device=q.device, dtype=q.dtype)
-        if key_padding_mask is not None:
-            keep = ~key_padding_mask[:, keys]                        # (B, G, K)
-            m = keep[:, None, :, None, :]                            # (B, 1, G, 1, K)
-            m = m if mask is None else (m & mask)
-            m = m.expand(B, H, G, c, K).reshape(B, H * G, c, K)
-            has_key = m.any(-1, keepdim=True)
-            first = torch.zeros(K, dtype=torch.bool, device=q.device)
-            first[0] = True
-            mask = m | (~has_key & first)
-            rk = has_key.to(q.dtype)
-            row_keep = rk if row_keep is None else rk * row_keep
-        out = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=mask, scale=scale)
-        if row_keep is not None:
-            out = out * row_keep
-        outs.append(out.reshape(B, H, G * c, -1))
-    return torch.cat(outs, dim=2).index_select(2, plan.order.to(q.device))
+    outs = [(_run_sliding if g.sliding else _run_gathered)(g, q, k, v, key_padding_mask, scale)
+            for g in plan.groups]
+    out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+    return out if plan.order is None else out.index_select(2, plan.order.to(q.device))
 
 
 class PlanCache:
@@ -112,3 +186,40 @@ class PlanCache:
 
 def arange(a: int, b: int) -> torch.Tensor:
     return torch.arange(a, b, dtype=torch.long)
+
+
+class PatternAttention(AttentionBase):
+    """Base of the exact pattern plugins: `pair_mask(i, j, causal)` states the pattern, `_plan`
+    lays out chunks for the engine; `backend="dense"` is the labelled simulated-sparsity baseline."""
+
+    complexity = "O(nnz)"
+
+    def __init__(self, backend: str = "auto"):
+        super().__init__()
+        self.backend = check_choice("backend", backend, ("auto", "chunked", "dense"))
+        self._plans = PlanCache(self._plan)
+
+    def pair_mask(self, i, j, causal: bool):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _plan(self, n_q: int, n_k: int, causal: bool) -> Plan:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def dense_mask(self, n_q: int, n_k: int, causal: bool = False) -> torch.Tensor:
+        return self.pair_mask(torch.arange(n_q)[:, None], torch.arange(n_k)[None, :], causal)
+
+    def _chunked(self, q, k, v, causal, key_padding_mask):
+        self.last_backend = "chunked-sdpa"
+        return run_plan(self._plans(q.shape[2], k.shape[2], causal), q, k, v, key_padding_mask)
+
+    def forward(self, q, k, v, causal: bool = False, key_padding_mask=None):
+        self.check_call(q, k, v, causal, key_padding_mask)
+        if self.backend == "dense":
+            self.last_backend = "dense (simulated sparsity)"
+            pattern = self.dense_mask(q.shape[2], k.shape[2], causal).to(q.device)
+            return dense_attention(q, k, v, combine_masks(pattern, key_padding_mask))
+        return self._chunked(q, k, v, causal, key_padding_mask)
+
+    def nnz(self, n_q: int, n_k: int, causal: bool = False) -> int:
+        """Attended pairs, from the plan (no n x n mask)."""
+        return self._plans(n_q, n_k, causal).pairs

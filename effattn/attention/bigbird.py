@@ -14,26 +14,21 @@ import torch
 
 from ..registry import register_attention
 from . import _chunked
-from .base import AttentionBase, check_choice, check_int, combine_masks
-from .full import dense_attention
-
-BACKENDS = ("auto", "chunked", "dense")
+from .base import check_int
 
 
 @register_attention("bigbird")
-class BigBirdAttention(AttentionBase):
+class BigBirdAttention(_chunked.PatternAttention):
     """BigBird: sliding blocks + first/last global blocks + r random blocks per block row."""
 
     complexity = "O(n·b·(5+r))"
     supports_cross = False  # the block grid is defined on one sequence
 
     def __init__(self, block_size: int = 64, num_random_blocks: int = 3, seed: int = 0, backend: str = "auto"):
-        super().__init__()
+        super().__init__(backend)
         self.block_size = check_int("block_size", block_size, 1)
         self.num_random_blocks = check_int("num_random_blocks", num_random_blocks, 0)
         self.seed = check_int("seed", seed, 0)
-        self.backend = check_choice("backend", backend, BACKENDS)
-        self._plans = _chunked.PlanCache(self._plan)
         self._random: dict[int, list[list[int]]] = {}
 
     def random_blocks(self, m: int) -> list[list[int]]:
@@ -58,8 +53,10 @@ class BigBirdAttention(AttentionBase):
             t[I, js] = True
         return t
 
-    def pair_mask(self, i, j, n: int, causal: bool, table=None):
+    def pair_mask(self, i, j, causal: bool, n: int | None = None, table=None):
         b = self.block_size
+        if n is None:
+            raise ValueError("bigbird.pair_mask needs the sequence length n (the block grid depends on it)")
         m = -(-n // b)
         table = self._block_table(m) if table is None else table
         I, J = i // b, j // b
@@ -67,7 +64,7 @@ class BigBirdAttention(AttentionBase):
         return allowed & (j <= i) if causal else allowed
 
     def dense_mask(self, n_q: int, n_k: int, causal: bool = False) -> torch.Tensor:
-        return self.pair_mask(torch.arange(n_q)[:, None], torch.arange(n_k)[None, :], n_k, causal)
+        return self.pair_mask(torch.arange(n_q)[:, None], torch.arange(n_k)[None, :], causal, n=n_k)
 
     def _plan(self, n: int, _n_k: int, causal: bool) -> _chunked.Plan:
         b = self.block_size
@@ -91,17 +88,4 @@ class BigBirdAttention(AttentionBase):
                 keys = torch.cat([blk(J) for J in uniq])
             chunks.append((blk(I), keys))
         table = self._block_table(m)
-        return _chunked.build_plan(chunks, lambda i, j: self.pair_mask(i, j, n, causal, table))
-
-    def forward(self, q, k, v, causal: bool = False, key_padding_mask=None):
-        self.check_call(q, k, v, causal, key_padding_mask)
-        if self.backend == "dense":
-            self.last_backend = "dense (simulated sparsity)"
-            pattern = self.dense_mask(q.shape[2], k.shape[2], causal).to(q.device)
-            return dense_attention(q, k, v, combine_masks(pattern, key_padding_mask))
-        self.last_backend = "chunked-sdpa"
-        plan = self._plans(q.shape[2], k.shape[2], causal)
-        return _chunked.run_plan(plan, q, k, v, key_padding_mask)
-
-    def nnz(self, n_q: int, n_k: int, causal: bool = False) -> int:
-        return self._plans(n_q, n_k, causal).pairs
+        return _chunked.build_plan(chunks, lambda i, j: self.pair_mask(i, j, causal, n, table))

@@ -13,33 +13,25 @@ import torch
 
 from ..registry import register_attention
 from . import _chunked
-from .base import AttentionBase, check_choice, check_int, combine_masks
-from .full import dense_attention
-
-BACKENDS = ("auto", "chunked", "dense")
+from .base import check_int
 
 
 @register_attention("sliding_window")
-class SlidingWindowAttention(AttentionBase):
+class SlidingWindowAttention(_chunked.PatternAttention):
     """Longformer: |i - j| <= window, plus global tokens that attend and are attended by all."""
 
     complexity = "O(n·w)"
 
     def __init__(self, window: int = 256, global_tokens: int = 0, chunk: int = 0, backend: str = "auto"):
-        super().__init__()
+        super().__init__(backend)
         self.window = check_int("window", window, 0)
         self.global_tokens = check_int("global_tokens", global_tokens, 0)
         self.chunk = check_int("chunk", chunk, 0) or min(max(self.window, 32), 512)
-        self.backend = check_choice("backend", backend, BACKENDS)
-        self._plans = _chunked.PlanCache(self._plan)
 
     def pair_mask(self, i, j, causal: bool):
         w, g = self.window, self.global_tokens
         m = ((i - j).abs() <= w) | (i < g) | (j < g)
         return m & (j <= i) if causal else m
-
-    def dense_mask(self, n_q: int, n_k: int, causal: bool = False) -> torch.Tensor:
-        return self.pair_mask(torch.arange(n_q)[:, None], torch.arange(n_k)[None, :], causal)
 
     def _plan(self, n_q: int, n_k: int, causal: bool) -> _chunked.Plan:
         w, g, c = self.window, self.global_tokens, self.chunk
@@ -56,16 +48,3 @@ class SlidingWindowAttention(AttentionBase):
                 keys = A(0, 1)  # rows beyond every key (cross-attention): masked, output zeros
             chunks.append((A(s, e), keys))
         return _chunked.build_plan(chunks, lambda i, j: self.pair_mask(i, j, causal))
-
-    def forward(self, q, k, v, causal: bool = False, key_padding_mask=None):
-        self.check_call(q, k, v, causal, key_padding_mask)
-        if self.backend == "dense":
-            self.last_backend = "dense (simulated sparsity)"
-            pattern = self.dense_mask(q.shape[2], k.shape[2], causal).to(q.device)
-            return dense_attention(q, k, v, combine_masks(pattern, key_padding_mask))
-        self.last_backend = "chunked-sdpa"
-        plan = self._plans(q.shape[2], k.shape[2], causal)
-        return _chunked.run_plan(plan, q, k, v, key_padding_mask)
-
-    def nnz(self, n_q: int, n_k: int, causal: bool = False) -> int:
-        return self._plans(n_q, n_k, causal).pairs

@@ -16,26 +16,21 @@ import torch.nn.functional as F
 
 from ..registry import register_attention
 from . import _chunked
-from .base import AttentionBase, check_choice, check_int, combine_masks, softmax_scale
-from .full import dense_attention
-
-BACKENDS = ("auto", "chunked", "dense")
+from .base import check_choice, check_int, softmax_scale
 
 
 @register_attention("sparse")
-class SparseAttention(AttentionBase):
+class SparseAttention(_chunked.PatternAttention):
     """Sparse Transformer strided or fixed pattern."""
 
     complexity = "O(n·(s + n/s))"
 
     def __init__(self, pattern: str = "strided", stride: int = 128, summary: int = 8, backend: str = "auto"):
-        super().__init__()
+        super().__init__(backend)
         self.pattern = check_choice("pattern", pattern, ("strided", "fixed"))
         self.stride = check_int("stride", stride, 1)
         # summary only shapes the fixed pattern, where it cannot exceed the block (stride)
         self.summary = check_int("summary", summary, 1, self.stride if self.pattern == "fixed" else None)
-        self.backend = check_choice("backend", backend, BACKENDS)
-        self._plans = _chunked.PlanCache(self._fixed_plan)
 
     def pair_mask(self, i, j, causal: bool):
         s, c = self.stride, self.summary
@@ -45,11 +40,8 @@ class SparseAttention(AttentionBase):
             m = (i // s == j // s) | (j % s >= s - c)
         return m & (j <= i) if causal else m
 
-    def dense_mask(self, n_q: int, n_k: int, causal: bool = False) -> torch.Tensor:
-        return self.pair_mask(torch.arange(n_q)[:, None], torch.arange(n_k)[None, :], causal)
-
     # ------------------------------------------------------------------ fixed: chunked engine
-    def _fixed_plan(self, n_q: int, n_k: int, causal: bool) -> _chunked.Plan:
+    def _plan(self, n_q: int, n_k: int, causal: bool) -> _chunked.Plan:
         s, c = self.stride, self.summary
         A = _chunked.arange
         summary_cols = torch.arange(n_k)[torch.arange(n_k) % s >= s - c]
@@ -110,21 +102,15 @@ class SparseAttention(AttentionBase):
         out = num / den.clamp_min(torch.finfo(den.dtype).tiny)[..., None]             # empty rows: 0/tiny = 0
         return out[:, :, :n_q]
 
-    def forward(self, q, k, v, causal: bool = False, key_padding_mask=None):
-        self.check_call(q, k, v, causal, key_padding_mask)
-        if self.backend == "dense":
-            self.last_backend = "dense (simulated sparsity)"
-            pattern = self.dense_mask(q.shape[2], k.shape[2], causal).to(q.device)
-            return dense_attention(q, k, v, combine_masks(pattern, key_padding_mask))
+    def _chunked(self, q, k, v, causal, key_padding_mask):
         if self.pattern == "strided":
             self.last_backend = "band+residue-softmax"
             return self._strided(q, k, v, causal, key_padding_mask)
-        self.last_backend = "chunked-sdpa"
-        return _chunked.run_plan(self._plans(q.shape[2], k.shape[2], causal), q, k, v, key_padding_mask)
+        return super()._chunked(q, k, v, causal, key_padding_mask)
 
     def nnz(self, n_q: int, n_k: int, causal: bool = False) -> int:
         if self.pattern == "fixed":
-            return self._plans(n_q, n_k, causal).pairs
+            return super().nnz(n_q, n_k, causal)
         s = self.stride
         i = torch.arange(n_q)
         band = (torch.minimum(i + s, torch.tensor(n_k)) - torch.clamp(i - s + 1, min=0)).clamp(min=0)
