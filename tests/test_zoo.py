@@ -202,3 +202,28 @@ def test_xformers_on_cuda_matches_full():
     from effattn.testing import check_attention
 
     check_attention("xformers", device="cuda")
+
+
+@pytest.mark.parametrize("name,opts", [
+    ("sliding_window", dict(window=5, global_tokens=2)),
+    ("sliding_window", dict(window=6)),
+    ("bigbird", dict(block_size=6, num_random_blocks=2)),
+    ("sparse", dict(pattern="fixed", stride=8, summary=2)),
+], ids=["sw-global", "sw", "bigbird", "fixed"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_inference_workspace_path_equals_autograd_path(name, opts, causal):
+    """Without autograd the engine gathers into reused buffers; results must be identical to the
+    autograd path, and a later call must not change an earlier result (no aliasing)."""
+    attn = effattn.create_attention(name, **opts)
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 3, 97, 8, generator=g) for _ in range(3))
+    kpm = torch.rand(2, 97, generator=g) < 0.2
+    for pad in (None, kpm):
+        ref = attn(q.requires_grad_(), k, v, causal=causal, key_padding_mask=pad).detach()
+        q = q.detach()
+        with torch.no_grad():
+            first = attn(q, k, v, causal=causal, key_padding_mask=pad)
+            kept = first.clone()
+            attn(q * 2, k + 1, v - 1, causal=causal, key_padding_mask=pad)
+        assert torch.allclose(first, ref, atol=1e-6, rtol=1e-5)
+        assert torch.equal(first, kept)

@@ -33,7 +33,9 @@ class Group:
     # (first row, first key, key step) when chunk g holds rows [r0 + g c, r0 + (g+1) c) and keys
     # [k0 + g step, k0 + g step + K): then q, k, v are read through unfold views, with no copy
     sliding: tuple[int, int, int] | None = None
+    row_start: int | None = None   # rows are [row_start, row_start + G c): read q as a view
     _float_masks: dict | None = None
+    _workspace: dict | None = None
 
     def additive_mask(self, dtype, device):
         """The shared mask as 0 / -inf in the input dtype (SDPA's fastest mask form), cached."""
@@ -92,79 +94,90 @@ def build_plan(chunks: Iterable[tuple[torch.Tensor, torch.Tensor]], pair_mask: P
             row_keep = has_key
         mask = None if bool(m.all()) else m
         rows_t, keys_t = torch.stack(rows), torch.stack(keys)
-        groups.append(Group(rows_t, keys_t, mask, row_keep, _sliding(rows_t, keys_t)))
+        flat = rows_t.reshape(-1)
+        r0 = int(flat[0]) if torch.equal(flat, torch.arange(int(flat[0]), int(flat[0]) + flat.numel())) else None
+        groups.append(Group(rows_t, keys_t, mask, row_keep, _sliding(rows_t, keys_t), r0))
     groups.sort(key=lambda g: int(g.rows.min()))
     flat = torch.cat([g.rows.reshape(-1) for g in groups])
     order = None if torch.equal(flat, torch.arange(flat.numel())) else torch.argsort(flat)
     return Plan(groups, order, pairs, computed)
 
 
-def _padding_mask(key_padding_mask, keys_view, shared, B, H, G, c, K, device):
-    """Shared pattern & per-batch key padding -> (mask, row_keep) for one group."""
-    keep = ~keys_view                                             # (B, G, K)
-    m = keep[:, None, :, None, :]                                 # (B, 1, G, 1, K)
+def _padding_mask(keys_pad, shared, G, c, K, device):
+    """Shared pattern & one batch element's key padding (G, K; True = pad) -> the (G, 1, c, K)
+    mask and the (G, 1, c, 1) rows that keep at least one key (others attend key 0, then zeroed)."""
+    m = ~keys_pad[:, None, None, :]                                # (G, 1, 1, K)
     m = m if shared is None else (m & shared.to(device))
-    m = m.expand(B, H, G, c, K)
+    m = m.expand(G, 1, c, K)
     has_key = m.any(-1, keepdim=True)
     first = torch.zeros(K, dtype=torch.bool, device=device)
     first[0] = True
     return m | (~has_key & first), has_key
 
 
-def _run_sliding(g: Group, q, k, v, key_padding_mask, scale):
-    """Chunks read through unfold views: q (G, H, c, D), k/v (G, H, K, D) per batch element,
-    the chunk index acting as SDPA's batch dimension. No gather, no copy of k or v."""
+def _workspace(g: Group, name: str, like: torch.Tensor, shape) -> torch.Tensor:
+    """A buffer kept on the group for inference: gathering into fresh memory costs page faults
+    (measured: a 127 MB gather takes 106 ms fresh, 29 ms into a reused buffer)."""
+    ws = g._workspace if g._workspace is not None else {}
+    g._workspace = ws
+    key = (name, like.dtype, str(like.device))
+    buf = ws.get(key)
+    if buf is None or tuple(buf.shape) != tuple(shape):
+        buf = ws[key] = torch.empty(shape, dtype=like.dtype, device=like.device)
+    return buf
+
+
+def _run_group(g: Group, q, k, v, key_padding_mask, scale):
+    """One group: per batch element, SDPA over (G, H, c, D) queries and (G, H, K, D) keys, the
+    chunk index acting as SDPA's batch dimension. Sliding groups read k and v through unfold views
+    (no copy); others gather them (into a reused workspace when no gradient is needed)."""
     B, H, _, D = q.shape
     G, c = g.rows.shape
     K = g.keys.shape[1]
-    r0, k0, step = g.sliding
-    qv = q.narrow(2, r0, G * c).unflatten(2, (G, c)).transpose(1, 2)                       # (B, G, H, c, D)
-    span = (G - 1) * step + K
-    kv = k.narrow(2, k0, span).unfold(2, K, step).permute(0, 2, 1, 4, 3)                   # (B, G, H, K, D)
-    vv = v.narrow(2, k0, span).unfold(2, K, step).permute(0, 2, 1, 4, 3)
-    mask = g.additive_mask(q.dtype, q.device)
-    row_keep = None if g.row_keep is None else g.row_keep.to(device=q.device, dtype=q.dtype)
+    dev = q.device
+    reuse = not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
+    mask = g.additive_mask(q.dtype, dev)
+    row_keep = None if g.row_keep is None else g.row_keep.to(device=dev, dtype=q.dtype)
+    rows = None if g.row_start is not None else g.rows.to(dev).reshape(-1)
+    keys = g.keys.to(dev)
+    if g.sliding:
+        _, k0, step = g.sliding
+        span = (G - 1) * step + K
     outs = []
     for b in range(B):
+        if rows is None:
+            qb = q[b].narrow(1, g.row_start, G * c)                                   # (H, G*c, D)
+        else:
+            qb = q[b].index_select(1, rows)
+        qb = qb.unflatten(1, (G, c)).transpose(0, 1)                                  # (G, H, c, D)
+        if g.sliding:
+            kb = k[b].narrow(1, k0, span).unfold(1, K, step).permute(1, 0, 3, 2)      # (G, H, K, D)
+            vb = v[b].narrow(1, k0, span).unfold(1, K, step).permute(1, 0, 3, 2)
+            pad = None if key_padding_mask is None else key_padding_mask[b].narrow(0, k0, span).unfold(0, K, step)
+        else:
+            flat = keys.reshape(-1)
+            if reuse:
+                kb = torch.index_select(k[b], 1, flat, out=_workspace(g, "k", k, (H, G * K, D)))
+                vb = torch.index_select(v[b], 1, flat, out=_workspace(g, "v", v, (H, G * K, v.shape[-1])))
+            else:
+                kb, vb = k[b].index_select(1, flat), v[b].index_select(1, flat)
+            kb = kb.unflatten(1, (G, K)).transpose(0, 1)                              # (G, H, K, D)
+            vb = vb.unflatten(1, (G, K)).transpose(0, 1)
+            pad = None if key_padding_mask is None else key_padding_mask[b][keys]     # (G, K)
         mb, keep_b = mask, row_keep
-        if key_padding_mask is not None:
-            pad = key_padding_mask[b : b + 1].narrow(1, k0, span).unfold(1, K, step)      # (1, G, K)
-            m, has = _padding_mask(key_padding_mask, pad, g.mask, 1, 1, G, c, K, q.device)
-            mb = m[0, 0][:, None]                                                          # (G, 1, c, K)
-            keep_b = has[0, 0][:, None].to(q.dtype)
-            keep_b = keep_b if row_keep is None else keep_b * row_keep
-        out = F.scaled_dot_product_attention(qv[b], kv[b], vv[b], attn_mask=mb, scale=scale)  # (G, H, c, D)
+        if pad is not None:
+            mb, has = _padding_mask(pad, g.mask, G, c, K, dev)
+            keep_b = has.to(q.dtype) if row_keep is None else has.to(q.dtype) * row_keep
+        out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mb, scale=scale)  # (G, H, c, D)
         if keep_b is not None:
             out = out * keep_b
         outs.append(out.transpose(0, 1).reshape(H, G * c, -1))
-    return torch.stack(outs)                                                               # (B, H, G*c, D)
-
-
-def _run_gathered(g: Group, q, k, v, key_padding_mask, scale):
-    B, H, _, D = q.shape
-    G, c = g.rows.shape
-    K = g.keys.shape[1]
-    rows, keys = g.rows.to(q.device).reshape(-1), g.keys.to(q.device)
-    qg = q.index_select(2, rows).reshape(B, H * G, c, D)                          # (B, H*G, c, D)
-    kg = k.index_select(2, keys.reshape(-1)).reshape(B, H * G, K, D)              # (B, H*G, K, D)
-    vg = v.index_select(2, keys.reshape(-1)).reshape(B, H * G, K, v.shape[-1])
-    mask = g.additive_mask(q.dtype, q.device)
-    row_keep = None if g.row_keep is None else g.row_keep.to(device=q.device, dtype=q.dtype)
-    if key_padding_mask is not None:
-        m, has = _padding_mask(key_padding_mask, key_padding_mask[:, keys], g.mask, B, H, G, c, K, q.device)
-        mask = m.reshape(B, H * G, c, K)
-        rk = has.reshape(B, H * G, c, 1).to(q.dtype)
-        row_keep = rk if row_keep is None else rk * row_keep
-    out = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=mask, scale=scale)
-    if row_keep is not None:
-        out = out * row_keep
-    return out.reshape(B, H, G * c, -1)
+    return torch.stack(outs)                                                          # (B, H, G*c, D)
 
 
 def run_plan(plan: Plan, q, k, v, key_padding_mask=None, scale=None):
     """q (B, H, n_q, D), k/v (B, H, n_k, D) -> (B, H, n_q, D)."""
-    outs = [(_run_sliding if g.sliding else _run_gathered)(g, q, k, v, key_padding_mask, scale)
-            for g in plan.groups]
+    outs = [_run_group(g, q, k, v, key_padding_mask, scale) for g in plan.groups]
     out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
     return out if plan.order is None else out.index_select(2, plan.order.to(q.device))
 
@@ -188,16 +201,25 @@ def arange(a: int, b: int) -> torch.Tensor:
     return torch.arange(a, b, dtype=torch.long)
 
 
+BACKENDS = ("auto", "chunked", "dense", "flex")
+
+
 class PatternAttention(AttentionBase):
     """Base of the exact pattern plugins: `pair_mask(i, j, causal)` states the pattern, `_plan`
-    lays out chunks for the engine; `backend="dense"` is the labelled simulated-sparsity baseline."""
+    lays out chunks for the engine.
+
+    backend: `chunked` (plain PyTorch; forward and backward everywhere), `flex` (compiled
+    FlexAttention; CUDA forward+backward, CPU forward only), `dense` (masked SDPA over
+    `dense_mask`: the labelled simulated-sparsity baseline, O(n^2)), `auto` (flex on CUDA, chunked
+    on CPU, where flex compiles for seconds per shape and has no backward)."""
 
     complexity = "O(nnz)"
 
     def __init__(self, backend: str = "auto"):
         super().__init__()
-        self.backend = check_choice("backend", backend, ("auto", "chunked", "dense"))
+        self.backend = check_choice("backend", backend, BACKENDS)
         self._plans = PlanCache(self._plan)
+        self._flex_masks: dict = {}
 
     def pair_mask(self, i, j, causal: bool):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -212,9 +234,23 @@ class PatternAttention(AttentionBase):
         self.last_backend = "chunked-sdpa"
         return run_plan(self._plans(q.shape[2], k.shape[2], causal), q, k, v, key_padding_mask)
 
+    def _flex_pair_mask(self, n_q: int, n_k: int, causal: bool, device):
+        return lambda i, j: self.pair_mask(i, j, causal)
+
     def forward(self, q, k, v, causal: bool = False, key_padding_mask=None):
         self.check_call(q, k, v, causal, key_padding_mask)
-        if self.backend == "dense":
+        backend = self.backend
+        if backend == "auto":
+            from ._flex import flex_available
+
+            backend = "flex" if q.device.type == "cuda" and flex_available() is None else "chunked"
+        if backend == "flex":
+            from ._flex import flex_forward
+
+            self.last_backend = "flex"
+            pm = self._flex_pair_mask(q.shape[2], k.shape[2], causal, q.device)
+            return flex_forward(pm, q, k, v, causal, key_padding_mask, self._flex_masks)
+        if backend == "dense":
             self.last_backend = "dense (simulated sparsity)"
             pattern = self.dense_mask(q.shape[2], k.shape[2], causal).to(q.device)
             return dense_attention(q, k, v, combine_masks(pattern, key_padding_mask))

@@ -66,6 +66,10 @@ class BigBirdAttention(_chunked.PatternAttention):
     def dense_mask(self, n_q: int, n_k: int, causal: bool = False) -> torch.Tensor:
         return self.pair_mask(torch.arange(n_q)[:, None], torch.arange(n_k)[None, :], causal, n=n_k)
 
+    def _flex_pair_mask(self, n_q: int, n_k: int, causal: bool, device):
+        table = self._block_table(-(-n_k // self.block_size)).to(device)
+        return lambda i, j: self.pair_mask(i, j, causal, n_k, table)
+
     def _plan(self, n: int, _n_k: int, causal: bool) -> _chunked.Plan:
         b = self.block_size
         m = -(-n // b)

@@ -102,7 +102,7 @@ class SparseAttention(_chunked.PatternAttention):
         out = num / den.clamp_min(torch.finfo(den.dtype).tiny)[..., None]             # empty rows: 0/tiny = 0
         return out[:, :, :n_q]
 
-    def _chunked(self, q, k, v, causal, key_padding_mask):
+    def _chunked(self, q, k, v, causal, key_padding_mask):  # strided has its own path
         if self.pattern == "strided":
             self.last_backend = "band+residue-softmax"
             return self._strided(q, k, v, causal, key_padding_mask)

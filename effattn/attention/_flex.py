@@ -1,0 +1,64 @@
+"""FlexAttention backend for the exact pattern plugins (torch.nn.attention.flex_attention).
+
+A plugin's element-wise `pair_mask(i, j, causal)` is exactly a FlexAttention `mask_mod`;
+`create_block_mask` turns it into a block-sparse layout and the compiled kernel skips empty
+blocks. Compiled FlexAttention is fast (shared/ANCHORS.md: ~83 useful GFLOP/s on a CPU band)
+but compiles for seconds per new shape, and on CPU it has no backward: there this backend
+serves inference only and refuses a call that needs gradients.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+
+from ..errors import UnsupportedError
+
+
+def flex_available() -> str | None:
+    try:
+        from torch.nn.attention import flex_attention  # noqa: F401
+    except Exception as e:  # noqa: BLE001
+        return f"FlexAttention not available in torch {torch.__version__}: {e}"
+    return None
+
+
+@lru_cache(maxsize=1)
+def _compiled():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def flex_forward(pair_mask, q, k, v, causal: bool, key_padding_mask, cache: dict):
+    """Run `pair_mask` (i, j -> bool, causal folded in) through compiled FlexAttention."""
+    why = flex_available()
+    if why:
+        raise UnsupportedError(f"backend 'flex': {why}")
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    if q.device.type == "cpu" and needs_grad:
+        raise UnsupportedError("backend 'flex': FlexAttention has no backward on CPU; use backend='chunked'")
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    B, n_q, n_k = q.shape[0], q.shape[2], k.shape[2]
+    if key_padding_mask is None:
+        def mask_mod(b, h, i, j):
+            return pair_mask(i, j)
+        key = (n_q, n_k, causal, str(q.device), None)
+        mask_b = None
+    else:
+        keep = ~key_padding_mask
+
+        def mask_mod(b, h, i, j):
+            return pair_mask(i, j) & keep[b, j]
+        key, mask_b = None, B  # the padding differs per call: no caching
+    block_mask = cache.get(key) if key is not None else None
+    if block_mask is None:
+        block_mask = create_block_mask(mask_mod, mask_b, None, n_q, n_k, device=q.device)
+        if key is not None:
+            cache[key] = block_mask
+    out = _compiled()(q, k, v, block_mask=block_mask)
+    if key_padding_mask is not None:  # rows left with no key: zeros, as everywhere in effattn
+        pattern_rows = keep.any(-1)[:, None, None, None].to(out.dtype)
+        out = out * pattern_rows
+    return out

@@ -1,0 +1,45 @@
+"""The FlexAttention backend: same pattern as the chunked engine, CPU forward only."""
+import pytest
+import torch
+
+import effattn
+from effattn.attention._flex import flex_available
+
+pytestmark = pytest.mark.skipif(flex_available() is not None, reason=str(flex_available()))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,opts", [
+    ("sliding_window", dict(window=16, global_tokens=2)),
+    ("bigbird", dict(block_size=16, num_random_blocks=2)),
+    ("sparse", dict(pattern="strided", stride=16)),
+    ("sparse", dict(pattern="fixed", stride=16, summary=4)),
+], ids=["sliding_window", "bigbird", "strided", "fixed"])
+def test_flex_matches_chunked_in_inference(name, opts):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 200, 16, generator=g) for _ in range(3))
+    kpm = torch.zeros(2, 200, dtype=torch.bool)
+    kpm[0, 150:] = True
+    kpm[1, :] = True  # a fully padded row must give zeros
+    flex = effattn.create_attention(name, backend="flex", **opts)
+    chunked = effattn.create_attention(name, backend="chunked", **opts)
+    with torch.no_grad():
+        for causal, pad in ((False, None), (True, None), (False, kpm)):
+            a = flex(q, k, v, causal=causal, key_padding_mask=pad)
+            b = chunked(q, k, v, causal=causal, key_padding_mask=pad)
+            assert flex.last_backend == "flex"
+            err = ((a - b).norm() / b.norm().clamp_min(1e-30)).item() if b.norm() > 0 else a.abs().max().item()
+            assert err < 1e-5, (causal, pad is not None, err)
+
+
+def test_flex_refuses_backward_on_cpu():
+    attn = effattn.create_attention("sliding_window", window=4, backend="flex")
+    q = torch.randn(1, 1, 32, 8, requires_grad=True)
+    with pytest.raises(effattn.UnsupportedError, match="no backward on CPU"):
+        attn(q, q, q)
+
+
+def test_auto_picks_chunked_on_cpu():
+    attn = effattn.create_attention("sliding_window", window=4)
+    attn(*(torch.randn(1, 1, 32, 8),) * 3)
+    assert attn.last_backend == "chunked-sdpa"
