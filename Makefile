@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.effattn-installed
 
-.PHONY: setup test test-fast bench lint clean
+.PHONY: setup test test-fast bench report lint clean
 
 setup: $(STAMP)
 
@@ -23,9 +23,14 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
-# The default sweep (every available built-in, n = 256..4k, fp32 forward); keeps the last run.
+# The default sweep (every available built-in, n = 256..4k, fp32 forward), then its report.
 bench: $(STAMP)
 	$(VENV)/bin/effattn bench --out results/bench-latest.jsonl --overwrite
+	$(VENV)/bin/effattn report results/bench-latest.jsonl --out results/bench-latest-report --format md,html
+
+# Regenerate the committed reference report from the committed reference sweep.
+report: $(STAMP)
+	$(VENV)/bin/effattn report results/cpu-sweep-256-16k.jsonl --out results/cpu-sweep-256-16k-report --format md,html
 
 lint: $(STAMP)
 	$(PY) -m compileall -q effattn tests benchmarks

@@ -6,7 +6,9 @@ Three shapes built from the same blocks:
 * `decoder`  - causal language model (decoder-only);
 * `encdec`   - encoder, and a decoder with causal self-attention and cross-attention to it.
 
-Post-norm residual blocks as in the paper: x = LayerNorm(x + Dropout(Sublayer(x))).
+Post-norm residual blocks as in the paper, x = LayerNorm(x + Dropout(Sublayer(x))); with
+`norm_first=True`, pre-norm x = x + Dropout(Sublayer(LayerNorm(x))) and a final LayerNorm (Xiong et
+al. 2020).
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ class TransformerConfig:
     cross_attention: str | None = None  # plugin for decoder cross-attention; None = same as `attention`
     cross_attention_options: dict | None = None
     conv_kernel: int = 0         # >0: causal depthwise conv of this width before attention (Zoology, H3)
+    norm_first: bool = False     # False: the paper's post-norm; True: pre-norm with a final LayerNorm
 
     @property
     def head_dim(self) -> int:
@@ -153,10 +156,16 @@ class Block(nn.Module):
         self.ff = FeedForward(d, cfg.d_ff, cfg.dropout)
         self.norm2 = nn.LayerNorm(d)
         self.drop = nn.Dropout(cfg.dropout)
+        self.norm_first = cfg.norm_first
 
     def forward(self, x, key_padding_mask=None, memory=None, memory_padding_mask=None):
         if self.conv is not None:
             x = x + self.conv(x)
+        if self.norm_first:
+            x = x + self.drop(self.self_attn(self.norm1(x), key_padding_mask=key_padding_mask))
+            if self.cross_attn is not None:
+                x = x + self.drop(self.cross_attn(self.norm_cross(x), memory, key_padding_mask=memory_padding_mask))
+            return x + self.drop(self.ff(self.norm2(x)))
         x = self.norm1(x + self.drop(self.self_attn(x, key_padding_mask=key_padding_mask)))
         if self.cross_attn is not None:
             x = self.norm_cross(x + self.drop(self.cross_attn(x, memory, key_padding_mask=memory_padding_mask)))
@@ -181,12 +190,17 @@ class Transformer(nn.Module):
         if shape == "encdec":
             _require(cfg.cross_attention or cfg.attention, {}, causal=False, cross=True, role="cross-attention")
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        # The paper multiplies embeddings by sqrt(d_model); that assumes weights of scale d^-1/2.
+        # With nn.Embedding's N(0, 1) the tokens would swamp the positional encoding by sqrt(d)
+        # (measured: MQAR stuck at chance), so initialise to N(0, 1/d_model).
+        nn.init.normal_(self.embed.weight, std=cfg.d_model ** -0.5)
         self.drop = nn.Dropout(cfg.dropout)
         n_enc = cfg.n_layers if shape != "decoder" else 0
         n_dec = cfg.n_layers if shape == "decoder" else (cfg.n_decoder_layers if shape == "encdec" else 0)
         self.encoder = nn.ModuleList(Block(cfg, causal=False, cross=False) for _ in range(n_enc))
         self.decoder = nn.ModuleList(Block(cfg, causal=True, cross=shape == "encdec") for _ in range(n_dec))
         out = cfg.num_classes if shape == "encoder" else cfg.vocab_size
+        self.final_norm = nn.LayerNorm(cfg.d_model) if cfg.norm_first else nn.Identity()
         self.head = nn.Linear(cfg.d_model, out)
 
     def _embed(self, tokens):
@@ -197,7 +211,7 @@ class Transformer(nn.Module):
         x = self._embed(tokens)
         for blk in self.encoder:
             x = blk(x, key_padding_mask=key_padding_mask)
-        return x
+        return self.final_norm(x) if self.shape == "encoder" else x
 
     def forward(self, tokens, tgt=None, key_padding_mask=None):
         if self.shape == "encoder":
@@ -212,14 +226,14 @@ class Transformer(nn.Module):
             x = self._embed(tokens)
             for blk in self.decoder:
                 x = blk(x)
-            return self.head(x)
+            return self.head(self.final_norm(x))
         if tgt is None:
             raise ValueError("the encoder-decoder needs forward(src, tgt)")
         memory = self.encode(tokens, key_padding_mask)
         x = self._embed(tgt)
         for blk in self.decoder:
             x = blk(x, memory=memory, memory_padding_mask=key_padding_mask)
-        return self.head(x)
+        return self.head(self.final_norm(x))
 
 
 def build_model(shape: str = "encoder", preset: str = "tiny", **overrides) -> Transformer:

@@ -50,15 +50,22 @@ def summary(df: pd.DataFrame, baseline: str = "full", min_fit_len: int = 1024) -
     """Per variant: fitted time and memory exponents (lengths >= min_fit_len where there are at
     least 3 such, else all), and the crossover length from which it is faster than `baseline`."""
     ok = df[df["status"] == "ok"]
-    base = ok[ok["label"] == baseline].set_index("seq_len")["time_ms"] if baseline in set(ok["label"]) else None
+
+    def base_for(label: str):
+        """The baseline of the same configuration: `full [mode=fwd]` for `linear [mode=fwd]`."""
+        suffix = label[label.index(" ["):] if " [" in label else ""
+        b = ok[ok["label"] == baseline + suffix]
+        return b.drop_duplicates("seq_len", keep="last").set_index("seq_len")["time_ms"] if len(b) else None
+
     out = []
     for label, g in df.groupby("label", sort=False):
-        gk = g[g["status"] == "ok"].sort_values("seq_len")
+        gk = g[g["status"] == "ok"].drop_duplicates("seq_len", keep="last").sort_values("seq_len")
         fit = gk[gk["seq_len"] >= min_fit_len] if (gk["seq_len"] >= min_fit_len).sum() >= 3 else gk
         te, tse = fit_exponent(fit["seq_len"], fit["time_ms"])
         me, mse = fit_exponent(fit["seq_len"], fit["peak_mem_bytes"])
         cross = None
-        if base is not None and label != baseline:
+        base = base_for(label)
+        if base is not None and not label.startswith(baseline + " [") and label != baseline:
             common = [n for n in gk["seq_len"] if n in base.index]
             faster = [gk.set_index("seq_len").loc[n, "time_ms"] < base.loc[n] for n in common]
             for i, n in enumerate(common):
@@ -71,3 +78,18 @@ def summary(df: pd.DataFrame, baseline: str = "full", min_fit_len: int = 1024) -
                     f"faster_than_{baseline}_from": cross,
                     "points": ", ".join(f"{k} {v}" for k, v in statuses.items())})
     return pd.DataFrame(out)
+
+
+CONFIG_FIELDS = ("mode", "level", "causal", "dtype", "device", "batch", "heads", "head_dim", "inputs")
+
+
+def label_series(df: pd.DataFrame) -> pd.DataFrame:
+    """When rows from different configurations are mixed (fwd and fwdbwd, two dtypes, ...), make
+    the differing fields part of each label, so that no two configurations share a line."""
+    varying = [c for c in CONFIG_FIELDS if c in df.columns and df[c].astype(str).nunique() > 1]
+    if not varying:
+        return df
+    df = df.copy()
+    df["label"] = df["label"] + " [" + df[varying].astype(str).apply(
+        lambda r: ", ".join(f"{c}={v}" for c, v in zip(varying, r)), axis=1) + "]"
+    return df

@@ -196,3 +196,22 @@ def test_find_max_len_bisects_to_the_budget(run_cli, tmp_path):
     above = [n for n in naive if n > best]
     assert above and all(naive[n]["status"] == "oom" for n in above)
     assert min(above) - best <= max(64, best // 16)  # bisected to the stated resolution
+
+
+def test_trained_inputs_give_peaked_attention_and_error_columns(run_cli, tmp_path):
+    """--inputs trained: q, k, v from a backbone trained on MQAR (cached on disk once)."""
+    env = {"EFFATTN_CACHE": str(tmp_path / "cache")}
+    args = ["bench", "--attn", "full,performer:num_features=16,sliding_window:window=4", "--seq-lens", "64",
+            "--heads", "2", "--head-dim", "8", "--min-run-time", "0.01"]
+    r = run_cli(*args, "--inputs", "trained", "--out", "t.jsonl", cwd=str(tmp_path), env_extra=env)
+    assert r.returncode == 0, r.stderr
+    assert "training a 2x8 backbone on MQAR once" in r.stderr
+    assert list((tmp_path / "cache").glob("trained-mqar-*.pt"))
+    rows = {x["label"]: x for x in map(json.loads, (tmp_path / "t.jsonl").read_text().splitlines())}
+    assert all(x["inputs"] == "trained" and x["status"] == "ok" for x in rows.values())
+    assert rows["full"]["rel_err_vs_full"] == 0.0
+    assert rows["performer:num_features=16"]["rel_err_vs_full"] > 0
+    assert rows["sliding_window:window=4"]["rel_err_vs_own_dense"] < 1e-5
+    # the second run finds the cached backbone and does not train again
+    r = run_cli(*args, "--inputs", "trained", "--out", "t2.jsonl", cwd=str(tmp_path), env_extra=env)
+    assert r.returncode == 0 and "training" not in r.stderr

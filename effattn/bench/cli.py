@@ -32,12 +32,12 @@ def _check_dtype(device: str, dtype: str):
 
 
 @cli.command()
-@click.option("--seq-lens", default=DEFAULT_SEQ_LENS, show_default=True, help="comma list; k = 1024")
+@click.option("--seq-lens", default=None, help=f"comma list; k = 1024 [default: {DEFAULT_SEQ_LENS}; 64 with --task]")
 @click.option("--attn", "attn", default=None, help="NAME[:KEY=VALUE...] comma list [default: every available built-in]")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--dtype", default="float32", show_default=True)
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--heads", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--heads", type=click.IntRange(min=1), default=None, help="[default: 8; 4 with --task]")
 @click.option("--head-dim", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--causal", is_flag=True)
 @click.option("--mode", type=click.Choice(["fwd", "fwdbwd"]), default="fwd", show_default=True)
@@ -53,10 +53,24 @@ def _check_dtype(device: str, dtype: str):
               help="seconds of timed repeats per point")
 @click.option("--no-error", is_flag=True, help="skip the error-vs-full columns")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--inputs", type=click.Choice(["random", "trained"]), default="random", show_default=True,
+              help="q, k, v: Gaussian, or from a backbone trained on MQAR (peaked attention)")
 @click.option("--find-max-len", is_flag=True,
               help="find each variant's longest length within --memory-budget (default: free memory)")
+@click.option("--task", "task_spec", default=None, help="train on a task instead of timing: NAME[:KEY=VALUE...] "
+              "(mqar, listops, retrieval_distance)")
+@click.option("--steps", type=click.IntRange(min=1), default=2000, show_default=True, help="--task: training steps")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-3, show_default=True,
+              help="--task: peak learning rate (AdamW, 50 warm-up steps, linear decay)")
+@click.option("--train-batch", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True, help="--task: repeats")
+@click.option("--d-model", type=click.IntRange(min=1), default=64, show_default=True, help="--task: model width")
+@click.option("--layers", type=click.IntRange(min=1), default=2, show_default=True, help="--task: layers")
+@click.option("--conv-kernel", type=click.IntRange(min=0), default=0, show_default=True,
+              help="--task: short causal conv before attention (0 = off)")
 def bench(seq_lens, attn, device, dtype, batch, heads, head_dim, causal, mode, level, out_path, resume, overwrite,
-          isolate, timeout_s, memory_budget, min_run_time, no_error, seed, find_max_len):
+          isolate, timeout_s, memory_budget, min_run_time, no_error, seed, find_max_len, task_spec, steps, lr,
+          train_batch, seeds, d_model, layers, conv_kernel, inputs):
     """Sweep sequence lengths and measure time, memory and error of attention variants."""
     import torch
 
@@ -70,7 +84,11 @@ def bench(seq_lens, attn, device, dtype, batch, heads, head_dim, causal, mode, l
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         fail("--device cuda: CUDA is not available on this machine")
-    lens = parse_seq_lens(seq_lens)
+    lens = parse_seq_lens(seq_lens or ("64" if task_spec else DEFAULT_SEQ_LENS))
+    task_heads = heads or 4  # task models are small (d_model 64): 16-dim heads, as in Zoology's runs
+    heads = heads or 8
+    if task_spec and not attn:
+        attn = "full,linear"
     variants = parse_variants(attn or _default_variants(device))
     if len({v.label for v in variants}) != len(variants):
         fail("--attn lists the same variant twice")
@@ -96,9 +114,20 @@ def bench(seq_lens, attn, device, dtype, batch, heads, head_dim, causal, mode, l
 
     spec = SweepSpec(seq_lens=lens, variants=variants, device=device, dtype=dtype, batch=batch, heads=heads,
                      head_dim=head_dim, causal=causal, mode=mode, level=level, timeout_s=timeout_s,
-                     memory_budget_bytes=budget, min_run_time_s=min_run_time, error=not no_error, seed=seed)
+                     memory_budget_bytes=budget, min_run_time_s=min_run_time, error=not no_error, seed=seed,
+                     inputs=inputs)
+    if inputs == "trained":
+        if level != "attention":
+            fail("--inputs trained applies to --level attention")
+        from .inputs import trained_model
+
+        trained_model(heads, head_dim, log=lambda m: click.echo(m, err=True))  # train once, before the sweep
     if find_max_len:
         return _find_max_len(spec, out_path, budget, lens)
+    if task_spec:
+        return _task_mode(task_spec, variants, lens, seeds, out_path, resume,
+                          dict(steps=steps, batch_size=train_batch, lr=lr, d_model=d_model, n_layers=layers,
+                               n_heads=task_heads, conv_kernel=conv_kernel))
     click.echo(f"effattn bench: {len(variants)} variants x {len(lens)} lengths on {device} ({dtype}, {mode}, "
                f"{level}) -> {out_path}", err=True)
     try:
@@ -157,3 +186,37 @@ def _find_max_len(spec, out_path, budget, lens):
     click.echo("\nlongest sequence within the budget")
     for label, best in results:
         click.echo(f"  {label:40s} {best if best is not None else 'none (fails at ' + str(start) + ')'}")
+
+
+def _task_mode(task_spec, variants, lens, seeds, out_path, resume, train_kwargs):
+    from ..registry import get_entry
+    from ..spec import parse_variant
+    from ..tasks import create_task
+    from ..tasks.train import TrainSpec
+    from .tasksweep import run_task_sweep, task_summary
+
+    tv = parse_variant(task_spec, validate=False)
+    task = create_task(tv.name, **tv.options)
+    for n in lens:
+        task.check_length(n)
+    if train_kwargs["d_model"] % train_kwargs["n_heads"]:
+        fail(f"--d-model {train_kwargs['d_model']} is not divisible by --heads {train_kwargs['n_heads']}")
+    if task.kind == "lm":
+        for v in variants:
+            if not get_entry(v.name).facts.supports_causal:
+                fail(f"{v.label} cannot run {task.name}: the task trains a causal decoder and it does not support causal")
+    spec = TrainSpec(**train_kwargs)
+    click.echo(f"effattn bench --task {task_spec}: {len(variants)} variants x {len(lens)} lengths x {seeds} seeds, "
+               f"{spec.steps} steps of batch {spec.batch_size} -> {out_path}", err=True)
+    try:
+        rows = run_task_sweep(task, variants, lens, seeds, spec, out_path, resume,
+                              log=lambda m: click.echo(m, err=True))
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: every finished run is in {out_path}; rerun with --resume to complete it", err=True)
+        sys.exit(130)
+    from .sweep import read_rows
+
+    summ = task_summary([r for r in read_rows(out_path) if r.get("task") == task.name])
+    click.echo(f"\n{task.name} {task.options()}: test accuracy (mean over seeds)")
+    click.echo(summ.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    click.echo(f"\nresults: {out_path}")

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
-from dataclasses import asdict
 
 from ..spec import Variant
 from .point import SweepSpec
+from .sweep import run_worker
 
 
 def available_memory_bytes(device: str) -> int:
@@ -33,23 +31,8 @@ def available_memory_bytes(device: str) -> int:
 
 
 def probe(spec: SweepSpec, variant: Variant, n: int, budget: int) -> dict:
-    payload = json.dumps({"spec": {**asdict(spec), "variants": [], "seq_lens": [], "error": False},
-                          "variant": {"name": variant.name, "options": variant.options}, "n": n,
-                          "data_limit": None})
-    base = {"variant": variant.name, "options": variant.options, "label": variant.label, "seq_len": n,
-            "probe": "find-max-len", "memory_budget_bytes": budget}
-    try:
-        p = subprocess.run([sys.executable, "-m", "effattn.bench.worker"], input=payload, capture_output=True,
-                           text=True, timeout=spec.timeout_s + 60)
-    except subprocess.TimeoutExpired:
-        return {**base, "status": "timeout", "reason": f"probe exceeded {spec.timeout_s:g} s"}
-    if p.returncode == 0 and p.stdout.strip():
-        row = json.loads(p.stdout.strip().splitlines()[-1])
-        return {**row, **base, "status": row["status"], "reason": row.get("reason")}
-    if p.returncode in (-9, 137):
-        return {**base, "status": "oom", "reason": "probe killed (out of memory)"}
-    tail = (p.stderr.strip().splitlines() or ["no output"])[-1]
-    return {**base, "status": "oom" if "memory" in tail.lower() else "error", "reason": tail}
+    row = run_worker(spec, variant, n, label="probe", error=False, memory_budget_bytes=budget)
+    return {**row, "probe": "find-max-len", "memory_budget_bytes": budget}
 
 
 def find_max_len(spec: SweepSpec, variant: Variant, budget: int, start: int, limit: int, out=None,

@@ -35,6 +35,7 @@ class SweepSpec:
     min_run_time_s: float = 0.2
     error: bool = True
     seed: int = 0
+    inputs: str = "random"   # or "trained": q, k, v from a backbone trained on MQAR (attention level)
 
     def point_config(self) -> dict:
         d = asdict(self)
@@ -52,6 +53,11 @@ def point_key(row: dict) -> tuple:
 def _inputs(spec: SweepSpec, n: int, requires_grad: bool):
     g = torch.Generator().manual_seed(spec.seed + n)
     dtype = getattr(torch, spec.dtype)
+    if spec.inputs == "trained" and spec.level == "attention":
+        from .inputs import trained_qkv
+
+        qkv, _ = trained_qkv(spec.batch, spec.heads, spec.head_dim, n, spec.seed)
+        return tuple(t.to(device=spec.device, dtype=dtype).requires_grad_(requires_grad) for t in qkv)
     mk = lambda *shape: torch.randn(*shape, generator=g).to(device=spec.device, dtype=dtype).requires_grad_(requires_grad)
     B, H, D = spec.batch, spec.heads, spec.head_dim
     if spec.level == "attention":

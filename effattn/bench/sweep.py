@@ -42,23 +42,26 @@ def read_rows(path: str) -> list[dict]:
     return rows
 
 
-def _run_isolated(spec: SweepSpec, variant: Variant, n: int) -> dict:
-    payload = json.dumps({"spec": {**asdict(spec), "variants": [], "seq_lens": []},
-                          "variant": {"name": variant.name, "options": variant.options}, "n": n})
+def run_worker(spec: SweepSpec, variant: Variant, n: int, label: str = "isolated point", **spec_overrides) -> dict:
+    """Measure one point in a fresh process (`python -m effattn.bench.worker`): a crash, a hang or
+    an OOM kill costs only this point, and comes back as a row with its status."""
+    spec_dict = {**asdict(spec), "variants": [], "seq_lens": [], **spec_overrides}
+    payload = json.dumps({"spec": spec_dict, "variant": {"name": variant.name, "options": variant.options}, "n": n})
     base = {"variant": variant.name, "options": variant.options, "label": variant.label, "seq_len": n,
-            **spec.point_config()}
+            **SweepSpec(**{**spec_dict, "seq_lens": [], "variants": []}).point_config()}
     base.pop("min_run_time_s", None)
     try:
         p = subprocess.run([sys.executable, "-m", "effattn.bench.worker"], input=payload, capture_output=True,
                            text=True, timeout=spec.timeout_s + 60)
     except subprocess.TimeoutExpired:
-        return {**base, "status": "timeout", "reason": f"isolated point exceeded {spec.timeout_s:g} s (+60 s start-up) and was killed"}
+        return {**base, "status": "timeout", "reason": f"{label} exceeded {spec.timeout_s:g} s (+60 s start-up) and was killed"}
     if p.returncode == 0 and p.stdout.strip():
         return json.loads(p.stdout.strip().splitlines()[-1])
     if p.returncode in (-9, 137):
-        return {**base, "status": "oom", "reason": "isolated process was killed (SIGKILL: out of memory)"}
+        return {**base, "status": "oom", "reason": f"{label} was killed (SIGKILL: out of memory)"}
     tail = (p.stderr.strip().splitlines() or ["no output"])[-1]
-    return {**base, "status": "error", "reason": f"isolated process exited {p.returncode}: {tail}"}
+    status = "oom" if "memory" in tail.lower() else "error"
+    return {**base, "status": status, "reason": f"{label} exited {p.returncode}: {tail}"}
 
 
 class Progress:
@@ -121,7 +124,7 @@ def run_sweep(spec: SweepSpec, out_path: str, *, resume: bool = False, isolate: 
             else:
                 if bar:
                     bar.start(v.label, n)
-                row = _run_isolated(spec, v, n) if isolate else measure_point(spec, v, n)
+                row = run_worker(spec, v, n) if isolate else measure_point(spec, v, n)
                 if row["status"] in STOPPING:
                     stopped[v.label] = (row["status"], n)
             row.update(run_id=run_id, matmul_peak_gflops=peak, env=env, isolated=isolate,

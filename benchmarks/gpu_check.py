@@ -1,0 +1,120 @@
+"""Every GPU check in one script, for a lent CUDA machine (issue #7). Under 10 minutes on an H100.
+
+    PYTHONPATH=. python3 benchmarks/gpu_check.py OUT_DIR
+
+1. the conformance suite on CUDA for every plugin, fp32; a bf16 run of each (shape, finiteness and
+   error against float64 attention over the same pattern);
+2. the xFormers plugin, and the FlexAttention backend forward and backward against the chunked path;
+3. a short sweep with memory (max_memory_allocated) and its report.
+
+Writes OUT_DIR/gpu_check.json (every check with its result), sweep.jsonl and report/. Without CUDA
+it writes that it skipped and exits 0, so the CPU paths never depend on it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+
+import torch
+
+
+def main(out_dir: str) -> int:
+    os.makedirs(out_dir, exist_ok=True)
+    result = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "checks": []}
+    if not torch.cuda.is_available():
+        result["skipped"] = "no CUDA device: nothing to check"
+        print(result["skipped"])
+        _save(out_dir, result)
+        return 0
+    import effattn
+    from effattn.env import environment
+    from effattn.testing import reference_attention, run_checks
+
+    result["env"] = environment()
+    small = {"sliding_window": dict(window=8, global_tokens=2), "bigbird": dict(block_size=8, num_random_blocks=2),
+             "sparse": dict(stride=8), "performer": dict(num_features=64), "linformer": dict(proj_len=16, max_len=256),
+             "nystrom": dict(num_landmarks=8)}
+
+    def record(name, ok, detail):
+        result["checks"].append({"check": name, "ok": bool(ok), "detail": detail})
+        print(f"{'ok  ' if ok else 'FAIL'} {name}: {detail}", flush=True)
+        _save(out_dir, result)
+
+    for name in effattn.list_attention():
+        why = effattn.get_entry(name).availability("cuda")
+        if why:
+            record(f"conformance {name}", True, f"skipped: {why}")
+            continue
+        for opts in ({}, small.get(name)) if small.get(name) else ({},):
+            try:
+                res = run_checks(name, device="cuda", **opts)
+                bad = [f"{r.name}: {r.detail}" for r in res if not r.passed]
+                record(f"conformance {name} {opts}", not bad, "; ".join(bad) or "all passed")
+            except Exception as e:  # noqa: BLE001
+                record(f"conformance {name} {opts}", False, f"{type(e).__name__}: {e}")
+        try:  # bf16: runs, finite, close to float64 attention over the same pattern
+            attn = effattn.create_attention(name, **small.get(name, {})).cuda()
+            g = torch.Generator(device="cuda").manual_seed(0)
+            q, k, v = (torch.randn(2, 4, 300, 64, device="cuda", generator=g) for _ in range(3))
+            out = attn(q.bfloat16(), k.bfloat16(), v.bfloat16()).float()
+            mask = attn.dense_mask(300, 300).cuda() if hasattr(attn, "dense_mask") else torch.ones(300, 300, dtype=torch.bool, device="cuda")
+            ref = reference_attention(q, k, v, mask).float()
+            err = float((out - ref).norm() / ref.norm())
+            limit = 3e-2 if getattr(attn, "exact", False) else 1.0
+            record(f"bf16 {name}", torch.isfinite(out).all().item() and err < limit, f"rel err vs fp64 {err:.2e}")
+        except Exception as e:  # noqa: BLE001
+            record(f"bf16 {name}", False, f"{type(e).__name__}: {e}")
+
+    for name, opts in (("sliding_window", dict(window=64, global_tokens=4)), ("bigbird", dict(block_size=32)),
+                       ("sparse", dict(pattern="fixed", stride=64, summary=4)), ("sparse", dict(stride=32))):
+        try:
+            g = torch.Generator(device="cuda").manual_seed(1)
+            qkv = [torch.randn(2, 4, 1000, 64, device="cuda", generator=g, requires_grad=True) for _ in range(3)]
+            outs, grads = [], []
+            for backend in ("flex", "chunked"):
+                attn = effattn.create_attention(name, backend=backend, **opts)
+                for t in qkv:
+                    t.grad = None
+                o = attn(*qkv, causal=True)
+                o.square().sum().backward()
+                outs.append(o.detach())
+                grads.append([t.grad.clone() for t in qkv])
+            err = float((outs[0] - outs[1]).norm() / outs[1].norm())
+            gerr = max(float((a - b).norm() / b.norm()) for a, b in zip(*grads))
+            record(f"flex fwd+bwd {name} {opts}", err < 1e-4 and gerr < 1e-3, f"out {err:.1e}, grads {gerr:.1e}")
+        except Exception as e:  # noqa: BLE001
+            record(f"flex fwd+bwd {name} {opts}", False, f"{type(e).__name__}: {e}")
+
+    sweep = os.path.join(out_dir, "sweep.jsonl")
+    from effattn.cli import main as cli_main
+
+    for argv in (["bench", "--device", "cuda", "--seq-lens", "1k,4k,16k,32k", "--attn",
+                  "full,naive,sliding_window,bigbird,linear,performer,xformers" if effattn.get_entry("xformers").availability("cuda") is None
+                  else "full,naive,sliding_window,bigbird,linear,performer", "--mode", "fwdbwd", "--timeout", "60",
+                  "--out", sweep, "--overwrite"],
+                 ["report", sweep, "--out", os.path.join(out_dir, "report"), "--format", "md,html"]):
+        try:
+            cli_main(argv)
+        except SystemExit as e:
+            record(" ".join(argv[:1]), e.code in (0, None), f"exit {e.code}")
+        except Exception:  # noqa: BLE001
+            record(" ".join(argv[:1]), False, traceback.format_exc(limit=3))
+    failed = [c for c in result["checks"] if not c["ok"]]
+    result["summary"] = f"{len(result['checks']) - len(failed)} passed, {len(failed)} failed"
+    print(result["summary"])
+    _save(out_dir, result)
+    return 1 if failed else 0
+
+
+def _save(out_dir, result):
+    with open(os.path.join(out_dir, "gpu_check.json"), "w") as f:
+        json.dump(result, f, indent=1, default=str)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: PYTHONPATH=. python3 benchmarks/gpu_check.py OUT_DIR")
+    sys.exit(main(sys.argv[1]))

@@ -1,0 +1,76 @@
+"""`effattn bench --task`: train the backbone per (variant, length, seed); rows like any sweep's."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+import uuid
+
+from ..env import environment
+from ..errors import EffattnError
+from ..spec import Variant
+from ..tasks.base import Task
+from ..tasks.train import TrainSpec, train_task
+from .sweep import read_rows
+
+TASK_KEY = ("label", "seq_len", "task", "task_options", "seed", "train_spec")
+
+
+def _key(row) -> str:
+    return json.dumps([row.get(k) for k in TASK_KEY], sort_keys=True, default=str)
+
+
+def run_task_sweep(task: Task, variants: list[Variant], seq_lens: list[int], seeds: int, spec: TrainSpec,
+                   out_path: str, resume: bool = False, log=None) -> list[dict]:
+    done = {_key(r) for r in read_rows(out_path) if r.get("status") == "ok"} if resume else set()
+    run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    env, rows = environment(), []
+    todo = [(v, n, s) for v in variants for n in seq_lens for s in range(seeds)]
+    with open(out_path, "a" if resume else "w") as f:
+        for i, (v, n, seed) in enumerate(todo, 1):
+            base = {"kind": "task", "variant": v.name, "options": v.options, "label": v.label, "seq_len": n,
+                    "seed": seed, "task": task.name, "task_options": task.options(),
+                    "train_spec": json.loads(json.dumps(spec.__dict__))}
+            if _key(base) in done:
+                continue
+            if log:
+                log(f"[{i}/{len(todo)}] {v.label} n={n} seed={seed}: training {spec.steps} steps")
+            try:
+                res = train_task(task, v, n, spec, seed,
+                                 progress=(lambda s, t, l: log(f"    step {s}/{t} loss {l:.3f}")) if log else None)
+                row = {**base, **res, "status": "ok", "reason": None}
+            except EffattnError as e:
+                row = {**base, "status": "unsupported", "reason": str(e)}
+            except Exception as e:  # noqa: BLE001 - recorded, the sweep goes on
+                row = {**base, "status": "error", "reason": f"{type(e).__name__}: {e}",
+                       "traceback": traceback.format_exc(limit=5)}
+            row.update(run_id=run_id, env=env, measured_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+            f.write(json.dumps(row, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+            rows.append(row)
+            if log:
+                acc = f"accuracy {row['test_accuracy']:.3f}, loss {row['final_loss']:.3f}, {row['train_time_s']:.0f} s" \
+                    if row["status"] == "ok" else f"{row['status']}: {row['reason']}"
+                log(f"    -> {acc}")
+    return rows
+
+
+def task_summary(rows: list[dict]):
+    import pandas as pd
+
+    df = pd.DataFrame([r for r in rows if r.get("kind") == "task"])
+    if df.empty:
+        return df
+    ok = df[df["status"] == "ok"]
+    if ok.empty:
+        return df[["label", "seq_len", "status", "reason"]]
+    g = ok.groupby(["label", "seq_len"], sort=False)
+    out = g.agg(accuracy_mean=("test_accuracy", "mean"), accuracy_std=("test_accuracy", "std"),
+                seeds=("seed", "count"), final_loss=("final_loss", "mean"), train_time_s=("train_time_s", "mean"),
+                tokens_per_s=("tokens_per_s", "mean")).reset_index()
+    out["accuracies"] = [", ".join(f"{a:.3f}" for a in ok[(ok["label"] == r.label) & (ok["seq_len"] == r.seq_len)]
+                                   ["test_accuracy"]) for r in out.itertuples()]
+    return out

@@ -1,0 +1,380 @@
+"""`effattn report` and `effattn compare`: result files -> a report people read at a glance.
+
+The report is built from the data alone (effattn.results.load), so it renders for any sweep,
+partial or failed: missing points are blank, a variant that never ran shows its status, a single
+length gets tables without slopes.
+"""
+from __future__ import annotations
+
+import html
+import math
+import os
+import sys
+
+import click
+import numpy as np
+import pandas as pd
+
+from .cli import cli, fail
+from .results import label_series, load, summary
+
+STATUS_MARKERS = {"oom": "X", "timeout": "v", "error": "s", "unsupported": "d"}
+
+
+def _fmt(x, digits=3):
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return ""
+    if isinstance(x, (int, np.integer)):
+        return str(int(x))
+    return f"{x:.{digits}g}"
+
+
+def pivot(df: pd.DataFrame, col: str) -> pd.DataFrame:
+    """label x seq_len; cells hold the value for ok points and the status otherwise."""
+    rows = {}
+    for (label, n), g in df.groupby(["label", "seq_len"], sort=False):
+        r = g.iloc[-1]
+        rows.setdefault(label, {})[n] = r[col] if r["status"] == "ok" else r["status"]
+    t = pd.DataFrame(rows).T
+    return t.reindex(sorted(t.columns), axis=1) if len(t.columns) else t
+
+
+def _best(t: pd.DataFrame, lower_is_better=True):
+    """Per column, the label of the best numeric value (marked in tables)."""
+    best = {}
+    for c in t.columns:
+        vals = pd.to_numeric(t[c], errors="coerce").dropna()
+        if len(vals):
+            best[c] = vals.idxmin() if lower_is_better else vals.idxmax()
+    return best
+
+
+def table_md(t: pd.DataFrame, title: str, unit: str, lower_is_better=True, scale=1.0) -> str:
+    if t.empty:
+        return f"### {title}\n\n(no points)\n"
+    best = _best(t, lower_is_better)
+    head = "| variant | " + " | ".join(f"n={c}" for c in t.columns) + " |"
+    lines = [f"### {title} ({unit}; **bold** = best in column)", "", head, "|" + " --- |" * (len(t.columns) + 1)]
+    for label, row in t.iterrows():
+        cells = []
+        for c in t.columns:
+            v = row[c]
+            if isinstance(v, (int, float, np.floating)) and not pd.isna(v):
+                s = _fmt(v * scale)
+                cells.append(f"**{s}**" if best.get(c) == label else s)
+            else:
+                cells.append("" if pd.isna(v) else str(v))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot_lines(ax, df, col, scale=1.0):
+    import matplotlib
+
+    colours = matplotlib.colormaps["tab20"].colors
+    styles = ("-", "--", "-.", ":")
+    for i, (label, g) in enumerate(df.groupby("label", sort=False)):
+        g = g.sort_values("seq_len")
+        ok = g[g["status"] == "ok"]
+        (line,) = ax.plot(ok["seq_len"], ok[col] * scale, marker="o", ms=3, label=label,
+                          color=colours[(2 * i) % 20 + (i // 10) % 2], linestyle=styles[(i // 5) % 4] if i >= 10 else "-")
+        bad = g[g["status"].isin(STATUS_MARKERS)]
+        for _, r in bad.iterrows():  # failures sit at the top edge, in the line's colour
+            ax.plot([r["seq_len"]], [np.nan], alpha=0)
+            ax.annotate(STATUS_MARKERS[r["status"]], (r["seq_len"], 1.0), xycoords=("data", "axes fraction"),
+                        color=line.get_color(), ha="center", va="top", fontsize=9)
+
+
+def _ref_slopes(ax, df, col, scale):
+    ok = df[(df["status"] == "ok") & df[col].notna()]
+    if ok["seq_len"].nunique() < 2:
+        return
+    n0, n1 = ok["seq_len"].min(), ok["seq_len"].max()
+    y0 = ok[ok["seq_len"] == n0][col].median() * scale
+    xs = np.array([n0, n1], float)
+    ax.plot(xs, y0 * (xs / n0), "k--", lw=0.8, alpha=0.6, label="∝ n")
+    ax.plot(xs, y0 * (xs / n0) ** 2, "k:", lw=0.8, alpha=0.6, label="∝ n²")
+
+
+def make_plots(df: pd.DataFrame, out_dir: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+
+    def save(fig, name):
+        for ext in ("png", "svg"):
+            fig.savefig(os.path.join(out_dir, f"{name}.{ext}"), dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        made.append(name)
+
+    for col, name, ylabel, scale in (("time_ms", "time", "time (ms)", 1.0),
+                                     ("peak_mem_bytes", "memory", "peak memory (MiB)", 1 / 2**20)):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        _plot_lines(ax, df, col, scale)
+        _ref_slopes(ax, df, col, scale)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length n")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{ylabel.split(' (')[0]} against n (log-log); X = oom, v = timeout")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+        save(fig, name)
+    if df["peak_fraction"].notna().any():
+        fig, ax = plt.subplots(figsize=(7, 4))
+        _plot_lines(ax, df, "peak_fraction", 100)
+        ax.set_xscale("log", base=2)
+        ax.set_ylabel("% of matmul peak (useful FLOPs)")
+        ax.set_xlabel("sequence length n")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+        save(fig, "peak_fraction")
+    if pd.to_numeric(df["rel_err_vs_full"], errors="coerce").gt(0).any():
+        fig, ax = plt.subplots(figsize=(7, 4))
+        _plot_lines(ax, df[pd.to_numeric(df["rel_err_vs_full"], errors="coerce") > 0], "rel_err_vs_full")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_ylabel("relative error vs full")
+        ax.set_xlabel("sequence length n")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+        save(fig, "error")
+        # Pareto: time against error at the longest length every variant with an error reached
+        ok = df[(df["status"] == "ok") & df["rel_err_vs_full"].notna()]
+        if len(ok):
+            common = ok.groupby("seq_len")["label"].nunique()
+            n = int(common[common == common.max()].index.max())
+            pts = ok[ok["seq_len"] == n]
+            fig, ax = plt.subplots(figsize=(6, 4.5))
+            for _, r in pts.iterrows():
+                e = max(float(r["rel_err_vs_full"]), 1e-9)
+                ax.scatter([r["time_ms"]], [e])
+                ax.annotate(r["label"], (r["time_ms"], e), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("time (ms)")
+            ax.set_ylabel("relative error vs full (floor 1e-9)")
+            ax.set_title(f"speed against accuracy at n = {n}")
+            ax.grid(True, which="both", alpha=0.3)
+            save(fig, "pareto")
+    return made
+
+
+def pattern_pictures(df: pd.DataFrame, out_dir: str, n: int = 64) -> list[tuple[str, str, str]]:
+    """(label, file, formula) for each exact pattern variant in the results."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .registry import create_attention, get_entry
+
+    made = []
+    for (label, name), g in df.groupby(["label", "variant"], sort=False):
+        try:
+            opts = g.iloc[0]["options"] if isinstance(g.iloc[0]["options"], dict) else {}
+            small = {k: v for k, v in opts.items()}
+            for key, cap in (("window", 8), ("block_size", 8), ("stride", 8), ("global_tokens", 2)):
+                if key in small or key in ("window", "block_size", "stride"):
+                    small.setdefault(key, cap)
+                    small[key] = min(small[key], cap)
+            if "summary" in small or name == "sparse":
+                small["summary"] = min(small.get("summary", 2), small.get("stride", 8))
+            attn = create_attention(name, **{k: v for k, v in small.items() if _takes(name, k)})
+            mask = getattr(attn, "dense_mask", None)
+            if not getattr(attn, "exact", False) or mask is None:
+                continue
+            m = mask(n, n, False)
+        except Exception:  # noqa: BLE001 - a picture is optional; the report goes on
+            continue
+        fname = f"pattern_{''.join(ch if ch.isalnum() else '_' for ch in label)}.png"
+        fig, ax = plt.subplots(figsize=(2.4, 2.4))
+        ax.imshow(m.numpy(), cmap="Greys", interpolation="nearest")
+        ax.set_title(f"{name}, n={n}", fontsize=8)
+        ax.set_xticks([]), ax.set_yticks([])
+        fig.savefig(os.path.join(out_dir, fname), dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        doc = (get_entry(name).target.__doc__ or "").strip().splitlines()
+        made.append((label, fname, doc[0] if doc else name))
+    return made
+
+
+def _takes(name, key):
+    from .registry import get_entry, option_names
+
+    names, var_kw = option_names(get_entry(name).target)
+    return key in names or var_kw
+
+
+def build_report(paths: list[str], out_dir: str, formats=("md",)) -> list[str]:
+    df = label_series(load(*paths))
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    if df.empty:
+        body = "# effattn report\n\nNo points in " + ", ".join(paths) + ".\n"
+        written.append(_write(out_dir, "report.md", body))
+        return written
+    plots = make_plots(df, out_dir)
+    pats = pattern_pictures(df, out_dir)
+    summ = summary(df)
+    cross = [c for c in summ.columns if c.startswith("faster_than_")][0]
+    md = ["# effattn report", "", f"Source: {', '.join(paths)}. {len(df)} points, "
+          f"{df['label'].nunique()} variants, lengths {', '.join(map(str, sorted(df['seq_len'].unique())))}.", ""]
+    counts = df["status"].value_counts().to_dict()
+    md.append("Status of the points: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + ".")
+    md.append("")
+    for p in ("time", "memory", "peak_fraction", "error", "pareto"):
+        if p in plots:
+            md += [f"![{p}]({p}.png)", ""]
+    md.append(table_md(pivot(df, "time_ms"), "Time", "ms"))
+    md.append(table_md(pivot(df, "peak_mem_bytes"), "Peak memory", "MiB", scale=1 / 2**20))
+    if df["gflops"].notna().any():
+        md.append(table_md(pivot(df, "gflops"), "Useful throughput", "GFLOP/s", lower_is_better=False))
+    if pd.to_numeric(df["rel_err_vs_full"], errors="coerce").notna().any():
+        md.append(table_md(pivot(df, "rel_err_vs_full"), "Relative error against full", "‖out−ref‖/‖ref‖"))
+    md += ["### Scaling (least-squares fit of log time and log memory against log n)", "",
+           "| variant | time exponent | memory exponent | fitted from n | faster than full from n | points |",
+           "| --- | --- | --- | --- | --- | --- |"]
+    for _, r in summ.iterrows():
+        te = "" if pd.isna(r["time_exponent"]) else f"{r['time_exponent']:.2f}" + (
+            "" if pd.isna(r["time_exponent_se"]) else f" ± {r['time_exponent_se']:.2f}")
+        me = "" if pd.isna(r["mem_exponent"]) else f"{r['mem_exponent']:.2f}" + (
+            "" if pd.isna(r["mem_exponent_se"]) else f" ± {r['mem_exponent_se']:.2f}")
+        md.append(f"| {r['label']} | {te} | {me} | {_fmt(r['fit_from'])} | "
+                  f"{'' if pd.isna(r[cross]) else int(r[cross])} | {r['points']} |")
+    md.append("")
+    if pats:
+        md += ["### Attention patterns (dense_mask at n = 64, small options)", "",
+               "| variant | pattern | what it computes |", "| --- | --- | --- |"]
+        md += [f"| {label} | ![]({f}) | {html.escape(formula)} |" for label, f, formula in pats]
+        md.append("")
+    noisy = df[df.get("noisy", pd.Series(False, index=df.index)).fillna(False).astype(bool)]
+    md += ["### Context", ""]
+    for run_id, g in df.groupby("run_id", sort=False):
+        env = g.iloc[0].get("env") if "env" in g else None
+        env = env if isinstance(env, dict) else {}
+        md.append(f"- run `{run_id}`: {env.get('cpu', '?')}, {env.get('threads', '?')} threads, torch "
+                  f"{env.get('torch', '?')}, device {g.iloc[0]['device']}, {g.iloc[0]['dtype']}, mode "
+                  f"{g.iloc[0]['mode']}, level {g.iloc[0]['level']}, batch {g.iloc[0]['batch']}, heads "
+                  f"{g.iloc[0]['heads']}, head_dim {g.iloc[0]['head_dim']}, commit {env.get('git_commit', '?')}, "
+                  f"matmul peak {_fmt(g.iloc[0].get('matmul_peak_gflops'))} GFLOP/s")
+    if len(noisy):
+        md += ["", "Noisy points (IQR/median > 10%): " + ", ".join(
+            f"{r['label']} n={r['seq_len']}" for _, r in noisy.iterrows())]
+    failed = df[df["status"].isin(["error", "oom", "timeout", "unsupported"])]
+    if len(failed):
+        md += ["", "Points that did not run:"] + [f"- {r['label']} n={r['seq_len']}: {r['status']} ({r['reason']})"
+                                                    for _, r in failed.iterrows()]
+    body = "\n".join(md) + "\n"
+    if "md" in formats:
+        written.append(_write(out_dir, "report.md", body))
+    if "html" in formats:
+        written.append(_write(out_dir, "report.html", _to_html(body)))
+    written += [os.path.join(out_dir, f"{p}.png") for p in plots]
+    return written
+
+
+def _to_html(md: str) -> str:
+    """A small markdown-to-HTML for our own report (headings, tables, images, bold, lists)."""
+    import re
+
+    out, in_table = ["<!doctype html><meta charset='utf-8'><title>effattn report</title>",
+                     "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
+                     "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}img{max-width:100%}</style>"], False
+    inline = lambda s: re.sub(r"!\[([^]]*)\]\(([^)]+)\)", r"<img alt='\1' src='\2'>",
+                              re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", html.escape(s, quote=False)))
+    for line in md.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if all(set(c) <= set("- ") for c in cells):
+                continue
+            if not in_table:
+                out.append("<table>")
+                in_table, tag = True, "th"
+            else:
+                tag = "td"
+            out.append("<tr>" + "".join(f"<{tag}>{inline(c)}</{tag}>" for c in cells) + "</tr>")
+            continue
+        if in_table:
+            out.append("</table>")
+            in_table = False
+        if line.startswith("#"):
+            lvl = len(line) - len(line.lstrip("#"))
+            out.append(f"<h{lvl}>{inline(line.lstrip('#').strip())}</h{lvl}>")
+        elif line.startswith("- "):
+            out.append(f"<li>{inline(line[2:])}</li>")
+        elif line.strip():
+            out.append(f"<p>{inline(line)}</p>")
+    if in_table:
+        out.append("</table>")
+    return "\n".join(out) + "\n"
+
+
+def _write(out_dir, name, text):
+    path = os.path.join(out_dir, name)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+@cli.command()
+@click.argument("results", nargs=-1, required=True)
+@click.option("--out", "out_dir", default=None, help="folder for the report [default: <first results>-report]")
+@click.option("--format", "fmt", default="md", show_default=True, help="comma list of md, html")
+def report(results, out_dir, fmt):
+    """Write a report (tables, plots, exponents, patterns) from one or more results files."""
+    formats = [f.strip() for f in fmt.split(",") if f.strip()]
+    bad = [f for f in formats if f not in ("md", "html")]
+    if bad or not formats:
+        fail(f"--format {fmt!r}: choose from md, html")
+    for p in results:
+        if not os.path.isfile(p):
+            fail(f"results file {p} does not exist")
+    out_dir = out_dir or os.path.splitext(results[0])[0] + "-report"
+    try:
+        written = build_report(list(results), out_dir, formats)
+    except OSError as e:
+        fail(f"cannot write the report to {out_dir}: {e.strerror or e}")
+    for w in written:
+        click.echo(w)
+
+
+@cli.command()
+@click.argument("base")
+@click.argument("new")
+@click.option("--threshold", type=float, default=0.10, show_default=True,
+              help="a slowdown beyond this fraction (and beyond the noise) is a regression")
+def compare(base, new, threshold):
+    """Per-point time ratio NEW/BASE; exit 1 on a regression beyond --threshold and the noise."""
+    for p in (base, new):
+        if not os.path.isfile(p):
+            fail(f"results file {p} does not exist")
+    a, b = load(base), load(new)
+    key = ["label", "seq_len", "mode", "level", "causal", "dtype", "device"]
+    a = a[a["status"] == "ok"].drop_duplicates(key, keep="last").set_index(key)
+    b = b[b["status"] == "ok"].drop_duplicates(key, keep="last").set_index(key)
+    common = a.index.intersection(b.index)
+    if not len(common):
+        fail("the two runs share no measured point")
+    regress = 0
+    click.echo(f"{'variant':40s} {'n':>7s} {'base ms':>10s} {'new ms':>10s} {'ratio':>7s}  flag")
+    for k in common:
+        ta, tb = a.loc[k, "time_ms"], b.loc[k, "time_ms"]
+        noise = max(_rel_iqr(a.loc[k]), _rel_iqr(b.loc[k]))
+        ratio = tb / ta
+        flag = ""
+        if abs(ratio - 1) > noise:
+            flag = "slower" if ratio > 1 else "faster"
+            if ratio - 1 > max(threshold, noise):
+                flag, regress = "REGRESSION", regress + 1
+        click.echo(f"{k[0]:40s} {k[1]:7d} {ta:10.2f} {tb:10.2f} {ratio:7.2f}  {flag}")
+    click.echo(f"{len(common)} points compared, {regress} regressions beyond {threshold:.0%} and the noise")
+    sys.exit(1 if regress else 0)
+
+
+def _rel_iqr(row) -> float:
+    t, iqr = row.get("time_ms"), row.get("time_iqr_ms")
+    return float(iqr / t) if t and iqr is not None and not pd.isna(iqr) else 0.0

@@ -1,0 +1,90 @@
+"""`effattn report` and `effattn compare` on full, partial and failed sweeps."""
+import json
+
+import pytest
+
+from effattn.bench import SweepSpec, run_sweep
+from effattn.report import build_report
+from effattn.spec import Variant
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    d = tmp_path_factory.mktemp("rep")
+    out = d / "r.jsonl"
+    spec = SweepSpec(seq_lens=[64, 128, 256], variants=[Variant("full", {}), Variant("naive", {}),
+                                                         Variant("sliding_window", {"window": 8}),
+                                                         Variant("performer", {"num_features": 16})],
+                     heads=2, head_dim=8, min_run_time_s=0.01)
+    run_sweep(spec, str(out), progress=False)
+    return out
+
+
+def test_report_renders_tables_plots_patterns(sweep, tmp_path):
+    written = build_report([str(sweep)], str(tmp_path / "rep"), ("md", "html"))
+    names = {p.rsplit("/", 1)[-1] for p in written}
+    assert {"report.md", "report.html", "time.png", "memory.png", "error.png", "pareto.png"} <= names
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "### Time (ms" in md and "**" in md            # best value marked
+    assert "time exponent" in md and "sliding_window:window=8" in md
+    assert "pattern_sliding_window_window_8.png" in md    # exact variant pictured
+    assert "pattern_performer" not in md                  # approximate: no pattern
+    assert (tmp_path / "rep" / "time.svg").exists()
+    assert "<table>" in (tmp_path / "rep" / "report.html").read_text()
+
+
+def test_report_survives_partial_and_failed_sweeps(sweep, tmp_path):
+    rows = [json.loads(x) for x in sweep.read_text().splitlines()]
+    partial = tmp_path / "partial.jsonl"
+    keep = [r for r in rows if not (r["label"] == "naive" and r["seq_len"] == 128)]  # a missing point
+    for r in keep:
+        if r["label"] == "full":   # a variant that hit OOM everywhere
+            r.update(status="oom", reason="test", time_ms=None, peak_mem_bytes=None)
+    partial.write_text("\n".join(json.dumps(r) for r in keep) + "\n{torn line")
+    build_report([str(partial)], str(tmp_path / "p"), ("md",))
+    md = (tmp_path / "p" / "report.md").read_text()
+    assert "oom" in md and "Points that did not run" in md
+    single = tmp_path / "single.jsonl"  # a single length: no slopes, still a report
+    single.write_text("\n".join(json.dumps(r) for r in rows if r["seq_len"] == 64) + "\n")
+    build_report([str(single)], str(tmp_path / "s"), ("md",))
+    assert "### Time" in (tmp_path / "s" / "report.md").read_text()
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    build_report([str(empty)], str(tmp_path / "e"), ("md",))
+    assert "No points" in (tmp_path / "e" / "report.md").read_text()
+
+
+def test_report_cli_and_bad_input(sweep, tmp_path, run_cli):
+    r = run_cli("report", str(sweep), "--out", str(tmp_path / "c"), "--format", "md,html")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "c" / "report.html").exists()
+    for args, needle in ((["nothere.jsonl"], "does not exist"), ([str(sweep), "--format", "pdf"], "--format")):
+        r = run_cli("report", *args)
+        assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_compare_flags_regressions(sweep, tmp_path, run_cli):
+    rows = [json.loads(x) for x in sweep.read_text().splitlines()]
+    slower = tmp_path / "slow.jsonl"
+    for r in rows:
+        if r["label"] == "full" and r.get("time_ms"):
+            r["time_ms"] *= 3
+            r["time_iqr_ms"] = 0.0
+    slower.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    same = run_cli("compare", str(sweep), str(sweep))
+    assert same.returncode == 0 and "0 regressions" in same.stdout
+    r = run_cli("compare", str(sweep), str(slower))
+    assert r.returncode == 1 and "REGRESSION" in r.stdout
+    r = run_cli("compare", str(sweep), "nothere.jsonl")
+    assert r.returncode == 2
+
+
+def test_report_of_mixed_configurations_keeps_them_apart(sweep, tmp_path):
+    """Two files, forward and forward+backward: both render, as separate series."""
+    bwd = tmp_path / "bwd.jsonl"
+    spec = SweepSpec(seq_lens=[64, 128], variants=[Variant("full", {})], heads=2, head_dim=8, mode="fwdbwd",
+                     min_run_time_s=0.01)
+    run_sweep(spec, str(bwd), progress=False)
+    build_report([str(sweep), str(bwd)], str(tmp_path / "m"), ("md",))
+    md = (tmp_path / "m" / "report.md").read_text()
+    assert "full [mode=fwd]" in md and "full [mode=fwdbwd]" in md
