@@ -36,7 +36,7 @@ def main(out_dir: str) -> int:
     result["env"] = environment()
     small = {"sliding_window": dict(window=8, global_tokens=2), "bigbird": dict(block_size=8, num_random_blocks=2),
              "sparse": dict(stride=8), "performer": dict(num_features=64), "linformer": dict(proj_len=16, max_len=256),
-             "nystrom": dict(num_landmarks=8)}
+             "nystrom": dict(num_landmarks=8), "xformers": dict(window=5)}
 
     def record(name, ok, detail):
         result["checks"].append({"check": name, "ok": bool(ok), "detail": detail})

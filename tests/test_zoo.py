@@ -186,6 +186,15 @@ def test_bad_options_name_the_allowed_range(name, opts, msg):
         effattn.create_attention(name, **opts)
 
 
+def test_xformers_window_option_states_its_pattern():
+    attn = effattn.create_attention("xformers", window=2)
+    m = attn.dense_mask(6, 6, causal=True)
+    i, j = torch.arange(6)[:, None], torch.arange(6)[None, :]
+    assert torch.equal(m, (j <= i) & (i - j <= 2))
+    with pytest.raises(effattn.OptionError, match="window must be >= -1"):
+        effattn.create_attention("xformers", window=-2)
+
+
 def test_xformers_unavailable_on_cpu_is_a_clear_reason():
     assert effattn.get_entry("xformers").availability("cpu") == "unavailable: needs CUDA"
     with pytest.raises(effattn.UnsupportedError, match="needs CUDA"):
@@ -202,6 +211,7 @@ def test_xformers_on_cuda_matches_full():
     from effattn.testing import check_attention
 
     check_attention("xformers", device="cuda")
+    check_attention("xformers", device="cuda", window=5)
 
 
 @pytest.mark.parametrize("name,opts", [

@@ -1,7 +1,10 @@
 """xFormers `memory_efficient_attention` (Lefaudeux et al., facebookresearch/xformers) on CUDA.
 
-Exact softmax attention; causal through `LowerTriangularMask` (top-left aligned, as SEMANTICS.md),
-padding through an additive bias. Its kernels need CUDA: elsewhere it is listed as unavailable
+Exact softmax attention; causal through `LowerTriangularMask` (top-left aligned, as SEMANTICS.md);
+a local window `window=w` (|i - j| <= w, as `sliding_window` without globals) through
+`LocalAttentionFromBottomRightMask(window_left=w, window_right=w, or 0 when causal)`, which for
+n_q == n_k is exactly that band; padding, and windows with n_q != n_k (where xFormers' bottom-right
+alignment differs from SEMANTICS.md's top-left), through an explicit additive bias. Its kernels need CUDA: elsewhere it is listed as unavailable
 with the reason, and never imported.
 """
 from __future__ import annotations
@@ -10,7 +13,7 @@ import torch
 
 from ..errors import UnsupportedError
 from ..registry import register_attention
-from .base import AttentionBase, causal_mask, guard_empty_rows
+from .base import AttentionBase, causal_mask, check_int, guard_empty_rows
 
 
 @register_attention("xformers")
@@ -20,6 +23,10 @@ class XFormersAttention(AttentionBase):
     complexity = "O(n^2)"
     devices = ("cuda",)
     dtypes = ("float32", "bfloat16", "float16")
+
+    def __init__(self, window: int = -1):
+        super().__init__()
+        self.window = check_int("window", window, -1)  # -1: full attention
 
     @staticmethod
     def availability(device: str = "cuda") -> str | None:
@@ -32,7 +39,11 @@ class XFormersAttention(AttentionBase):
         return None
 
     def dense_mask(self, n_q: int, n_k: int, causal: bool = False) -> torch.Tensor:
-        return causal_mask(n_q, n_k) if causal else torch.ones(n_q, n_k, dtype=torch.bool)
+        m = causal_mask(n_q, n_k) if causal else torch.ones(n_q, n_k, dtype=torch.bool)
+        if self.window >= 0:
+            i, j = torch.arange(n_q)[:, None], torch.arange(n_k)[None, :]
+            m = m & ((i - j).abs() <= self.window)
+        return m
 
     def forward(self, q, k, v, causal: bool = False, key_padding_mask=None):
         self.check_call(q, k, v, causal, key_padding_mask)
@@ -43,13 +54,21 @@ class XFormersAttention(AttentionBase):
 
         self.last_backend = "xformers-cutlass"
         qx, kx, vx = (t.transpose(1, 2) for t in (q, k, v))                 # (B, n, H, D)
-        if key_padding_mask is None:
-            bias = xops.LowerTriangularMask() if causal else None
-            return xops.memory_efficient_attention(qx, kx, vx, attn_bias=bias).transpose(1, 2)
         B, H, n_q, n_k = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
-        allowed = ~key_padding_mask[:, None, None, :]
-        if causal:
-            allowed = allowed & causal_mask(n_q, n_k, q.device)
+        # xFormers' local masks align bottom-right: they match SEMANTICS.md only when n_q == n_k.
+        # Other cases (padding, or a window with n_q != n_k) take an explicit bias tensor.
+        if key_padding_mask is None and (self.window < 0 or n_q == n_k):
+            if self.window >= 0:
+                from xformers.ops.fmha.attn_bias import LocalAttentionFromBottomRightMask
+
+                bias = LocalAttentionFromBottomRightMask(window_left=self.window,
+                                                         window_right=0 if causal else self.window)
+            else:
+                bias = xops.LowerTriangularMask() if causal else None
+            return xops.memory_efficient_attention(qx, kx, vx, attn_bias=bias).transpose(1, 2)
+        allowed = self.dense_mask(n_q, n_k, causal).to(q.device)[None, None]
+        if key_padding_mask is not None:
+            allowed = allowed & ~key_padding_mask[:, None, None, :]
         allowed, row_keep = guard_empty_rows(allowed.expand(B, H, n_q, n_k))
         # xFormers wants the bias's last dim aligned to 8 elements: allocate wider, then slice.
         pad = -(-n_k // 8) * 8
