@@ -18,6 +18,8 @@ import pandas as pd
 from .cli import cli, fail
 from .results import label_series, load, summary
 
+#: options capped when drawing a pattern at n = 64 (the defaults would cover the whole picture)
+PATTERN_CAPS = {"window": 8, "block_size": 8, "stride": 8, "global_tokens": 2}
 STATUS_MARKERS = {"oom": "X", "timeout": "v", "error": "s", "unsupported": "d"}
 
 
@@ -170,20 +172,22 @@ def pattern_pictures(df: pd.DataFrame, out_dir: str, n: int = 64) -> list[tuple[
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .registry import create_attention, get_entry
+    from .registry import create_attention, get_entry, option_defaults, option_names
 
     made = []
     for (label, name), g in df.groupby(["label", "variant"], sort=False):
         try:
             opts = g.iloc[0]["options"] if isinstance(g.iloc[0]["options"], dict) else {}
-            small = {k: v for k, v in opts.items()}
-            for key, cap in (("window", 8), ("block_size", 8), ("stride", 8), ("global_tokens", 2)):
-                if key in small or key in ("window", "block_size", "stride"):
-                    small.setdefault(key, cap)
-                    small[key] = min(small[key], cap)
-            if "summary" in small or name == "sparse":
-                small["summary"] = min(small.get("summary", 2), small.get("stride", 8))
-            attn = create_attention(name, **{k: v for k, v in small.items() if _takes(name, k)})
+            target = get_entry(name).target
+            names, _ = option_names(target)
+            defaults = option_defaults(target)
+            small = {k: v for k, v in opts.items() if k in names}
+            for key, cap in PATTERN_CAPS.items():  # shrink the pattern so it shows at n = 64
+                if key in names and key in defaults:
+                    small[key] = min(small.get(key, defaults[key]), cap)
+            if "summary" in names:
+                small["summary"] = min(opts.get("summary", 2), small.get("stride", 8))
+            attn = create_attention(name, **small)
             mask = getattr(attn, "dense_mask", None)
             if not getattr(attn, "exact", False) or mask is None:
                 continue
@@ -200,13 +204,6 @@ def pattern_pictures(df: pd.DataFrame, out_dir: str, n: int = 64) -> list[tuple[
         doc = (get_entry(name).target.__doc__ or "").strip().splitlines()
         made.append((label, fname, doc[0] if doc else name))
     return made
-
-
-def _takes(name, key):
-    from .registry import get_entry, option_names
-
-    names, var_kw = option_names(get_entry(name).target)
-    return key in names or var_kw
 
 
 def build_report(paths: list[str], out_dir: str, formats=("md",)) -> list[str]:

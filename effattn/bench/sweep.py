@@ -98,10 +98,9 @@ def run_sweep(spec: SweepSpec, out_path: str, *, resume: bool = False, isolate: 
     done = {point_key(r): r for r in read_rows(out_path)} if resume else {}
     run_id = run_id or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     env = environment()
-    if spec.device == "cpu" or spec.device == "cuda":
-        from .measure import matmul_peak_gflops
+    from .measure import matmul_peak_gflops
 
-        peak = matmul_peak_gflops(spec.device)
+    peak = matmul_peak_gflops(spec.device)
     todo = [(v, n) for v in spec.variants for n in spec.seq_lens]
     bar = Progress(len(todo)) if progress else None
     rows, stopped = [], {}
