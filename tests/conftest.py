@@ -10,12 +10,14 @@ HERE = Path(__file__).parent
 
 @pytest.fixture(scope="session")
 def plugin_site(tmp_path_factory):
-    """Install the two third-party demo packages (one good, one broken) with pip into a private
-    folder, as a user would install a plugin package, and return that folder."""
+    """Install the third-party demo packages (one good, one broken at import, one that kills its
+    worker, for the Ray tests) with pip into a private folder, as a user would install a plugin
+    package, and return that folder."""
     target = tmp_path_factory.mktemp("site")
     cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
            "--disable-pip-version-check", "--target", str(target),
-           str(HERE / "plugins" / "demo_good"), str(HERE / "plugins" / "demo_broken")]
+           str(HERE / "plugins" / "demo_good"), str(HERE / "plugins" / "demo_broken"),
+           str(HERE / "plugins" / "demo_faulty")]
     subprocess.run(cmd, check=True, capture_output=True)
     return target
 

@@ -68,31 +68,51 @@ def _check_dtype(device: str, dtype: str):
 @click.option("--layers", type=click.IntRange(min=1), default=2, show_default=True, help="--task: layers")
 @click.option("--conv-kernel", type=click.IntRange(min=0), default=0, show_default=True,
               help="--task: short causal conv before attention (0 = off)")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="where points run: here, one at a time, or as tasks on a Ray cluster")
+@click.option("--ray-address", default=None, help="--executor ray: the cluster (HOST:PORT, ray://HOST:PORT or auto) "
+              "[default: $RAY_ADDRESS, else a new local instance]")
+@click.option("--cpus-per-point", type=click.IntRange(min=1), default=None,
+              help="--executor ray: CPUs (and torch threads) each point gets [default: 1]")
 def bench(seq_lens, attn, device, dtype, batch, heads, head_dim, causal, mode, level, out_path, resume, overwrite,
           isolate, timeout_s, memory_budget, min_run_time, no_error, seed, find_max_len, task_spec, steps, lr,
-          train_batch, seeds, d_model, layers, conv_kernel, inputs):
+          train_batch, seeds, d_model, layers, conv_kernel, inputs, executor, ray_address, cpus_per_point):
     """Sweep sequence lengths and measure time, memory and error of attention variants."""
     import torch
 
     from ..results import load, summary
     from ..spec import parse_seq_lens, parse_size, parse_variants
+    from .executors import make_executor
     from .point import SweepSpec
     from .sweep import run_sweep
 
     # --- validate everything before touching any file
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        fail("--device cuda: CUDA is not available on this machine")
+    if executor != "ray" and (ray_address or cpus_per_point):
+        fail(f"{'--ray-address' if ray_address else '--cpus-per-point'} applies only to --executor ray")
+    if executor == "ray" and find_max_len:
+        fail("--find-max-len runs here only (each probe depends on the one before); drop --executor ray")
     lens = parse_seq_lens(seq_lens or ("64" if task_spec else DEFAULT_SEQ_LENS))
     task_heads = heads or 4  # task models are small (d_model 64): 16-dim heads, as in Zoology's runs
     heads = heads or 8
     if task_spec and not attn:
         attn = "full,linear"
+    if attn:
+        parse_variants(attn)  # a typo fails before any cluster is contacted
+    ex = make_executor(executor, address=ray_address, cpus_per_point=cpus_per_point or 1)
+    if executor == "ray":
+        device = ex.resolve_device(device)  # the cluster's devices, not this machine's
+    elif device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available() and executor != "ray":
+        fail("--device cuda: CUDA is not available on this machine")
+    # Device checks run here only when this machine has the device; a CPU-only driver of a GPU
+    # cluster leaves them to the workers, whose rows say what failed.
+    here = device == "cpu" or torch.cuda.is_available()
     variants = parse_variants(attn or _default_variants(device))
     if len({v.label for v in variants}) != len(variants):
         fail("--attn lists the same variant twice")
-    _check_dtype(device, dtype)
+    if here:
+        _check_dtype(device, dtype)
     budget = parse_size(memory_budget) if memory_budget else None
     if out_path is None:
         out_path = os.path.join("results", time.strftime("bench-%Y%m%d-%H%M%S.jsonl"))
@@ -109,7 +129,7 @@ def bench(seq_lens, attn, device, dtype, batch, heads, head_dim, causal, mode, l
         fail(f"--out {out_path} already holds results; use --resume to complete it or --overwrite to replace it")
     for v in variants:
         why = __import__("effattn").get_entry(v.name).availability(device)
-        if why and attn:
+        if why and attn and here:
             fail(f"{v.label}: {why}")
 
     spec = SweepSpec(seq_lens=lens, variants=variants, device=device, dtype=dtype, batch=batch, heads=heads,
@@ -127,11 +147,12 @@ def bench(seq_lens, attn, device, dtype, batch, heads, head_dim, causal, mode, l
     if task_spec:
         return _task_mode(task_spec, variants, lens, seeds, out_path, resume,
                           dict(steps=steps, batch_size=train_batch, lr=lr, d_model=d_model, n_layers=layers,
-                               n_heads=task_heads, conv_kernel=conv_kernel))
+                               n_heads=task_heads, conv_kernel=conv_kernel), ex)
+    ex.open(device)
     click.echo(f"effattn bench: {len(variants)} variants x {len(lens)} lengths on {device} ({dtype}, {mode}, "
-               f"{level}) -> {out_path}", err=True)
+               f"{level}) via {ex.describe()} -> {out_path}", err=True)
     try:
-        run_sweep(spec, out_path, resume=resume, isolate=isolate)
+        run_sweep(spec, out_path, resume=resume, isolate=isolate, executor=ex)
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted: every finished point is in {out_path}; rerun with --resume to complete it",
                    err=True)
@@ -141,6 +162,10 @@ def bench(seq_lens, attn, device, dtype, batch, heads, head_dim, causal, mode, l
 
     df = load(out_path)
     df = df[(df["mode"] == mode) & (df["level"] == level) & (df["causal"] == causal)]
+    # rows arrive in completion order on Ray; tables follow --attn's order
+    rank = {v.label: i for i, v in enumerate(variants)}
+    df = df.assign(_rank=df["label"].map(rank).fillna(len(rank))).sort_values(
+        ["_rank", "seq_len"], kind="stable").drop(columns="_rank")
     _print_summary(df, summary(df))
     click.echo(f"\nresults: {out_path}  (effattn report {out_path})")
 
@@ -188,7 +213,7 @@ def _find_max_len(spec, out_path, budget, lens):
         click.echo(f"  {label:40s} {best if best is not None else 'none (fails at ' + str(start) + ')'}")
 
 
-def _task_mode(task_spec, variants, lens, seeds, out_path, resume, train_kwargs):
+def _task_mode(task_spec, variants, lens, seeds, out_path, resume, train_kwargs, ex):
     from ..registry import get_entry
     from ..spec import parse_variant
     from ..tasks import create_task
@@ -206,11 +231,12 @@ def _task_mode(task_spec, variants, lens, seeds, out_path, resume, train_kwargs)
             if not get_entry(v.name).facts.supports_causal:
                 fail(f"{v.label} cannot run {task.name}: the task trains a causal decoder and it does not support causal")
     spec = TrainSpec(**train_kwargs)
+    ex.open("cpu")
     click.echo(f"effattn bench --task {task_spec}: {len(variants)} variants x {len(lens)} lengths x {seeds} seeds, "
-               f"{spec.steps} steps of batch {spec.batch_size} -> {out_path}", err=True)
+               f"{spec.steps} steps of batch {spec.batch_size} via {ex.describe()} -> {out_path}", err=True)
     try:
-        rows = run_task_sweep(task, variants, lens, seeds, spec, out_path, resume,
-                              log=lambda m: click.echo(m, err=True))
+        run_task_sweep(task, variants, lens, seeds, spec, out_path, resume, log=lambda m: click.echo(m, err=True),
+                       executor=ex)
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted: every finished run is in {out_path}; rerun with --resume to complete it", err=True)
         sys.exit(130)

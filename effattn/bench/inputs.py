@@ -48,10 +48,15 @@ def trained_model(heads: int, head_dim: int, log=None):
                      keep_model=holder)
     model = holder["model"]
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    torch.save(model.state_dict(), path)
+    # Written under a private name and renamed: processes that share the cache (isolated points,
+    # Ray workers on one node) never read a half-written file.
     info = {"trained_on": TRAIN, "test_accuracy": res["test_accuracy"], "final_loss": res["final_loss"]}
-    with open(path + ".json", "w") as f:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp + ".json", "w") as f:
         json.dump(info, f)
+    os.replace(tmp + ".json", path + ".json")
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, path)
     return model.eval(), task, info
 
 

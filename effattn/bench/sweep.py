@@ -46,7 +46,8 @@ def run_worker(spec: SweepSpec, variant: Variant, n: int, label: str = "isolated
     """Measure one point in a fresh process (`python -m effattn.bench.worker`): a crash, a hang or
     an OOM kill costs only this point, and comes back as a row with its status."""
     spec_dict = {**asdict(spec), "variants": [], "seq_lens": [], **spec_overrides}
-    payload = json.dumps({"spec": spec_dict, "variant": {"name": variant.name, "options": variant.options}, "n": n})
+    payload = json.dumps({"spec": spec_dict, "variant": {"name": variant.name, "options": variant.options}, "n": n,
+                          "parent": os.getpid()})
     base = {"variant": variant.name, "options": variant.options, "label": variant.label, "seq_len": n,
             **SweepSpec(**{**spec_dict, "seq_lens": [], "variants": []}).point_config()}
     base.pop("min_run_time_s", None)
@@ -92,44 +93,56 @@ class Progress:
             self.stream.write("\n")
 
 
-def run_sweep(spec: SweepSpec, out_path: str, *, resume: bool = False, isolate: bool = False,
-              progress: bool = True, run_id: str | None = None) -> list[dict]:
-    """Measure every point not yet in `out_path` (when resuming); return this run's rows."""
-    done = {point_key(r): r for r in read_rows(out_path)} if resume else {}
-    run_id = run_id or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-    env = environment()
+def point_job(spec: SweepSpec, variant: Variant, n: int, isolate: bool) -> dict:
+    """One point, with the environment of the process that measured it and that machine's matmul
+    peak. Runs wherever the executor puts it: here, or on a Ray worker."""
     from .measure import matmul_peak_gflops
 
-    peak = matmul_peak_gflops(spec.device)
-    todo = [(v, n) for v in spec.variants for n in spec.seq_lens]
-    bar = Progress(len(todo)) if progress else None
-    rows, stopped = [], {}
-    mode = "a" if resume else "w"
-    with open(out_path, mode) as f:
-        for v, n in todo:
-            key_row = {"label": v.label, "seq_len": n, **spec.point_config()}
-            if point_key(key_row) in done:
-                prev = done[point_key(key_row)]
-                if prev.get("status") in STOPPING:
-                    stopped[v.label] = (prev["status"], n)
-                if bar:
-                    bar.done += 1
-                continue
-            if v.label in stopped:
-                st, at = stopped[v.label]
-                row = {"variant": v.name, "options": v.options, "label": v.label, "seq_len": n,
-                       **spec.point_config(), "status": "skipped", "reason": f"{st} at n={at}"}
-                row.pop("min_run_time_s", None)
-            else:
-                if bar:
-                    bar.start(v.label, n)
-                row = run_worker(spec, v, n) if isolate else measure_point(spec, v, n)
-                if row["status"] in STOPPING:
-                    stopped[v.label] = (row["status"], n)
-            row.update(run_id=run_id, matmul_peak_gflops=peak, env=env, isolated=isolate,
-                       measured_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
-            if row.get("gflops"):
-                row["peak_fraction"] = row["gflops"] / peak
+    row = run_worker(spec, variant, n) if isolate else measure_point(spec, variant, n)
+    row["env"] = environment()
+    row["matmul_peak_gflops"] = matmul_peak_gflops(spec.device)
+    return row
+
+
+def _base_row(spec: SweepSpec, v: Variant, n: int) -> dict:
+    row = {"variant": v.name, "options": v.options, "label": v.label, "seq_len": n, **spec.point_config()}
+    row.pop("min_run_time_s", None)
+    return row
+
+
+def run_sweep(spec: SweepSpec, out_path: str, *, resume: bool = False, isolate: bool = False,
+              progress: bool = True, run_id: str | None = None, executor=None, on_row=None) -> list[dict]:
+    """Measure every point not yet in `out_path` (when resuming); return this run's rows.
+
+    `executor` is where points run (default: here, one at a time). Each variant's lengths run in
+    increasing order, one after another, so that an `oom` or `timeout` at n marks the longer lengths
+    `skipped` without running them, on any executor; different variants run side by side when the
+    executor can. Every row is written and fsynced as it arrives, then passed to `on_row`."""
+    from .executors import Job, LocalExecutor
+
+    executor = executor or LocalExecutor()
+    isolate = isolate or executor.name != "local"  # a remote point always runs in a fresh process
+    done = {point_key(r): r for r in read_rows(out_path)} if resume else {}
+    run_id = run_id or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    argv = " ".join(sys.argv)
+
+    # Each variant's chain: the lengths still to run, and the failure (if any) that ends it.
+    chains, stopped_at, order = {}, {}, 0
+    for v in spec.variants:
+        chains[v.label] = []
+        for n in spec.seq_lens:
+            prev = done.get(point_key({"label": v.label, "seq_len": n, **spec.point_config()}))
+            if prev is None:
+                chains[v.label].append(Job(order, point_job, (spec, v, n, isolate), _base_row(spec, v, n), (v, n)))
+            elif prev.get("status") in STOPPING and v.label not in stopped_at:
+                stopped_at[v.label] = (prev["status"], n)
+            order += 1
+    total = sum(len(c) for c in chains.values())
+    bar = Progress(total) if progress else None
+    rows = []
+
+    with open(out_path, "a" if resume else "w") as f:
+        def write(row):
             row = _jsonable(row)
             f.write(json.dumps(row) + "\n")
             f.flush()
@@ -137,6 +150,48 @@ def run_sweep(spec: SweepSpec, out_path: str, *, resume: bool = False, isolate: 
             rows.append(row)
             if bar:
                 bar.finish(row)
+            if on_row:
+                on_row(row)
+
+        def finish(row):
+            row.update(run_id=run_id, isolated=isolate, executor=executor.name,
+                       measured_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+            if isinstance(row.get("env"), dict):
+                row["env"]["argv"] = argv
+            if row.get("gflops") and row.get("matmul_peak_gflops"):
+                row["peak_fraction"] = row["gflops"] / row["matmul_peak_gflops"]
+            write(row)
+
+        def advance(label):
+            """Submit the variant's next length, or record the rest as skipped after a failure."""
+            chain = chains[label]
+            if label in stopped_at:
+                st, at = stopped_at[label]
+                while chain:
+                    job = chain.pop(0)
+                    finish({**job.base_row, "status": "skipped", "reason": f"{st} at n={at}", "env": environment()})
+            elif chain:
+                job = chain.pop(0)
+                if bar:
+                    bar.start(label, job.info[1])
+                executor.submit(job)
+
+        executor.open(spec.device)
+        try:
+            for label in chains:
+                advance(label)
+            while executor.pending():
+                job, row = executor.next_done()
+                v, n = job.info
+                if row.get("status") in STOPPING:
+                    stopped_at[v.label] = (row["status"], n)
+                finish(row)
+                advance(v.label)
+        except BaseException:
+            executor.cancel()  # finished rows are on disk already; running points are abandoned
+            raise
+        finally:
+            executor.close()
     if bar:
         bar.close()
     return rows

@@ -22,39 +22,73 @@ def _key(row) -> str:
     return json.dumps([row.get(k) for k in TASK_KEY], sort_keys=True, default=str)
 
 
+def train_job(task: Task, v: Variant, n: int, spec: TrainSpec, seed: int, base: dict, log=None,
+              header: str = "") -> dict:
+    """Train and evaluate one (variant, length, seed), wherever the executor runs it. Never raises
+    for the run's own failure: the row says what happened. `log` (local runs only) gets `header`
+    and the loss as training goes."""
+    if log:
+        log(header)
+    try:
+        res = train_task(task, v, n, spec, seed,
+                         progress=(lambda s, t, l: log(f"    step {s}/{t} loss {l:.3f}")) if log else None)
+        row = {**base, **res, "status": "ok", "reason": None}
+    except EffattnError as e:
+        row = {**base, "status": "unsupported", "reason": str(e)}
+    except Exception as e:  # noqa: BLE001 - recorded, the sweep goes on
+        row = {**base, "status": "error", "reason": f"{type(e).__name__}: {e}",
+               "traceback": traceback.format_exc(limit=5)}
+    row["env"] = environment()
+    return row
+
+
 def run_task_sweep(task: Task, variants: list[Variant], seq_lens: list[int], seeds: int, spec: TrainSpec,
-                   out_path: str, resume: bool = False, log=None) -> list[dict]:
+                   out_path: str, resume: bool = False, log=None, executor=None) -> list[dict]:
+    """Train every (variant, length, seed) not yet done; rows are written as runs finish. On the
+    local executor runs go one by one with their loss printed; on Ray they run side by side."""
+    from .executors import Job, LocalExecutor
+
+    executor = executor or LocalExecutor()
+    local = executor.name == "local"
     done = {_key(r) for r in read_rows(out_path) if r.get("status") == "ok"} if resume else set()
     run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-    env, rows = environment(), []
+    argv, rows = " ".join(sys.argv), []
     todo = [(v, n, s) for v in variants for n in seq_lens for s in range(seeds)]
     with open(out_path, "a" if resume else "w") as f:
-        for i, (v, n, seed) in enumerate(todo, 1):
-            base = {"kind": "task", "variant": v.name, "options": v.options, "label": v.label, "seq_len": n,
-                    "seed": seed, "task": task.name, "task_options": task.options(),
-                    "train_spec": json.loads(json.dumps(spec.__dict__))}
-            if _key(base) in done:
-                continue
-            if log:
-                log(f"[{i}/{len(todo)}] {v.label} n={n} seed={seed}: training {spec.steps} steps")
-            try:
-                res = train_task(task, v, n, spec, seed,
-                                 progress=(lambda s, t, l: log(f"    step {s}/{t} loss {l:.3f}")) if log else None)
-                row = {**base, **res, "status": "ok", "reason": None}
-            except EffattnError as e:
-                row = {**base, "status": "unsupported", "reason": str(e)}
-            except Exception as e:  # noqa: BLE001 - recorded, the sweep goes on
-                row = {**base, "status": "error", "reason": f"{type(e).__name__}: {e}",
-                       "traceback": traceback.format_exc(limit=5)}
-            row.update(run_id=run_id, env=env, measured_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
-            f.write(json.dumps(row, default=str) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-            rows.append(row)
-            if log:
-                acc = f"accuracy {row['test_accuracy']:.3f}, loss {row['final_loss']:.3f}, {row['train_time_s']:.0f} s" \
-                    if row["status"] == "ok" else f"{row['status']}: {row['reason']}"
-                log(f"    -> {acc}")
+        executor.open("cpu")
+        try:
+            for i, (v, n, seed) in enumerate(todo, 1):
+                base = {"kind": "task", "variant": v.name, "options": v.options, "label": v.label, "seq_len": n,
+                        "seed": seed, "task": task.name, "task_options": task.options(),
+                        "train_spec": json.loads(json.dumps(spec.__dict__))}
+                if _key(base) in done:
+                    continue
+                header = f"[{i}/{len(todo)}] {v.label} n={n} seed={seed}: training {spec.steps} steps"
+                executor.submit(Job(i, train_job, (task, v, n, spec, seed, base, log if local else None, header),
+                                    base, (v, n, seed)))
+            submitted, finished = executor.pending(), 0
+            if log and not local:
+                log(f"{submitted} runs submitted to {executor.describe()}")
+            while executor.pending():
+                job, row = executor.next_done()
+                v, n, seed = job.info
+                finished += 1
+                row.update(run_id=run_id, executor=executor.name, measured_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+                if isinstance(row.get("env"), dict):
+                    row["env"]["argv"] = argv
+                f.write(json.dumps(row, default=str) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+                rows.append(row)
+                if log:
+                    acc = f"accuracy {row['test_accuracy']:.3f}, loss {row['final_loss']:.3f}, " \
+                          f"{row['train_time_s']:.0f} s" if row["status"] == "ok" else f"{row['status']}: {row['reason']}"
+                    log(f"    -> {acc}" if local else f"[{finished}/{submitted}] {v.label} n={n} seed={seed}: {acc}")
+        except BaseException:
+            executor.cancel()
+            raise
+        finally:
+            executor.close()
     return rows
 
 
