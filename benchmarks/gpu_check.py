@@ -5,9 +5,10 @@
 1. the conformance suite on CUDA for every plugin, fp32; a bf16 run of each (shape, finiteness and
    error against float64 attention over the same pattern);
 2. the xFormers plugin, and the FlexAttention backend forward and backward against the chunked path;
-3. a short sweep with memory (max_memory_allocated) and its report.
+3. a short sweep with memory (max_memory_allocated) and its report;
+4. where Ray is installed, a short sweep through `--executor ray` (one GPU per point).
 
-Writes OUT_DIR/gpu_check.json (every check with its result), sweep.jsonl and report/. Without CUDA
+Writes OUT_DIR/gpu_check.json (every check with its result), sweep.jsonl, sweep-ray.jsonl and report/. Without CUDA
 it writes that it skipped and exits 0, so the CPU paths never depend on it.
 """
 from __future__ import annotations
@@ -102,11 +103,38 @@ def main(out_dir: str) -> int:
             record(" ".join(argv[:1]), e.code in (0, None), f"exit {e.code}")
         except Exception:  # noqa: BLE001
             record(" ".join(argv[:1]), False, traceback.format_exc(limit=3))
+    _ray_leg(out_dir, record, cli_main)
     failed = [c for c in result["checks"] if not c["ok"]]
     result["summary"] = f"{len(result['checks']) - len(failed)} passed, {len(failed)} failed"
     print(result["summary"])
     _save(out_dir, result)
     return 1 if failed else 0
+
+
+def _ray_leg(out_dir, record, cli_main):
+    """The Ray executor on a GPU: each point a task with one GPU, measured in the worker's own
+    environment (CUDA_VISIBLE_DEVICES set by Ray)."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        record("ray executor on cuda", True, "skipped: Ray is not installed (pip install 'effattn[ray]')")
+        return
+    out = os.path.join(out_dir, "sweep-ray.jsonl")
+    try:
+        cli_main(["bench", "--executor", "ray", "--device", "cuda", "--seq-lens", "1k,4k", "--attn",
+                  "full,sliding_window", "--out", out, "--overwrite"])
+    except SystemExit as e:
+        if e.code not in (0, None):
+            record("ray executor on cuda", False, f"exit {e.code}")
+            return
+    except Exception:  # noqa: BLE001
+        record("ray executor on cuda", False, traceback.format_exc(limit=3))
+        return
+    rows = [json.loads(line) for line in open(out)]
+    good = [r for r in rows if r["status"] == "ok" and r["executor"] == "ray" and (r.get("env") or {}).get("gpu")]
+    record("ray executor on cuda", len(good) == len(rows) == 4,
+           f"{len(good)}/{len(rows)} points ok on a Ray worker with a GPU: "
+           + ", ".join(f"{r['label']}@{r['seq_len']} {r.get('time_ms') or 0:.2f} ms" for r in rows))
 
 
 def _save(out_dir, result):

@@ -225,3 +225,60 @@ def test_check_ray_address_parsing():
         check_ray_address("ray://127.0.0.1:1")
     with pytest.raises(EffattnError, match="> 0"):
         RayExecutor(cpus_per_point=0)
+
+
+# --- the executor contract, without Ray ---------------------------------------------------------
+class _LastFirst:
+    """Runs the most recently submitted job first: completions arrive out of order, as on Ray."""
+
+    name = "shuffled"
+
+    def __init__(self, lose_after=None):
+        self.jobs, self.started, self.lose_after, self.cancelled = [], [], lose_after, False
+
+    def open(self, device):
+        pass
+
+    def submit(self, job):
+        self.jobs.append(job)
+
+    def pending(self):
+        return len(self.jobs)
+
+    def next_done(self):
+        from effattn.bench.executors import ExecutorLost
+
+        if self.lose_after is not None and len(self.started) == self.lose_after:
+            raise ExecutorLost("lost the cluster (simulated)")
+        job = self.jobs.pop()
+        self.started.append((job.info[0].label, job.info[1]))
+        return job, job.fn(*job.args)
+
+    def cancel(self):
+        self.cancelled = True
+
+    def close(self):
+        pass
+
+
+def test_out_of_order_executor_keeps_each_variants_lengths_in_order(tmp_path):
+    ex = _LastFirst()
+    rows = run_sweep(_spec(), str(tmp_path / "s.jsonl"), progress=False, executor=ex)
+    assert _points(rows) == _points(run_sweep(_spec(), str(tmp_path / "l.jsonl"), progress=False))
+    assert [r["label"] for r in rows][:2] != ["full", "full"]  # variants did interleave
+    for label in {v for v, _ in ex.started}:
+        lens = [n for v, n in ex.started if v == label]
+        assert lens == sorted(lens)  # a longer length never started before a shorter one finished
+    assert ("naive", 256) not in ex.started and ("naive", 128) in ex.started  # 128 is oom: 256 skipped, not run
+
+
+def test_lost_executor_keeps_finished_rows(tmp_path):
+    from effattn.bench.executors import ExecutorLost
+
+    out = str(tmp_path / "x.jsonl")
+    ex = _LastFirst(lose_after=2)
+    with pytest.raises(ExecutorLost):
+        run_sweep(_spec(), out, progress=False, executor=ex)
+    assert ex.cancelled and len(read_rows(out)) == 2
+    run_sweep(_spec(), out, resume=True, progress=False)
+    assert len(read_rows(out)) == 9

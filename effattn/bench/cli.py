@@ -82,7 +82,7 @@ def bench(seq_lens, attn, device, dtype, batch, heads, head_dim, causal, mode, l
 
     from ..results import load, summary
     from ..spec import parse_seq_lens, parse_size, parse_variants
-    from .executors import make_executor
+    from .executors import ExecutorLost, make_executor
     from .point import SweepSpec
     from .sweep import run_sweep
 
@@ -159,6 +159,9 @@ def bench(seq_lens, attn, device, dtype, batch, heads, head_dim, causal, mode, l
         sys.exit(130)
     except OSError as e:
         fail(f"cannot write results to {out_path}: {e.strerror or e}")
+    except ExecutorLost as e:
+        click.echo(f"effattn: error: {e}; every finished point is in {out_path}; rerun with --resume", err=True)
+        sys.exit(1)
 
     df = load(out_path)
     df = df[(df["mode"] == mode) & (df["level"] == level) & (df["causal"] == causal)]
@@ -218,6 +221,7 @@ def _task_mode(task_spec, variants, lens, seeds, out_path, resume, train_kwargs,
     from ..spec import parse_variant
     from ..tasks import create_task
     from ..tasks.train import TrainSpec
+    from .executors import ExecutorLost
     from .tasksweep import run_task_sweep, task_summary
 
     tv = parse_variant(task_spec, validate=False)
@@ -240,6 +244,9 @@ def _task_mode(task_spec, variants, lens, seeds, out_path, resume, train_kwargs,
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted: every finished run is in {out_path}; rerun with --resume to complete it", err=True)
         sys.exit(130)
+    except ExecutorLost as e:
+        click.echo(f"effattn: error: {e}; every finished run is in {out_path}; rerun with --resume", err=True)
+        sys.exit(1)
     from .sweep import read_rows
 
     summ = task_summary([r for r in read_rows(out_path) if r.get("task") == task.name])

@@ -12,6 +12,8 @@ where and when a job runs:
   other Ray failure, comes back as a row with status `error` (or `oom` when Ray's memory monitor
   killed it), so a dead worker costs at most its own point.
 
+An executor is any object with `name`, `isolates` (True when every job runs in a fresh process),
+`open(device)`, `submit(job)`, `pending()`, `next_done() -> (job, row)`, `cancel()` and `close()`.
 Ray is an optional dependency (`pip install 'effattn[ray]'`), imported only by `RayExecutor`.
 """
 from __future__ import annotations
@@ -40,6 +42,7 @@ class LocalExecutor:
     """Jobs run here, one at a time, lowest order first."""
 
     name = "local"
+    isolates = False  # points run in this process unless the sweep asks for --isolate
 
     def __init__(self):
         self._queue: list[Job] = []
@@ -69,6 +72,10 @@ class LocalExecutor:
 
 class RayUnavailable(EffattnError):
     pass
+
+
+class ExecutorLost(EffattnError):
+    """The executor itself failed (e.g. the Ray cluster went away): the sweep cannot go on."""
 
 
 def _import_ray():
@@ -105,6 +112,7 @@ class RayExecutor:
     already connected to, or else starts a local one. A task whose worker dies is retried once."""
 
     name = "ray"
+    isolates = True  # each point in a fresh process under the worker: timeouts and crashes as --isolate
 
     def __init__(self, address: str | None = None, cpus_per_point: float = 1, retries: int = 1):
         if cpus_per_point <= 0:
@@ -182,7 +190,10 @@ class RayExecutor:
 
     def next_done(self) -> tuple[Job, dict]:
         ray = self._ray
-        ready, _ = ray.wait(list(self._inflight), num_returns=1)
+        try:
+            ready, _ = ray.wait(list(self._inflight), num_returns=1)
+        except Exception as e:  # noqa: BLE001 - the connection, not a point, failed
+            raise ExecutorLost(f"lost the Ray cluster: {type(e).__name__}: {_first_line(e)}") from e
         ref = ready[0]
         job = self._inflight.pop(ref)
         try:

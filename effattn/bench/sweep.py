@@ -121,7 +121,7 @@ def run_sweep(spec: SweepSpec, out_path: str, *, resume: bool = False, isolate: 
     from .executors import Job, LocalExecutor
 
     executor = executor or LocalExecutor()
-    isolate = isolate or executor.name != "local"  # a remote point always runs in a fresh process
+    isolate = isolate or getattr(executor, "isolates", False)  # e.g. Ray: every point in a fresh process
     done = {point_key(r): r for r in read_rows(out_path)} if resume else {}
     run_id = run_id or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     argv = " ".join(sys.argv)
