@@ -234,7 +234,8 @@ def _ray_run(fn, args):
         import ray
 
         ctx = ray.get_runtime_context()
-        row["worker"] = {"host": socket.gethostname(), "pid": os.getpid(), "ray_node_id": ctx.get_node_id()}
+        row["worker"] = {"host": socket.gethostname(), "pid": os.getpid(), "ray_node_id": ctx.get_node_id(),
+                         "resources": ctx.get_assigned_resources()}
     except Exception:  # noqa: BLE001 - bookkeeping only
         row["worker"] = {"host": socket.gethostname(), "pid": os.getpid()}
     return row

@@ -100,7 +100,12 @@ def point_job(spec: SweepSpec, variant: Variant, n: int, isolate: bool) -> dict:
 
     row = run_worker(spec, variant, n) if isolate else measure_point(spec, variant, n)
     row["env"] = environment()
-    row["matmul_peak_gflops"] = matmul_peak_gflops(spec.device)
+    try:
+        row["matmul_peak_gflops"] = matmul_peak_gflops(spec.device)
+    except Exception as e:  # noqa: BLE001 - e.g. a node without the device; the point says why
+        row["matmul_peak_gflops"] = None
+        if row.get("status") == "ok":
+            row.update(status="error", reason=f"cannot measure the matmul peak on {spec.device}: {e}")
     return row
 
 
