@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).parent
+# Ray instances that the tests start (and the CLI runs they spawn) send no usage statistics.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
 @pytest.fixture(scope="session")

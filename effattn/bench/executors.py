@@ -132,6 +132,9 @@ class RayExecutor:
 
             if self.address:
                 check_ray_address(self.address)
+            # A measurement tool should not report usage to a third party unasked; set
+            # RAY_USAGE_STATS_ENABLED=1 to allow Ray's usage statistics.
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
             kwargs = dict(logging_level=logging.ERROR, log_to_driver=False)
             if not self.address and not os.environ.get("RAY_ADDRESS"):
                 kwargs["include_dashboard"] = False
