@@ -13,6 +13,7 @@ where and when a job runs:
   killed it), so a dead worker costs at most its own point.
 
 An executor is any object with `name`, `isolates` (True when every job runs in a fresh process),
+`concurrent` (True when several jobs may run at once),
 `open(device)`, `submit(job)`, `pending()`, `next_done() -> (job, row)`, `cancel()` and `close()`.
 Ray is an optional dependency (`pip install 'effattn[ray]'`), imported only by `RayExecutor`.
 """
@@ -43,9 +44,11 @@ class LocalExecutor:
 
     name = "local"
     isolates = False  # points run in this process unless the sweep asks for --isolate
+    concurrent = False
 
     def __init__(self):
         self._queue: list[Job] = []
+        self.on_start: Callable[[Job], None] | None = None  # told just before a job runs
 
     def open(self, device: str) -> None:
         pass
@@ -58,6 +61,8 @@ class LocalExecutor:
 
     def next_done(self) -> tuple[Job, dict]:
         job = heapq.heappop(self._queue)
+        if self.on_start:
+            self.on_start(job)
         return job, job.fn(*job.args)
 
     def cancel(self) -> None:
@@ -113,6 +118,7 @@ class RayExecutor:
 
     name = "ray"
     isolates = True  # each point in a fresh process under the worker: timeouts and crashes as --isolate
+    concurrent = True
 
     def __init__(self, address: str | None = None, cpus_per_point: float = 1, retries: int = 1):
         if cpus_per_point <= 0:

@@ -72,12 +72,13 @@ class Progress:
         self.total, self.done, self.stream, self.t0 = total, 0, stream, time.time()
         self.tty = hasattr(stream, "isatty") and stream.isatty()
 
-    def start(self, label: str, n: int):
+    def start(self, label: str, n: int, running: int = 1):
         if self.tty:
             el = time.time() - self.t0
             eta = el / self.done * (self.total - self.done) if self.done else 0
             bar = "#" * int(20 * self.done / max(1, self.total))
-            self.stream.write(f"\r[{bar:<20}] {self.done}/{self.total} {label} n={n}  ETA {eta:5.0f}s   ")
+            now = f"{label} n={n}" if running <= 1 else f"{running} in flight, latest {label} n={n}"
+            self.stream.write(f"\r[{bar:<20}] {self.done}/{self.total} {now}  ETA {eta:5.0f}s   ")
             self.stream.flush()
 
     def finish(self, row: dict):
@@ -177,10 +178,13 @@ def run_sweep(spec: SweepSpec, out_path: str, *, resume: bool = False, isolate: 
                     finish({**job.base_row, "status": "skipped", "reason": f"{st} at n={at}", "env": environment()})
             elif chain:
                 job = chain.pop(0)
-                if bar:
-                    bar.start(label, job.info[1])
                 executor.submit(job)
+                if bar and concurrent:  # (a local executor says when each job starts, below)
+                    bar.start(label, job.info[1], running=executor.pending())
 
+        concurrent = getattr(executor, "concurrent", False)
+        if bar and not concurrent:
+            executor.on_start = lambda job: bar.start(job.info[0].label, job.info[1])
         executor.open(spec.device)
         try:
             for label in chains:
