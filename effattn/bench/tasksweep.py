@@ -49,7 +49,7 @@ def run_task_sweep(task: Task, variants: list[Variant], seq_lens: list[int], see
     from .executors import Job, LocalExecutor
 
     executor = executor or LocalExecutor()
-    local = executor.name == "local"
+    local = not getattr(executor, "concurrent", False)  # runs one by one here: their loss can be shown
     done = {_key(r) for r in read_rows(out_path) if r.get("status") == "ok"} if resume else set()
     run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     argv, rows = " ".join(sys.argv), []
