@@ -251,13 +251,7 @@ def build_report(paths: list[str], out_dir: str, formats=("md",)) -> list[str]:
     noisy = df[df.get("noisy", pd.Series(False, index=df.index)).fillna(False).astype(bool)]
     md += ["### Context", ""]
     for run_id, g in df.groupby("run_id", sort=False):
-        env = g.iloc[0].get("env") if "env" in g else None
-        env = env if isinstance(env, dict) else {}
-        md.append(f"- run `{run_id}`: {env.get('cpu', '?')}, {env.get('threads', '?')} threads, torch "
-                  f"{env.get('torch', '?')}, device {g.iloc[0]['device']}, {g.iloc[0]['dtype']}, mode "
-                  f"{g.iloc[0]['mode']}, level {g.iloc[0]['level']}, batch {g.iloc[0]['batch']}, heads "
-                  f"{g.iloc[0]['heads']}, head_dim {g.iloc[0]['head_dim']}, commit {env.get('git_commit', '?')}, "
-                  f"matmul peak {_fmt(g.iloc[0].get('matmul_peak_gflops'))} GFLOP/s")
+        md.append(f"- run `{run_id}`: " + _run_context(g))
     if len(noisy):
         md += ["", "Noisy points (IQR/median > 10%): " + ", ".join(
             f"{r['label']} n={r['seq_len']}" for _, r in noisy.iterrows())]
@@ -272,6 +266,34 @@ def build_report(paths: list[str], out_dir: str, formats=("md",)) -> list[str]:
         written.append(_write(out_dir, "report.html", _to_html(body)))
     written += [os.path.join(out_dir, f"{p}.png") for p in plots]
     return written
+
+
+def _run_context(g: pd.DataFrame) -> str:
+    """One run's machine and spec. A run spread over Ray workers can differ per row (hosts,
+    threads, each worker's own matmul peak): every distinct value is shown, numbers as a range."""
+    envs = [e for e in g.get("env", pd.Series(dtype=object)) if isinstance(e, dict)] or [{}]
+
+    def distinct(values, unit=""):
+        vals = sorted({v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))},
+                      key=str)
+        if not vals:
+            return "?"
+        if len(vals) > 1 and all(isinstance(v, (int, float)) for v in vals):
+            return f"{_fmt(min(vals))}–{_fmt(max(vals))}{unit}"
+        return ", ".join(_fmt(v) if isinstance(v, float) else str(v) for v in vals) + unit
+
+    first = g.iloc[0]
+    text = (f"{distinct(e.get('cpu') for e in envs)}, {distinct(e.get('threads') for e in envs)} threads, torch "
+            f"{distinct(e.get('torch') for e in envs)}, device {first['device']}, {first['dtype']}, mode "
+            f"{first['mode']}, level {first['level']}, batch {first['batch']}, heads {first['heads']}, head_dim "
+            f"{first['head_dim']}, commit {distinct(e.get('git_commit') for e in envs)}, matmul peak "
+            f"{distinct(g.get('matmul_peak_gflops', pd.Series(dtype=float)), ' GFLOP/s')}")
+    workers = [w for w in g.get("worker", pd.Series(dtype=object)) if isinstance(w, dict)]
+    if workers:
+        hosts = {w.get("host") for w in workers}
+        text += (f"; on Ray: {len({(w.get('host'), w.get('pid')) for w in workers})} worker processes on "
+                 f"{len({w.get('ray_node_id') for w in workers})} node(s) ({', '.join(sorted(map(str, hosts)))})")
+    return text
 
 
 def _to_html(md: str) -> str:

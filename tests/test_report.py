@@ -88,3 +88,23 @@ def test_report_of_mixed_configurations_keeps_them_apart(sweep, tmp_path):
     build_report([str(sweep), str(bwd)], str(tmp_path / "m"), ("md",))
     md = (tmp_path / "m" / "report.md").read_text()
     assert "full [mode=fwd]" in md and "full [mode=fwdbwd]" in md
+
+
+def test_report_context_of_a_run_spread_over_workers(sweep, tmp_path):
+    """A Ray run's rows come from several workers, each with its own threads and matmul peak:
+    the context shows every distinct value, not the first row's."""
+    rows = [json.loads(x) for x in sweep.read_text().splitlines()]
+    for i, r in enumerate(rows):
+        r["env"] = {**r["env"], "threads": 1 + i % 2, "host": f"node{i % 2}"}
+        r["matmul_peak_gflops"] = 50.0 + 20 * (i % 2)
+        r["worker"] = {"host": f"node{i % 2}", "pid": 100 + i % 3, "ray_node_id": f"id{i % 2}"}
+    spread = tmp_path / "spread.jsonl"
+    spread.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    build_report([str(spread)], str(tmp_path / "rep"), ("md",))
+    ctx = (tmp_path / "rep" / "report.md").read_text().split("### Context", 1)[1]
+    assert "1–2 threads" in ctx and "matmul peak 50–70 GFLOP/s" in ctx
+    assert "on Ray: " in ctx and "on 2 node(s) (node0, node1)" in ctx
+    # a local run keeps its one-value context
+    build_report([str(sweep)], str(tmp_path / "rep2"), ("md",))
+    local = (tmp_path / "rep2" / "report.md").read_text().split("### Context", 1)[1]
+    assert "on Ray" not in local and "–" not in local.split("matmul peak", 1)[1].split("GFLOP/s")[0]
