@@ -126,7 +126,7 @@ class RayExecutor:
         self.address, self.cpus_per_point, self.retries = address, cpus_per_point, retries
         self.gpus_per_point = 0
         self._inflight: dict = {}
-        self._started_here = False
+        self._connected_here = False
         self._ray = self._task = None
 
     # -- connection ------------------------------------------------------------------------
@@ -154,7 +154,7 @@ class RayExecutor:
                     hint = " (if the cluster uses token authentication, set RAY_AUTH_MODE=token)"
                 raise EffattnError(f"cannot connect to Ray{' at ' + self.address if self.address else ''}: "
                                    f"{_first_line(e)}{hint}") from e
-            self._started_here = True
+            self._connected_here = True
         return dict(ray.cluster_resources())
 
     def resolve_device(self, device: str) -> str:
@@ -188,10 +188,9 @@ class RayExecutor:
 
     # -- jobs --------------------------------------------------------------------------------
     def submit(self, job: Job) -> None:
+        name = f"effattn:{job.base_row.get('label', '?')}:{job.base_row.get('seq_len', '?')}"
         task = self._task.options(num_cpus=self.cpus_per_point, num_gpus=self.gpus_per_point,
-                                            max_retries=self.retries, retry_exceptions=False,
-                                            name=f"effattn:{job.base_row.get('label', '?')}:"
-                                                 f"{job.base_row.get('seq_len', '?')}")
+                                  max_retries=self.retries, retry_exceptions=False, name=name)
         self._inflight[task.remote(job.fn, job.args)] = job
 
     def pending(self) -> int:
@@ -227,7 +226,9 @@ class RayExecutor:
         self._inflight.clear()
 
     def close(self) -> None:
-        if self._started_here and self._ray is not None and self._ray.is_initialized():
+        # Disconnects what this executor connected (and stops a local instance it started); a
+        # connection the caller made before is left as it was.
+        if self._connected_here and self._ray is not None and self._ray.is_initialized():
             self._ray.shutdown()
 
 
