@@ -82,7 +82,7 @@ def bench(seq_lens, attn, device, dtype, batch, heads, head_dim, causal, mode, l
 
     from ..results import load, summary
     from ..spec import parse_seq_lens, parse_size, parse_variants
-    from .executors import ExecutorLost, make_executor
+    from .executors import make_executor
     from .point import SweepSpec
     from .sweep import run_sweep
 
@@ -151,17 +151,8 @@ def bench(seq_lens, attn, device, dtype, batch, heads, head_dim, causal, mode, l
     ex.open(device)
     click.echo(f"effattn bench: {len(variants)} variants x {len(lens)} lengths on {device} ({dtype}, {mode}, "
                f"{level}) via {ex.describe()} -> {out_path}", err=True)
-    try:
-        run_sweep(spec, out_path, resume=resume, isolate=isolate, executor=ex)
-    except KeyboardInterrupt:
-        click.echo(f"\ninterrupted: every finished point is in {out_path}; rerun with --resume to complete it",
-                   err=True)
-        sys.exit(130)
-    except OSError as e:
-        fail(f"cannot write results to {out_path}: {e.strerror or e}")
-    except ExecutorLost as e:
-        click.echo(f"effattn: error: {e}; every finished point is in {out_path}; rerun with --resume", err=True)
-        sys.exit(1)
+    _keeping_results(out_path, "point", lambda: run_sweep(spec, out_path, resume=resume, isolate=isolate,
+                                                          executor=ex))
 
     df = load(out_path)
     df = df[(df["mode"] == mode) & (df["level"] == level) & (df["causal"] == causal)]
@@ -171,6 +162,24 @@ def bench(seq_lens, attn, device, dtype, batch, heads, head_dim, causal, mode, l
         ["_rank", "seq_len"], kind="stable").drop(columns="_rank")
     _print_summary(df, summary(df))
     click.echo(f"\nresults: {out_path}  (effattn report {out_path})")
+
+
+def _keeping_results(out_path, what, run):
+    """Run a sweep; on Ctrl-C (exit 130), a lost executor (exit 1) or an unwritable file (exit 2),
+    say in one line that every finished {what} is in the file and how to complete it."""
+    from .executors import ExecutorLost
+
+    try:
+        return run()
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: every finished {what} is in {out_path}; rerun with --resume to complete it",
+                   err=True)
+        sys.exit(130)
+    except ExecutorLost as e:
+        click.echo(f"effattn: error: {e}; every finished {what} is in {out_path}; rerun with --resume", err=True)
+        sys.exit(1)
+    except OSError as e:
+        fail(f"cannot write results to {out_path}: {e.strerror or e}")
 
 
 def _print_summary(df, summ):
@@ -221,7 +230,6 @@ def _task_mode(task_spec, variants, lens, seeds, out_path, resume, train_kwargs,
     from ..spec import parse_variant
     from ..tasks import create_task
     from ..tasks.train import TrainSpec
-    from .executors import ExecutorLost
     from .tasksweep import run_task_sweep, task_summary
 
     tv = parse_variant(task_spec, validate=False)
@@ -238,15 +246,8 @@ def _task_mode(task_spec, variants, lens, seeds, out_path, resume, train_kwargs,
     ex.open("cpu")
     click.echo(f"effattn bench --task {task_spec}: {len(variants)} variants x {len(lens)} lengths x {seeds} seeds, "
                f"{spec.steps} steps of batch {spec.batch_size} via {ex.describe()} -> {out_path}", err=True)
-    try:
-        run_task_sweep(task, variants, lens, seeds, spec, out_path, resume, log=lambda m: click.echo(m, err=True),
-                       executor=ex)
-    except KeyboardInterrupt:
-        click.echo(f"\ninterrupted: every finished run is in {out_path}; rerun with --resume to complete it", err=True)
-        sys.exit(130)
-    except ExecutorLost as e:
-        click.echo(f"effattn: error: {e}; every finished run is in {out_path}; rerun with --resume", err=True)
-        sys.exit(1)
+    _keeping_results(out_path, "run", lambda: run_task_sweep(
+        task, variants, lens, seeds, spec, out_path, resume, log=lambda m: click.echo(m, err=True), executor=ex))
     from .sweep import read_rows
 
     summ = task_summary([r for r in read_rows(out_path) if r.get("task") == task.name])

@@ -127,7 +127,7 @@ class RayExecutor:
         self.gpus_per_point = 0
         self._inflight: dict = {}
         self._connected_here = False
-        self._ray = self._task = None
+        self._ray = self._task = self._opened_for = None
 
     # -- connection ------------------------------------------------------------------------
     def connect(self) -> dict:
@@ -167,6 +167,10 @@ class RayExecutor:
         return device
 
     def open(self, device: str) -> None:
+        """Connect and check that some node can hold one point; once per device (the CLI opens
+        early to fail fast, the sweep opens again)."""
+        if self._task is not None and self._opened_for == device:
+            return
         ray = self._ray or _import_ray()
         self.connect()
         self.gpus_per_point = 1 if device == "cuda" else 0
@@ -178,6 +182,7 @@ class RayExecutor:
             need = f"{self.cpus_per_point:g} CPUs" + (" and a GPU" if self.gpus_per_point else "")
             raise EffattnError(f"no node of the Ray cluster has {need} for one point (the largest has "
                                f"{most:g} CPUs); lower --cpus-per-point")
+        self._opened_for = device
 
     def describe(self) -> str:
         res = self._ray.cluster_resources() if self._ray else {}

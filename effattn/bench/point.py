@@ -92,11 +92,17 @@ def _core(module, level):
     return module.encoder[0].self_attn.core if len(module.encoder) else module.decoder[0].self_attn.core
 
 
+def base_row(spec: SweepSpec, variant: Variant, n: int) -> dict:
+    """What every row of this point says it is, whatever became of it."""
+    row = {"variant": variant.name, "options": variant.options, "label": variant.label, "seq_len": n,
+           **spec.point_config()}
+    row.pop("min_run_time_s", None)
+    return row
+
+
 def measure_point(spec: SweepSpec, variant: Variant, n: int) -> dict:
     """Measure one point. Never raises for the point's own failure: returns a row with a status."""
-    row = {"variant": variant.name, "options": variant.options, "label": variant.label, "seq_len": n,
-           **spec.point_config(), "status": "ok", "reason": None}
-    row.pop("min_run_time_s", None)
+    row = {**base_row(spec, variant, n), "status": "ok", "reason": None}
     try:
         torch.manual_seed(spec.seed)
         module = _build(spec, variant)

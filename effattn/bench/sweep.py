@@ -16,13 +16,32 @@ from dataclasses import asdict
 
 from ..env import environment
 from ..spec import Variant
-from .point import SweepSpec, measure_point, point_key
+from .point import SweepSpec, base_row, measure_point, point_key
 
 STOPPING = ("oom", "timeout")
 
 
 def _jsonable(row: dict) -> dict:
     return json.loads(json.dumps(row, default=str))
+
+
+def append_row(f, row: dict) -> dict:
+    """Append one row to an open results file and make it durable before going on; returns the
+    row as written (plain JSON)."""
+    row = _jsonable(row)
+    f.write(json.dumps(row) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+    return row
+
+
+def stamp(row: dict, run_id: str, executor_name: str, argv: str) -> dict:
+    """What a sweep adds to a row when it comes back: the run, the executor, when, and the
+    command the user ran (the measuring process's own argv means nothing on a Ray worker)."""
+    row.update(run_id=run_id, executor=executor_name, measured_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    if isinstance(row.get("env"), dict):
+        row["env"]["argv"] = argv
+    return row
 
 
 def read_rows(path: str) -> list[dict]:
@@ -48,9 +67,7 @@ def run_worker(spec: SweepSpec, variant: Variant, n: int, label: str = "isolated
     spec_dict = {**asdict(spec), "variants": [], "seq_lens": [], **spec_overrides}
     payload = json.dumps({"spec": spec_dict, "variant": {"name": variant.name, "options": variant.options}, "n": n,
                           "parent": os.getpid()})
-    base = {"variant": variant.name, "options": variant.options, "label": variant.label, "seq_len": n,
-            **SweepSpec(**{**spec_dict, "seq_lens": [], "variants": []}).point_config()}
-    base.pop("min_run_time_s", None)
+    base = base_row(SweepSpec(**spec_dict), variant, n)
     try:
         p = subprocess.run([sys.executable, "-m", "effattn.bench.worker"], input=payload, capture_output=True,
                            text=True, timeout=spec.timeout_s + 60)
@@ -110,12 +127,6 @@ def point_job(spec: SweepSpec, variant: Variant, n: int, isolate: bool) -> dict:
     return row
 
 
-def _base_row(spec: SweepSpec, v: Variant, n: int) -> dict:
-    row = {"variant": v.name, "options": v.options, "label": v.label, "seq_len": n, **spec.point_config()}
-    row.pop("min_run_time_s", None)
-    return row
-
-
 def run_sweep(spec: SweepSpec, out_path: str, *, resume: bool = False, isolate: bool = False,
               progress: bool = True, run_id: str | None = None, executor=None, on_row=None) -> list[dict]:
     """Measure every point not yet in `out_path` (when resuming); return this run's rows.
@@ -139,7 +150,7 @@ def run_sweep(spec: SweepSpec, out_path: str, *, resume: bool = False, isolate: 
         for n in spec.seq_lens:
             prev = done.get(point_key({"label": v.label, "seq_len": n, **spec.point_config()}))
             if prev is None:
-                chains[v.label].append(Job(order, point_job, (spec, v, n, isolate), _base_row(spec, v, n), (v, n)))
+                chains[v.label].append(Job(order, point_job, (spec, v, n, isolate), base_row(spec, v, n), (v, n)))
             elif prev.get("status") in STOPPING and v.label not in stopped_at:
                 stopped_at[v.label] = (prev["status"], n)
             order += 1
@@ -148,25 +159,16 @@ def run_sweep(spec: SweepSpec, out_path: str, *, resume: bool = False, isolate: 
     rows = []
 
     with open(out_path, "a" if resume else "w") as f:
-        def write(row):
-            row = _jsonable(row)
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        def finish(row):
+            stamp(row, run_id, executor.name, argv)["isolated"] = isolate
+            if row.get("gflops") and row.get("matmul_peak_gflops"):
+                row["peak_fraction"] = row["gflops"] / row["matmul_peak_gflops"]
+            row = append_row(f, row)
             rows.append(row)
             if bar:
                 bar.finish(row)
             if on_row:
                 on_row(row)
-
-        def finish(row):
-            row.update(run_id=run_id, isolated=isolate, executor=executor.name,
-                       measured_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
-            if isinstance(row.get("env"), dict):
-                row["env"]["argv"] = argv
-            if row.get("gflops") and row.get("matmul_peak_gflops"):
-                row["peak_fraction"] = row["gflops"] / row["matmul_peak_gflops"]
-            write(row)
 
         def advance(label):
             """Submit the variant's next length, or record the rest as skipped after a failure."""

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 import traceback
@@ -13,7 +12,7 @@ from ..errors import EffattnError
 from ..spec import Variant
 from ..tasks.base import Task
 from ..tasks.train import TrainSpec, train_task
-from .sweep import read_rows
+from .sweep import append_row, read_rows, stamp
 
 TASK_KEY = ("label", "seq_len", "task", "task_options", "seed", "train_spec")
 
@@ -73,12 +72,7 @@ def run_task_sweep(task: Task, variants: list[Variant], seq_lens: list[int], see
                 job, row = executor.next_done()
                 v, n, seed = job.info
                 finished += 1
-                row.update(run_id=run_id, executor=executor.name, measured_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
-                if isinstance(row.get("env"), dict):
-                    row["env"]["argv"] = argv
-                f.write(json.dumps(row, default=str) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
+                row = append_row(f, stamp(row, run_id, executor.name, argv))
                 rows.append(row)
                 if log:
                     acc = f"accuracy {row['test_accuracy']:.3f}, loss {row['final_loss']:.3f}, " \
