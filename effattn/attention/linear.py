@@ -56,5 +56,7 @@ class LinearAttention(AttentionBase):
 
     def forward(self, q, k, v, causal: bool = False, key_padding_mask=None):
         self.check_call(q, k, v, causal, key_padding_mask)
+        if (empty := self.empty_output(q, k, v)) is not None:
+            return empty
         self.last_backend = "chunked-causal" if causal else "global-state"
         return linear_attention(F.elu(q) + 1, F.elu(k) + 1, v, causal, key_padding_mask, self.eps, self.chunk)

@@ -33,6 +33,8 @@ class LinformerAttention(AttentionBase):
 
     def forward(self, q, k, v, causal: bool = False, key_padding_mask=None):
         self.check_call(q, k, v, causal, key_padding_mask)
+        if (empty := self.empty_output(q, k, v)) is not None:
+            return empty
         n = k.shape[2]
         if n > self.max_len:
             raise UnsupportedError(f"linformer: sequence length {n} exceeds max_len={self.max_len}")

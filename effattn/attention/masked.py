@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from ..registry import register_attention
-from .base import AttentionBase, causal_mask, combine_masks
+from .base import AttentionBase, causal_mask, combine_masks, dense_pairs
 from .full import dense_attention
 
 
@@ -21,8 +21,13 @@ class MaskedAttention(AttentionBase):
     def dense_mask(self, n_q: int, n_k: int, causal: bool = False) -> torch.Tensor:
         return causal_mask(n_q, n_k)
 
+    def nnz(self, n_q: int, n_k: int, causal: bool = False) -> int:
+        return dense_pairs(n_q, n_k, True)  # j <= i whatever `causal` says
+
     def forward(self, q, k, v, causal: bool = False, key_padding_mask=None):
         self.check_call(q, k, v, causal, key_padding_mask)
+        if (empty := self.empty_output(q, k, v)) is not None:
+            return empty
         self.last_backend = "sdpa"
         if key_padding_mask is None:
             return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)

@@ -47,6 +47,8 @@ class NystromAttention(AttentionBase):
 
     def forward(self, q, k, v, causal: bool = False, key_padding_mask=None):
         self.check_call(q, k, v, causal, key_padding_mask)
+        if (empty := self.empty_output(q, k, v)) is not None:
+            return empty
         self.last_backend = "landmarks"
         scale = q.shape[-1] ** -0.5
         L = min(self.num_landmarks, q.shape[2], k.shape[2])

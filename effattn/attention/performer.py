@@ -58,6 +58,8 @@ class PerformerAttention(AttentionBase):
 
     def forward(self, q, k, v, causal: bool = False, key_padding_mask=None):
         self.check_call(q, k, v, causal, key_padding_mask)
+        if (empty := self.empty_output(q, k, v)) is not None:
+            return empty
         self.last_backend = "favor+"
         w = self.features(q.shape[-1]).to(device=q.device, dtype=q.dtype)
         fq = self._phi(q, w, per_row=True)

@@ -13,7 +13,7 @@ import torch
 
 from ..errors import UnsupportedError
 from ..registry import register_attention
-from .base import AttentionBase, causal_mask, check_int, guard_empty_rows
+from .base import AttentionBase, causal_mask, check_int, dense_pairs, guard_empty_rows
 
 
 @register_attention("xformers")
@@ -45,8 +45,18 @@ class XFormersAttention(AttentionBase):
             m = m & ((i - j).abs() <= self.window)
         return m
 
+    def nnz(self, n_q: int, n_k: int, causal: bool = False) -> int:
+        if self.window < 0:
+            return dense_pairs(n_q, n_k, causal)
+        i = torch.arange(n_q)
+        lo = (i - self.window).clamp(min=0)
+        hi = torch.minimum(i if causal else i + self.window, torch.tensor(n_k - 1))
+        return int((hi - lo + 1).clamp(min=0).sum())
+
     def forward(self, q, k, v, causal: bool = False, key_padding_mask=None):
         self.check_call(q, k, v, causal, key_padding_mask)
+        if (empty := self.empty_output(q, k, v)) is not None:
+            return empty
         why = self.availability(q.device.type)
         if why:
             raise UnsupportedError(f"xformers: {why}")
