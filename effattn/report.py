@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .cli import cli, fail
-from .results import label_series, load, summary
+from .results import label_series, latest, load, summary
 
 #: options capped when drawing a pattern at n = 64 (the defaults would cover the whole picture)
 PATTERN_CAPS = {"window": 8, "block_size": 8, "stride": 8, "global_tokens": 2}
@@ -206,8 +206,8 @@ def pattern_pictures(df: pd.DataFrame, out_dir: str, n: int = 64) -> list[tuple[
     return made
 
 
-def build_report(paths: list[str], out_dir: str, formats=("md",)) -> list[str]:
-    df = label_series(load(*paths))
+def build_report(paths: list[str], out_dir: str, formats=("md",), on_problem=None) -> list[str]:
+    df = label_series(latest(load(*paths, on_problem=on_problem)))
     os.makedirs(out_dir, exist_ok=True)
     written = []
     if df.empty:
@@ -255,6 +255,10 @@ def build_report(paths: list[str], out_dir: str, formats=("md",)) -> list[str]:
     if len(noisy):
         md += ["", "Noisy points (IQR/median > 10%): " + ", ".join(
             f"{r['label']} n={r['seq_len']}" for _, r in noisy.iterrows())]
+    faults = df[df["fault"].notna()] if "fault" in df else df.iloc[:0]
+    if len(faults):
+        md += ["", "Measurement faults (these points claim more than the machine can do; do not trust them):"] + [
+            f"- {r['label']} n={r['seq_len']}: {r['fault']}" for _, r in faults.iterrows()]
     failed = df[df["status"].isin(["error", "oom", "timeout", "unsupported"])]
     if len(failed):
         md += ["", "Points that did not run:"] + [f"- {r['label']} n={r['seq_len']}: {r['status']} ({r['reason']})"
@@ -354,11 +358,15 @@ def report(results, out_dir, fmt):
             fail(f"results file {p} does not exist")
     out_dir = out_dir or os.path.splitext(results[0])[0] + "-report"
     try:
-        written = build_report(list(results), out_dir, formats)
+        written = build_report(list(results), out_dir, formats, on_problem=_warn)
     except OSError as e:
         fail(f"cannot write the report to {out_dir}: {e.strerror or e}")
     for w in written:
         click.echo(w)
+
+
+def _warn(msg: str) -> None:
+    click.echo(f"effattn: warning: {msg}", err=True)
 
 
 @cli.command()
@@ -367,31 +375,60 @@ def report(results, out_dir, fmt):
 @click.option("--threshold", type=float, default=0.10, show_default=True,
               help="a slowdown beyond this fraction (and beyond the noise) is a regression")
 def compare(base, new, threshold):
-    """Per-point time ratio NEW/BASE; exit 1 on a regression beyond --threshold and the noise."""
+    """Per-point time ratio NEW/BASE; exit 1 on a regression beyond --threshold and the noise.
+
+    Points are paired only when their whole identity (variant, length and configuration: device,
+    dtype, batch, heads, head_dim, causal, mode, level, inputs, seed) is equal; the points that
+    could not be paired are listed."""
+    from .results import point_keys
+
+    if not (threshold >= 0 and math.isfinite(threshold)):
+        fail(f"--threshold {threshold}: must be a finite number >= 0")
     for p in (base, new):
         if not os.path.isfile(p):
             fail(f"results file {p} does not exist")
-    a, b = load(base), load(new)
-    key = ["label", "seq_len", "mode", "level", "causal", "dtype", "device"]
-    a = a[a["status"] == "ok"].drop_duplicates(key, keep="last").set_index(key)
-    b = b[b["status"] == "ok"].drop_duplicates(key, keep="last").set_index(key)
-    common = a.index.intersection(b.index)
-    if not len(common):
-        fail("the two runs share no measured point")
+    a, b = (latest(load(p, on_problem=_warn)) for p in (base, new))
+    ra_all = {k: r for k, r in zip(point_keys(a), a.to_dict("records")) if r["status"] == "ok"}
+    rb_all = {k: r for k, r in zip(point_keys(b), b.to_dict("records")) if r["status"] == "ok"}
+    common = [k for k in ra_all if k in rb_all]
+    only_a = [k for k in ra_all if k not in rb_all]
+    only_b = [k for k in rb_all if k not in ra_all]
+    if not common:
+        fail(f"the two runs share no measured point of the same configuration ({base}: "
+             f"{_configs(ra_all.values()) or 'no ok point'}; {new}: {_configs(rb_all.values()) or 'no ok point'})")
     regress = 0
     click.echo(f"{'variant':40s} {'n':>7s} {'base ms':>10s} {'new ms':>10s} {'ratio':>7s}  flag")
     for k in common:
-        ta, tb = a.loc[k, "time_ms"], b.loc[k, "time_ms"]
-        noise = max(_rel_iqr(a.loc[k]), _rel_iqr(b.loc[k]))
+        ra, rb = ra_all[k], rb_all[k]
+        ta, tb = ra["time_ms"], rb["time_ms"]
+        noise = max(_rel_iqr(ra), _rel_iqr(rb))
         ratio = tb / ta
         flag = ""
         if abs(ratio - 1) > noise:
             flag = "slower" if ratio > 1 else "faster"
             if ratio - 1 > max(threshold, noise):
                 flag, regress = "REGRESSION", regress + 1
-        click.echo(f"{k[0]:40s} {k[1]:7d} {ta:10.2f} {tb:10.2f} {ratio:7.2f}  {flag}")
-    click.echo(f"{len(common)} points compared, {regress} regressions beyond {threshold:.0%} and the noise")
+        click.echo(f"{ra['label']:40s} {int(ra['seq_len']):7d} {ta:10.2f} {tb:10.2f} {ratio:7.2f}  {flag}")
+    for what, rows, keys in (("only in " + base, ra_all, only_a), ("only in " + new, rb_all, only_b)):
+        if keys:
+            click.echo(f"\n{len(keys)} point(s) {what} (not compared):")
+            for k in keys[:20]:
+                r = rows[k]
+                click.echo(f"  {r['label']} n={r['seq_len']} ({_config_text(r)})")
+            if len(keys) > 20:
+                click.echo(f"  ... and {len(keys) - 20} more")
+    click.echo(f"\n{len(common)} points compared, {regress} regressions beyond {threshold:.0%} and the noise")
     sys.exit(1 if regress else 0)
+
+
+def _config_text(r) -> str:
+    from .store import CONFIG_FIELDS
+
+    return ", ".join(f"{c}={r[c]}" for c in CONFIG_FIELDS if c in r and r[c] is not None and c != "probe")
+
+
+def _configs(rows) -> str:
+    return "; ".join(sorted({_config_text(r) for r in rows}))
 
 
 def _rel_iqr(row) -> float:

@@ -1,31 +1,60 @@
-"""Results as data: load JSON-lines sweeps into a tidy DataFrame, fit scaling exponents."""
+"""Results as data: load JSON-lines sweeps into a tidy DataFrame, fit scaling exponents.
+
+What makes two rows the same point is defined once, in `effattn.store` (POINT_FIELDS): fits,
+crossovers, reports and comparisons never mix two configurations, and where a file holds a point
+twice (a point measured again after an error) the newest row is the one used.
+"""
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
 
+from .store import CONFIG_FIELDS, FIELD_DEFAULTS, describe_problems, point_key, read_results
+
 COLUMNS = ["run_id", "label", "variant", "seq_len", "status", "reason", "time_ms", "time_iqr_ms", "noisy",
-           "first_call_ms", "peak_mem_bytes", "gflops", "peak_fraction", "attended_pairs", "rel_err_vs_full",
-           "cosine_vs_full", "rel_err_vs_own_dense", "backend", "device", "dtype", "batch", "heads", "head_dim",
-           "causal", "mode", "level"]
+           "first_call_ms", "peak_mem_bytes", "retained_bytes", "gflops", "peak_fraction", "fault", "attended_pairs",
+           "rel_err_vs_full", "cosine_vs_full", "rel_err_vs_own_dense", "backend", "device", "dtype", "batch",
+           "heads", "head_dim", "causal", "mode", "level", "inputs", "seed", "probe"]
 
 
-def load(*paths: str) -> pd.DataFrame:
-    """One row per point, units in the column names (time_ms, peak_mem_bytes, ...)."""
-    from .bench.sweep import read_rows
-
-    rows = [r for p in paths for r in read_rows(p)]
+def load(*paths: str, on_problem=None) -> pd.DataFrame:
+    """One row per point, units in the column names (time_ms, peak_mem_bytes, ...). A file that is
+    no results file raises `effattn.store.ResultsFileError`; lines that are no results rows are
+    skipped and reported through `on_problem` (default: a warning), naming their line numbers."""
+    rows = []
+    for p in paths:
+        got, problems = read_results(p, missing_ok=False)
+        if problems:
+            msg = describe_problems(p, problems)
+            on_problem(msg) if on_problem else warnings.warn(msg, stacklevel=2)
+        rows += got
     df = pd.DataFrame(rows)
     for c in COLUMNS:
         if c not in df.columns:
             df[c] = None
+    for c, default in FIELD_DEFAULTS.items():
+        df[c] = df[c].astype(object).where(df[c].notna(), default)
     if len(df):
         df["seq_len"] = df["seq_len"].astype(int)
-        for c in ("time_ms", "time_iqr_ms", "peak_mem_bytes", "gflops", "rel_err_vs_full"):
+        for c in ("time_ms", "time_iqr_ms", "peak_mem_bytes", "retained_bytes", "gflops", "peak_fraction",
+                  "rel_err_vs_full", "rel_err_vs_own_dense", "first_call_ms"):
             df[c] = pd.to_numeric(df[c], errors="coerce")
     return df[COLUMNS + [c for c in df.columns if c not in COLUMNS]]
+
+
+def point_keys(df: pd.DataFrame) -> list[tuple]:
+    return [point_key(r) for r in df.to_dict("records")]
+
+
+def latest(df: pd.DataFrame) -> pd.DataFrame:
+    """The newest row of each point (file order), everything else dropped."""
+    if df.empty:
+        return df
+    keys = pd.Series(point_keys(df), index=df.index)
+    return df[~keys.duplicated(keep="last")]
 
 
 def fit_exponent(n, y) -> tuple[float, float]:
@@ -47,8 +76,11 @@ def fit_exponent(n, y) -> tuple[float, float]:
 
 
 def summary(df: pd.DataFrame, baseline: str = "full", min_fit_len: int = 1024) -> pd.DataFrame:
-    """Per variant: fitted time and memory exponents (lengths >= min_fit_len where there are at
-    least 3 such, else all), and the crossover length from which it is faster than `baseline`."""
+    """Per variant and configuration: fitted time and memory exponents (lengths >= min_fit_len
+    where there are at least 3 such, else all), and the crossover length from which it is faster
+    than `baseline` of the same configuration. Rows of different configurations (heads, batch,
+    mode, ...) are never fitted together: their labels are told apart first (`label_series`)."""
+    df = label_series(latest(df))
     ok = df[df["status"] == "ok"]
 
     def base_for(label: str):
@@ -80,9 +112,6 @@ def summary(df: pd.DataFrame, baseline: str = "full", min_fit_len: int = 1024) -
     return pd.DataFrame(out)
 
 
-CONFIG_FIELDS = ("mode", "level", "causal", "dtype", "device", "batch", "heads", "head_dim", "inputs")
-
-
 def label_series(df: pd.DataFrame) -> pd.DataFrame:
     """When rows from different configurations are mixed (fwd and fwdbwd, two dtypes, ...), make
     the differing fields part of each label, so that no two configurations share a line."""
@@ -90,6 +119,8 @@ def label_series(df: pd.DataFrame) -> pd.DataFrame:
     if not varying:
         return df
     df = df.copy()
-    df["label"] = df["label"] + " [" + df[varying].astype(str).apply(
+    if "base_label" not in df:  # the label as measured; kept so that this function is idempotent
+        df["base_label"] = df["label"]
+    df["label"] = df["base_label"] + " [" + df[varying].astype(str).apply(
         lambda r: ", ".join(f"{c}={v}" for c, v in zip(varying, r)), axis=1) + "]"
     return df
