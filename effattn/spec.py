@@ -53,7 +53,12 @@ def parse_variant(text: str, validate: bool = True) -> Variant:
         if "=" not in p:
             raise EffattnError(f"option {p!r} of {name!r} must be KEY=VALUE")
         key, val = p.split("=", 1)
-        options[key.strip()] = parse_value(val.strip())
+        key = key.strip()
+        if not key:
+            raise EffattnError(f"option {p!r} of {name!r} has no name: write KEY=VALUE")
+        if key in options:
+            raise EffattnError(f"option {key!r} of {name!r} is given twice in {text.strip()!r}")
+        options[key] = parse_value(val.strip())
     v = Variant(name, options)
     if validate:
         v.build()  # unknown names and bad options fail here, before any work starts
@@ -61,24 +66,31 @@ def parse_variant(text: str, validate: bool = True) -> Variant:
 
 
 def parse_variants(text: str, validate: bool = True) -> list[Variant]:
-    out = [parse_variant(t, validate) for t in text.split(",") if t.strip()]
+    if not text.strip():
+        raise EffattnError("no attention variant given (an empty --attn)")
+    parts = text.split(",")
+    if any(not t.strip() for t in parts):
+        raise EffattnError(f"empty entry in the variant list {text!r}")
+    out = [parse_variant(t, validate) for t in parts]
     if not out:
         raise EffattnError("no attention variant given")
     return out
 
 
-_LEN = re.compile(r"^(\d+)([kK]?)$")
+_LEN = re.compile(r"^(\d+)([kKmM]?)$")
 
 
 def parse_seq_lens(text: str) -> list[int]:
-    """`256,512,1k,16k` -> [256, 512, 1024, 16384] (k = 1024)."""
+    """`256,512,1k,16k` -> [256, 512, 1024, 16384] (k = 1024, m = 1024 * 1024)."""
+    if not text.strip():
+        raise EffattnError("no sequence length given (an empty list)")
     lens = []
     for tok in text.split(","):
         tok = tok.strip()
         m = _LEN.match(tok)
         if not m:
-            raise EffattnError(f"sequence length {tok!r} is not a positive integer (k suffix allowed, e.g. 2k)")
-        n = int(m.group(1)) * (1024 if m.group(2) else 1)
+            raise EffattnError(f"sequence length {tok!r} is not a positive integer (k or m suffix allowed, e.g. 2k)")
+        n = int(m.group(1)) * {"": 1, "k": 1024, "m": 1024**2}[m.group(2).lower()]
         if n <= 0:
             raise EffattnError(f"sequence length must be > 0, got {tok!r}")
         lens.append(n)
@@ -93,6 +105,8 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)\s*$", re.I)
 def parse_size(text: str) -> int:
     """`512MB`, `4G`, `2GiB`, `1000000` -> bytes (K/M/G/T are powers of 1024)."""
     m = _SIZE.match(text)
+    if not text.strip():
+        raise EffattnError("size is empty; give a number of bytes (e.g. 512MB, 4GB)")
     if not m:
         raise EffattnError(f"size {text!r} is not a number of bytes (e.g. 512MB, 4GB)")
     unit = (m.group(2) or "b").lower().rstrip("b").rstrip("i")

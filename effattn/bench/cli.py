@@ -1,15 +1,64 @@
-"""`effattn bench`: the sweep command. Attaches itself to the CLI group."""
+"""`effattn bench`: the sweep command. Attaches itself to the CLI group.
+
+Three modes share the command: a timing sweep (the default), `--find-max-len` and `--task`. Each
+mode's options are listed once, in MODE_OPTIONS; an option given to a mode that does not use it
+is an error, never silently ignored. Everything is validated before any file is touched; then the
+results file is opened (created atomically, locked for the run) by `effattn.store.ResultsFile`,
+its one writer.
+"""
 from __future__ import annotations
 
+import math
 import os
+import signal
 import sys
-import time
 
 import click
 
 from ..cli import cli, fail
 
 DEFAULT_SEQ_LENS = "256,512,1k,2k,4k"
+
+# Which options each mode reads (click parameter names). Everything else given is refused.
+_COMMON = {"seq_lens", "attn", "out_path", "resume", "overwrite"}
+_SHAPES = {"device", "dtype", "batch", "heads", "head_dim", "causal", "mode", "level", "seed", "inputs",
+           "timeout_s", "memory_budget", "min_run_time"}
+_RAY = {"executor", "ray_address", "cpus_per_point"}
+MODE_OPTIONS = {
+    "timing": _COMMON | _SHAPES | _RAY | {"isolate", "no_error"},
+    "find-max-len": _COMMON | _SHAPES | {"find_max_len", "executor"},
+    "task": _COMMON | _RAY | {"task_spec", "steps", "lr", "train_batch", "seeds", "d_model", "layers",
+                              "conv_kernel", "heads", "device"},
+}
+_WHY_NOT = {
+    ("find-max-len", "isolate"): "every probe already runs in its own process",
+    ("find-max-len", "no_error"): "probes never compute the error columns",
+    ("task", "dtype"): "task models train in float32",
+    ("task", "seed"): "use --seeds (training runs are seeded 0, 1, ...)",
+}
+
+
+class FiniteFloat(click.ParamType):
+    """A finite number > 0 (click's FloatRange lets inf and nan through)."""
+
+    name = "seconds"
+
+    def convert(self, value, param, ctx):
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(x) or x <= 0:
+            self.fail(f"{value!r} must be a finite number > 0", param, ctx)
+        return x
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: every finished row is kept (exit 143)."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
 
 
 def _default_variants(device: str) -> str:
@@ -22,8 +71,6 @@ def _default_variants(device: str) -> str:
 def _check_dtype(device: str, dtype: str):
     import torch
 
-    if dtype not in ("float32", "bfloat16", "float16", "float64"):
-        fail(f"--dtype {dtype!r}: choose float32, bfloat16, float16 or float64")
     try:
         a = torch.ones(8, 8, device=device, dtype=getattr(torch, dtype))
         torch.nn.functional.scaled_dot_product_attention(a[None, None], a[None, None], a[None, None])
@@ -35,7 +82,8 @@ def _check_dtype(device: str, dtype: str):
 @click.option("--seq-lens", default=None, help=f"comma list; k = 1024 [default: {DEFAULT_SEQ_LENS}; 64 with --task]")
 @click.option("--attn", "attn", default=None, help="NAME[:KEY=VALUE...] comma list [default: every available built-in]")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--dtype", default="float32", show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16", "float64"]), default="float32",
+              show_default=True)
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--heads", type=click.IntRange(min=1), default=None, help="[default: 8; 4 with --task]")
 @click.option("--head-dim", type=click.IntRange(min=1), default=64, show_default=True)
@@ -45,14 +93,14 @@ def _check_dtype(device: str, dtype: str):
 @click.option("--out", "out_path", default=None, help="JSON-lines results file [default: results/bench-<time>.jsonl]")
 @click.option("--resume", is_flag=True, help="complete only the points missing from --out")
 @click.option("--overwrite", is_flag=True, help="replace an existing --out instead of refusing")
-@click.option("--isolate", is_flag=True, help="each point in its own process (a crash or OOM loses only it)")
-@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=120.0, show_default=True,
-              help="seconds per point")
+@click.option("--isolate", is_flag=True, help="a fresh process per point [default: one reused measuring process]")
+@click.option("--timeout", "timeout_s", type=FiniteFloat(), default=120.0, show_default=True,
+              help="seconds one call of the attention may take")
 @click.option("--memory-budget", default=None, help="e.g. 4GB: a point above it is recorded as oom")
-@click.option("--min-run-time", type=click.FloatRange(min=0, min_open=True), default=0.2, show_default=True,
+@click.option("--min-run-time", type=FiniteFloat(), default=0.2, show_default=True,
               help="seconds of timed repeats per point")
 @click.option("--no-error", is_flag=True, help="skip the error-vs-full columns")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--inputs", type=click.Choice(["random", "trained"]), default="random", show_default=True,
               help="q, k, v: Gaussian, or from a backbone trained on MQAR (peaked attention)")
 @click.option("--find-max-len", is_flag=True,
@@ -60,7 +108,7 @@ def _check_dtype(device: str, dtype: str):
 @click.option("--task", "task_spec", default=None, help="train on a task instead of timing: NAME[:KEY=VALUE...] "
               "(mqar, listops, retrieval_distance)")
 @click.option("--steps", type=click.IntRange(min=1), default=2000, show_default=True, help="--task: training steps")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-3, show_default=True,
+@click.option("--lr", type=FiniteFloat(), default=3e-3, show_default=True,
               help="--task: peak learning rate (AdamW, 50 warm-up steps, linear decay)")
 @click.option("--train-batch", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True, help="--task: repeats")
@@ -74,48 +122,97 @@ def _check_dtype(device: str, dtype: str):
               "[default: $RAY_ADDRESS, else a new local instance]")
 @click.option("--cpus-per-point", type=click.IntRange(min=1), default=None,
               help="--executor ray: CPUs (and torch threads) each point gets [default: 1]")
-def bench(seq_lens, attn, device, dtype, batch, heads, head_dim, causal, mode, level, out_path, resume, overwrite,
-          isolate, timeout_s, memory_budget, min_run_time, no_error, seed, find_max_len, task_spec, steps, lr,
-          train_batch, seeds, d_model, layers, conv_kernel, inputs, executor, ray_address, cpus_per_point):
+@click.pass_context
+def bench(ctx, **o):
     """Sweep sequence lengths and measure time, memory and error of attention variants."""
+    mode = "task" if o["task_spec"] is not None else "find-max-len" if o["find_max_len"] else "timing"
+    _check_options(ctx, mode, o)
+    if mode == "task":
+        return _task_mode(o)
+    spec, ex = _timing_spec(o)
+    if mode == "find-max-len":
+        return _find_max_len(spec, o)
+    return _timing_mode(spec, ex, o)
+
+
+def _flag(ctx, name: str) -> str:
+    for p in ctx.command.params:
+        if p.name == name:
+            return p.opts[0]
+    return name
+
+
+def _check_options(ctx, mode: str, o: dict) -> None:
+    """Each mode's rules, in one place: options that do not apply, and options that exclude each
+    other. Empty values are errors, never 'use the default'."""
+    from click.core import ParameterSource
+
+    given = [n for n in o if ctx.get_parameter_source(n) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)]
+    for name in given:
+        if name not in MODE_OPTIONS[mode]:
+            why = _WHY_NOT.get((mode, name)) or (
+                "it applies only to --task" if name in MODE_OPTIONS["task"] - MODE_OPTIONS["timing"] else
+                f"it does not apply to {'--task' if mode == 'task' else '--find-max-len'}")
+            fail(f"{_flag(ctx, name)} cannot be used here: {why}")
+    for name in ("seq_lens", "attn", "task_spec", "memory_budget", "out_path", "ray_address"):
+        if o[name] is not None and not str(o[name]).strip():
+            fail(f"{_flag(ctx, name)} is empty; leave it out to use the default")
+    if o["resume"] and o["overwrite"]:
+        fail("--resume and --overwrite exclude each other")
+    if mode == "find-max-len" and o["executor"] == "ray":
+        fail("--find-max-len runs here only (each probe depends on the one before); drop --executor ray")
+    if o["executor"] != "ray" and (o["ray_address"] or o["cpus_per_point"]):
+        fail(f"{'--ray-address' if o['ray_address'] else '--cpus-per-point'} applies only to --executor ray")
+    if mode == "task" and o["device"] == "cuda":
+        fail("--device cuda cannot be used with --task: task runs train on the CPU")
+
+
+def _timing_spec(o: dict):
+    """Validate a timing or find-max-len request and return (SweepSpec, executor)."""
     import torch
 
-    from ..results import load, summary
     from ..spec import parse_seq_lens, parse_size, parse_variants
     from .executors import make_executor
     from .point import SweepSpec
-    from .sweep import run_sweep
 
-    # --- validate everything before touching any file
-    if executor != "ray" and (ray_address or cpus_per_point):
-        fail(f"{'--ray-address' if ray_address else '--cpus-per-point'} applies only to --executor ray")
-    if executor == "ray" and find_max_len:
-        fail("--find-max-len runs here only (each probe depends on the one before); drop --executor ray")
-    lens = parse_seq_lens(seq_lens or ("64" if task_spec else DEFAULT_SEQ_LENS))
-    task_heads = heads or 4  # task models are small (d_model 64): 16-dim heads, as in Zoology's runs
-    heads = heads or 8
-    if task_spec and not attn:
-        attn = "full,linear"
-    if attn:
-        parse_variants(attn)  # a typo fails before any cluster is contacted
-    ex = make_executor(executor, address=ray_address, cpus_per_point=cpus_per_point or 1)
-    if executor == "ray":
+    lens = parse_seq_lens(o["seq_lens"] if o["seq_lens"] is not None else DEFAULT_SEQ_LENS)
+    if o["attn"]:
+        parse_variants(o["attn"])  # a typo fails before any cluster is contacted
+    ex = make_executor(o["executor"], address=o["ray_address"], cpus_per_point=o["cpus_per_point"] or 1)
+    device = o["device"]
+    if o["executor"] == "ray":
         device = ex.resolve_device(device)  # the cluster's devices, not this machine's
     elif device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available() and executor != "ray":
+    if device == "cuda" and not torch.cuda.is_available() and o["executor"] != "ray":
         fail("--device cuda: CUDA is not available on this machine")
     # Device checks run here only when this machine has the device; a CPU-only driver of a GPU
     # cluster leaves them to the workers, whose rows say what failed.
     here = device == "cpu" or torch.cuda.is_available()
-    variants = parse_variants(attn or _default_variants(device))
+    variants = parse_variants(o["attn"] or _default_variants(device))
     if len({v.label for v in variants}) != len(variants):
         fail("--attn lists the same variant twice")
     if here:
-        _check_dtype(device, dtype)
-    budget = parse_size(memory_budget) if memory_budget else None
+        _check_dtype(device, o["dtype"])
+    for v in variants:
+        why = __import__("effattn").get_entry(v.name).availability(device)
+        if why and o["attn"] and here:
+            fail(f"{v.label}: {why}")
+    spec = SweepSpec(seq_lens=lens, variants=variants, device=device, dtype=o["dtype"], batch=o["batch"],
+                     heads=o["heads"] or 8, head_dim=o["head_dim"], causal=o["causal"], mode=o["mode"],
+                     level=o["level"], timeout_s=o["timeout_s"],
+                     memory_budget_bytes=parse_size(o["memory_budget"]) if o["memory_budget"] else None,
+                     min_run_time_s=o["min_run_time"], error=not o["no_error"], seed=o["seed"], inputs=o["inputs"])
+    return spec, ex
+
+
+def _results_file(o: dict, executor_name: str):
+    """Open (create atomically, lock) the results file the options name, or a fresh default."""
+    from ..store import ResultsFile, default_results_path
+
+    out_path = o["out_path"]
     if out_path is None:
-        out_path = os.path.join("results", time.strftime("bench-%Y%m%d-%H%M%S.jsonl"))
+        out_path = default_results_path("results", "bench")
     out_dir = os.path.dirname(os.path.abspath(out_path))
     if not os.path.isdir(out_dir):
         if out_path.startswith("results" + os.sep) and os.access(os.path.dirname(out_dir) or ".", os.W_OK):
@@ -125,61 +222,62 @@ def bench(seq_lens, attn, device, dtype, batch, heads, head_dim, causal, mode, l
     if os.path.isdir(out_path) or not os.access(out_dir, os.W_OK) or (
             os.path.exists(out_path) and not os.access(out_path, os.W_OK)):
         fail(f"--out {out_path}: cannot be written")
-    if os.path.exists(out_path) and os.path.getsize(out_path) and not (resume or overwrite):
-        fail(f"--out {out_path} already holds results; use --resume to complete it or --overwrite to replace it")
-    for v in variants:
-        why = __import__("effattn").get_entry(v.name).availability(device)
-        if why and attn and here:
-            fail(f"{v.label}: {why}")
+    mode = "resume" if o["resume"] else "overwrite" if o["overwrite"] else "new"
+    return ResultsFile(out_path, mode, executor=executor_name).open()
 
-    spec = SweepSpec(seq_lens=lens, variants=variants, device=device, dtype=dtype, batch=batch, heads=heads,
-                     head_dim=head_dim, causal=causal, mode=mode, level=level, timeout_s=timeout_s,
-                     memory_budget_bytes=budget, min_run_time_s=min_run_time, error=not no_error, seed=seed,
-                     inputs=inputs)
-    if inputs == "trained":
-        if level != "attention":
-            fail("--inputs trained applies to --level attention")
+
+def _log(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+def _timing_mode(spec, ex, o):
+    from ..results import load, summary
+    from ..store import config_key
+    from .point import base_row
+    from .sweep import run_sweep
+
+    ex.open(spec.device)  # a cluster that cannot hold one point fails here, before the file is touched
+    rf = _results_file(o, ex.name)
+    if spec.inputs == "trained":
         from .inputs import trained_model
 
-        trained_model(heads, head_dim, log=lambda m: click.echo(m, err=True))  # train once, before the sweep
-    if find_max_len:
-        return _find_max_len(spec, out_path, budget, lens)
-    if task_spec:
-        return _task_mode(task_spec, variants, lens, seeds, out_path, resume,
-                          dict(steps=steps, batch_size=train_batch, lr=lr, d_model=d_model, n_layers=layers,
-                               n_heads=task_heads, conv_kernel=conv_kernel), ex)
-    ex.open(device)
-    click.echo(f"effattn bench: {len(variants)} variants x {len(lens)} lengths on {device} ({dtype}, {mode}, "
-               f"{level}) via {ex.describe()} -> {out_path}", err=True)
-    _keeping_results(out_path, "point", lambda: run_sweep(spec, out_path, resume=resume, isolate=isolate,
-                                                          executor=ex))
+        trained_model(spec.heads, spec.head_dim, log=_log)  # train once, before the sweep
+    how = "a fresh process per point" if o["isolate"] or getattr(ex, "isolates", False) else "one measuring process"
+    _log(f"effattn bench: {len(spec.variants)} variants x {len(spec.seq_lens)} lengths on {spec.device} "
+         f"({spec.dtype}, {spec.mode}, {spec.level}) via {ex.describe()}, {how} -> {rf.path}")
+    _keeping_results(rf.path, "point", lambda: run_sweep(spec, rf, isolate=o["isolate"], executor=ex, log=_log))
 
-    df = load(out_path)
-    df = df[(df["mode"] == mode) & (df["level"] == level) & (df["causal"] == causal)]
+    df = load(rf.path, on_problem=_log)
+    mine = config_key(base_row(spec, spec.variants[0], spec.seq_lens[0]))
+    df = df[[config_key(r) == mine for r in df.to_dict("records")]]
     # rows arrive in completion order on Ray; tables follow --attn's order
-    rank = {v.label: i for i, v in enumerate(variants)}
+    rank = {v.label: i for i, v in enumerate(spec.variants)}
     df = df.assign(_rank=df["label"].map(rank).fillna(len(rank))).sort_values(
         ["_rank", "seq_len"], kind="stable").drop(columns="_rank")
     _print_summary(df, summary(df))
-    click.echo(f"\nresults: {out_path}  (effattn report {out_path})")
+    click.echo(f"\nresults: {rf.path}  (effattn report {rf.path})")
 
 
 def _keeping_results(out_path, what, run):
-    """Run a sweep; on Ctrl-C (exit 130), a lost executor (exit 1) or an unwritable file (exit 2),
-    say in one line that every finished {what} is in the file and how to complete it."""
+    """Run a sweep; on Ctrl-C (exit 130), SIGTERM (143), a lost executor (exit 1) or an
+    unwritable file (exit 2), say in one line that every finished {what} is in the file and how
+    to complete it."""
     from .executors import ExecutorLost
 
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return run()
-    except KeyboardInterrupt:
-        click.echo(f"\ninterrupted: every finished {what} is in {out_path}; rerun with --resume to complete it",
-                   err=True)
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        how = "terminated" if isinstance(e, Terminated) else "interrupted"
+        click.echo(f"\n{how}: every finished {what} is in {out_path}; rerun with --resume to complete it", err=True)
+        sys.exit(143 if isinstance(e, Terminated) else 130)
     except ExecutorLost as e:
         click.echo(f"effattn: error: {e}; every finished {what} is in {out_path}; rerun with --resume", err=True)
         sys.exit(1)
     except OSError as e:
         fail(f"cannot write results to {out_path}: {e.strerror or e}")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _print_summary(df, summ):
@@ -205,52 +303,73 @@ def _print_summary(df, summ):
     s[cross] = s[cross].map(lambda x: "-" if pd.isna(x) else str(int(x)))
     click.echo("\nscaling (log-log fit)")
     click.echo(s[["label", "time exponent", "memory exponent", "fit_from", cross, "points"]].to_string(index=False))
+    faults = df[df.get("fault", pd.Series(None, index=df.index)).notna()] if "fault" in df else df.iloc[:0]
+    if len(faults):
+        click.echo("\nmeasurement faults (not to be trusted):")
+        for _, r in faults.iterrows():
+            click.echo(f"  {r['label']} n={r['seq_len']}: {r['fault']}")
 
 
-def _find_max_len(spec, out_path, budget, lens):
-    from .maxlen import available_memory_bytes, find_max_len
+def _find_max_len(spec, o):
+    from .maxlen import find_max_len
+    from .measure import available_memory_bytes
 
-    budget = budget or available_memory_bytes(spec.device)
+    lens = spec.seq_lens
+    budget = spec.memory_budget_bytes or available_memory_bytes(spec.device)
     start = lens[0] if len(lens) > 1 or lens[0] != 256 else 1024
     limit = lens[-1] if len(lens) > 1 else 2**20
-    click.echo(f"effattn bench --find-max-len: budget {budget / 2**30:.2f} GiB, n from {start} up to {limit} "
-               f"-> {out_path}", err=True)
+    rf = _results_file(o, "local")
+    _log(f"effattn bench --find-max-len: budget {budget / 2**30:.2f} GiB, n from {start} up to {limit} -> {rf.path}")
+    for note in rf.notes:
+        _log(note)
     results = []
-    with open(out_path, "w") as f:
+
+    def run():
         for v in spec.variants:
-            best, _ = find_max_len(spec, v, budget, start, limit, out=f, log=lambda m: click.echo(m, err=True))
+            best, _ = find_max_len(spec, v, budget, start, limit, out=rf, log=_log)
             results.append((v.label, best))
+
+    try:
+        _keeping_results(rf.path, "probe", run)
+    finally:
+        rf.close()
     click.echo("\nlongest sequence within the budget")
     for label, best in results:
         click.echo(f"  {label:40s} {best if best is not None else 'none (fails at ' + str(start) + ')'}")
 
 
-def _task_mode(task_spec, variants, lens, seeds, out_path, resume, train_kwargs, ex):
+def _task_mode(o):
     from ..registry import get_entry
-    from ..spec import parse_variant
+    from ..spec import parse_seq_lens, parse_variant, parse_variants
     from ..tasks import create_task
     from ..tasks.train import TrainSpec
+    from .executors import make_executor
+    from .sweep import read_rows
     from .tasksweep import run_task_sweep, task_summary
 
-    tv = parse_variant(task_spec, validate=False)
+    lens = parse_seq_lens(o["seq_lens"] if o["seq_lens"] is not None else "64")
+    variants = parse_variants(o["attn"] or "full,linear")
+    if len({v.label for v in variants}) != len(variants):
+        fail("--attn lists the same variant twice")
+    tv = parse_variant(o["task_spec"], validate=False)
     task = create_task(tv.name, **tv.options)
     for n in lens:
         task.check_length(n)
-    if train_kwargs["d_model"] % train_kwargs["n_heads"]:
-        fail(f"--d-model {train_kwargs['d_model']} is not divisible by --heads {train_kwargs['n_heads']}")
+    # task models are small (d_model 64): 16-dim heads, as in Zoology's runs
+    spec = TrainSpec(steps=o["steps"], batch_size=o["train_batch"], lr=o["lr"], d_model=o["d_model"],
+                     n_layers=o["layers"], n_heads=o["heads"] or 4, conv_kernel=o["conv_kernel"])
     if task.kind == "lm":
         for v in variants:
             if not get_entry(v.name).facts.supports_causal:
                 fail(f"{v.label} cannot run {task.name}: the task trains a causal decoder and it does not support causal")
-    spec = TrainSpec(**train_kwargs)
+    ex = make_executor(o["executor"], address=o["ray_address"], cpus_per_point=o["cpus_per_point"] or 1)
     ex.open("cpu")
-    click.echo(f"effattn bench --task {task_spec}: {len(variants)} variants x {len(lens)} lengths x {seeds} seeds, "
-               f"{spec.steps} steps of batch {spec.batch_size} via {ex.describe()} -> {out_path}", err=True)
-    _keeping_results(out_path, "run", lambda: run_task_sweep(
-        task, variants, lens, seeds, spec, out_path, resume, log=lambda m: click.echo(m, err=True), executor=ex))
-    from .sweep import read_rows
-
-    summ = task_summary([r for r in read_rows(out_path) if r.get("task") == task.name])
+    rf = _results_file(o, ex.name)
+    _log(f"effattn bench --task {o['task_spec']}: {len(variants)} variants x {len(lens)} lengths x {o['seeds']} "
+         f"seeds, {spec.steps} steps of batch {spec.batch_size} via {ex.describe()} -> {rf.path}")
+    _keeping_results(rf.path, "run", lambda: run_task_sweep(task, variants, lens, o["seeds"], spec, rf, log=_log,
+                                                            executor=ex))
+    summ = task_summary([r for r in read_rows(rf.path) if r.get("task") == task.name])
     click.echo(f"\n{task.name} {task.options()}: test accuracy (mean over seeds)")
     click.echo(summ.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
-    click.echo(f"\nresults: {out_path}")
+    click.echo(f"\nresults: {rf.path}")

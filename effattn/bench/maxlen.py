@@ -1,54 +1,56 @@
 """`effattn bench --find-max-len`: the longest sequence each variant runs within a memory budget.
 
 Doubles n until a probe fails, then bisects between the last success and the first failure. Each
-probe runs in its own process: a measured peak above the budget is `oom`, and so is a probe the
-kernel kills, which costs only that probe. Every probe is recorded as a row. (Capping the probe's
+probe runs in its own process: a point whose estimated or measured memory (inputs plus the call's
+peak) is over the budget is `oom`, and so is a probe the kernel's OOM killer kills, which costs
+only that probe. Every probe is a row of the results file like any sweep's (run id, environment),
+and with `--resume` a probe already in the file is reused, not run again. (Capping the probe's
 heap with RLIMIT_DATA was tried and dropped: glibc's per-thread arenas count against it, so small
 budgets failed spuriously.)
 """
 from __future__ import annotations
 
-import json
-import os
-import time
+from dataclasses import replace
 
+from ..env import environment
 from ..spec import Variant
-from .point import SweepSpec
+from ..store import DONE_STATUSES, ResultsFile, point_key
+from .point import SweepSpec, base_row
 from .sweep import run_worker
 
-
-def available_memory_bytes(device: str) -> int:
-    if device == "cuda":
-        import torch
-
-        free, _ = torch.cuda.mem_get_info()
-        return int(free)
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 8 * 2**30
+PROBE = "find-max-len"
 
 
 def probe(spec: SweepSpec, variant: Variant, n: int, budget: int) -> dict:
-    row = run_worker(spec, variant, n, label="probe", error=False, memory_budget_bytes=budget)
-    return {**row, "probe": "find-max-len", "memory_budget_bytes": budget}
+    spec = replace(spec, seq_lens=[n], variants=[variant], error=False, memory_budget_bytes=budget)
+    row = run_worker(spec, variant, n, label="the probe")
+    row.setdefault("env", environment())
+    return {**row, "probe": PROBE, "memory_budget_bytes": budget}
 
 
-def find_max_len(spec: SweepSpec, variant: Variant, budget: int, start: int, limit: int, out=None,
-                 log=None) -> tuple[int | None, list[dict]]:
+def find_max_len(spec: SweepSpec, variant: Variant, budget: int, start: int, limit: int,
+                 out: ResultsFile | None = None, log=None) -> tuple[int | None, list[dict]]:
+    """(the longest n that fits, every probe's row). `out`, an open ResultsFile, gets each probe as
+    it finishes; probes it already holds (same point, same budget) are reused."""
     rows: list[dict] = []
+    known = {}
+    if out is not None:
+        for r in out.existing:
+            if r.get("probe") == PROBE and r.get("memory_budget_bytes") == budget and r.get("status") in DONE_STATUSES:
+                known[point_key(r)] = r
 
     def run(n):
-        row = probe(spec, variant, n, budget)
-        row["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        key = point_key({**base_row(spec, variant, n), "probe": PROBE})
+        row = known.get(key)
+        reused = row is not None
+        if row is None:
+            row = probe(spec, variant, n, budget)
+            if out is not None:
+                row = out.append(row)
         rows.append(row)
-        if out is not None:
-            out.write(json.dumps(row, default=str) + "\n")
-            out.flush()
-            os.fsync(out.fileno())
         if log:
-            log(f"{variant.label} n={n}: {row['status']}" + (f" ({row['reason']})" if row.get("reason") else ""))
+            log(f"{variant.label} n={n}: {row['status']}" + (" (from the file)" if reused else "")
+                + (f" ({row['reason']})" if row.get("reason") else ""))
         return row["status"] == "ok"
 
     lo, hi, n = None, None, start

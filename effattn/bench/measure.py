@@ -51,32 +51,67 @@ def _quiet_stderr():
             os.close(saved)
 
 
-def peak_memory_bytes(fn, device: str) -> int:
-    """Peak bytes allocated by one call above what was allocated before it.
+def profile_memory(fn, device: str):
+    """Run `fn()` once and return (its result, peak bytes, net bytes): the peak allocated during
+    the call above what was allocated before it, and what the call left allocated (its result
+    included).
 
-    CUDA: `max_memory_allocated` after a reset. CPU: the allocator's own alloc/free events from
-    the PyTorch profiler, replayed in order (a real measurement, not an estimate)."""
+    CUDA: `memory_allocated` and `max_memory_allocated` after a reset. CPU: the allocator's own
+    alloc/free events from the PyTorch profiler, replayed in order (a real measurement, not an
+    estimate)."""
     if device == "cuda":
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-        fn()
+        result = fn()
         torch.cuda.synchronize()
-        return int(torch.cuda.max_memory_allocated() - base)
+        return result, int(torch.cuda.max_memory_allocated() - base), int(torch.cuda.memory_allocated() - base)
     # The autograd profiler records the same allocator events as `torch.profiler.profile`, without
     # importing torch._dynamo (about 3 s per fresh process: every isolated or Ray point paid it).
     from torch.autograd.profiler import profile
 
     with _quiet_stderr():
         with profile(use_cpu=True, profile_memory=True) as prof:
-            fn()
+            result = fn()
     events = [e for e in prof.kineto_results.events() if e.name() == "[memory]"]
     cur = peak = 0
     for e in sorted(events, key=lambda e: e.start_ns()):
         if e.device_type() == 0 or device == "cpu":  # CPU allocations
             cur += e.nbytes()
             peak = max(peak, cur)
-    return int(peak)
+    return result, int(peak), int(cur)
+
+
+def peak_memory_bytes(fn, device: str) -> int:
+    """Peak bytes allocated by one call above what was allocated before it."""
+    return profile_memory(fn, device)[1]
+
+
+def storage_bytes(tensors) -> int:
+    """Bytes of the distinct storages behind some tensors (a view counts its whole storage)."""
+    seen, total = set(), 0
+    for t in tensors:
+        if isinstance(t, torch.Tensor):
+            s = t.untyped_storage()
+            if s.data_ptr() not in seen:
+                seen.add(s.data_ptr())
+                total += s.nbytes()
+    return total
+
+
+def available_memory_bytes(device: str) -> int:
+    """Memory a point may still take: free GPU memory, or MemAvailable on Linux."""
+    if device == "cuda":
+        free, _ = torch.cuda.mem_get_info()
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 * 2**30
 
 
 _PEAK_CACHE: dict = {}
@@ -93,16 +128,30 @@ def matmul_peak_gflops(device: str, dtype=torch.float32) -> float:
     return _PEAK_CACHE[key]
 
 
-def attended_pairs(attn, n_q: int, n_k: int, causal: bool) -> int:
-    """Pairs (i, j) that take part in the softmax: the basis of useful FLOPs."""
+#: a plugin with only `dense_mask` has it counted whole up to this many (bool) elements
+DENSE_COUNT_MAX = 2**28
+
+
+def attended_pairs(attn, n_q: int, n_k: int, causal: bool) -> int | None:
+    """Pairs (i, j) that take part in the softmax, counted exactly: the basis of useful FLOPs.
+
+    A plugin's own `nnz(n_q, n_k, causal)` first (every built-in has one); else its `dense_mask`,
+    counted while it fits in DENSE_COUNT_MAX booleans; else, for an approximate plugin, the pairs
+    of the softmax it approximates (all, or j <= i when causal). An exact plugin whose pattern
+    cannot be counted gives None: no FLOP rate is better than a wrong one."""
+    from ..attention.base import dense_pairs
+
     nnz = getattr(attn, "nnz", None)
     if callable(nnz):
         return int(nnz(n_q, n_k, causal))
     mask = getattr(attn, "dense_mask", None)
-    if callable(mask) and n_q * n_k <= 2**26:
-        return int(mask(n_q, n_k, causal).sum())
-    # dense (or unknown): all pairs, half when causal (FlashAttention's convention)
-    return n_q * n_k // 2 if causal else n_q * n_k
+    if callable(mask):
+        if n_q * n_k <= DENSE_COUNT_MAX:
+            return int(mask(n_q, n_k, causal).sum())
+        return None
+    if getattr(attn, "exact", False):
+        return None
+    return dense_pairs(n_q, n_k, causal)
 
 
 def output_errors(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:

@@ -1,4 +1,10 @@
-"""One point of a sweep: (variant, seq_len) under a sweep spec, measured in this process."""
+"""One point of a sweep: (variant, seq_len) under a sweep spec, measured in this process.
+
+A point is `ok` only when it was measured correctly: the estimated memory fitted the budget
+before anything was allocated, the output (and under `fwdbwd` the gradients of q, k and v) had
+the right shape, dtype and finite values, and its FLOP count is exact. Anything else is a status
+with its reason.
+"""
 from __future__ import annotations
 
 import math
@@ -10,16 +16,37 @@ import torch
 
 from ..errors import EffattnError, UnsupportedError
 from ..spec import Variant
+from ..store import point_key  # noqa: F401  (the identity of a point lives in effattn.store)
 from . import measure
+from .validate import CoreWatch, check_output
 
 LEVELS = ("attention", "layer", "model")
 MODES = ("fwd", "fwdbwd")
+DEVICES = ("cpu", "cuda")
+DTYPES = ("float32", "float64", "bfloat16", "float16")
+INPUTS = ("random", "trained")
 #: own-dense-reference error is computed up to this length (it needs an n x n mask)
 DENSE_REF_MAX_N = 4096
+#: a useful FLOP rate above this fraction of the measured matmul peak is a measurement fault
+PEAK_FRACTION_MAX = 1.0
+#: the model level's backbone (see _build)
+MODEL_LAYERS, MODEL_VOCAB = 2, 256
+
+
+def _positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise EffattnError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def _positive_finite(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise EffattnError(f"{name} must be a finite number > 0, got {value!r}")
 
 
 @dataclass
 class SweepSpec:
+    """What a sweep measures. Validated when built, with the same rules as the CLI's options."""
+
     seq_lens: list[int]
     variants: list[Variant]
     device: str = "cpu"
@@ -37,17 +64,47 @@ class SweepSpec:
     seed: int = 0
     inputs: str = "random"   # or "trained": q, k, v from a backbone trained on MQAR (attention level)
 
+    def __post_init__(self):
+        self.seq_lens = list(self.seq_lens)
+        self.variants = list(self.variants)
+        lens = self.seq_lens
+        if not lens:
+            raise EffattnError("seq_lens is empty: give at least one sequence length")
+        for n in lens:
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise EffattnError(f"sequence lengths must be integers > 0, got {n!r}")
+        if any(b <= a for a, b in zip(lens, lens[1:])):
+            raise EffattnError(f"seq_lens must increase without repeats (a variant's longer lengths are skipped "
+                               f"after an oom or timeout), got {lens}; sorted: {sorted(set(lens))}")
+        for v in self.variants:
+            if not isinstance(v, Variant):
+                raise EffattnError(f"variants must be effattn.spec.Variant, got {type(v).__name__}")
+        if len({v.label for v in self.variants}) != len(self.variants):
+            raise EffattnError("the same variant is listed twice")
+        choices = {"device": DEVICES, "dtype": DTYPES, "mode": MODES, "level": LEVELS, "inputs": INPUTS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise EffattnError(f"{name} {getattr(self, name)!r}: choose {', '.join(allowed)}")
+        for name in ("batch", "heads", "head_dim"):
+            _positive_int(name, getattr(self, name))
+        if not isinstance(self.causal, bool):
+            raise EffattnError(f"causal must be a bool, got {self.causal!r}")
+        if not isinstance(self.error, bool):
+            raise EffattnError(f"error must be a bool, got {self.error!r}")
+        _positive_finite("timeout_s", self.timeout_s)
+        _positive_finite("min_run_time_s", self.min_run_time_s)
+        if self.memory_budget_bytes is not None:
+            _positive_int("memory_budget_bytes", self.memory_budget_bytes)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise EffattnError(f"seed must be an integer >= 0, got {self.seed!r}")
+        if self.inputs == "trained" and self.level != "attention":
+            raise EffattnError("inputs 'trained' applies to level 'attention'")
+
     def point_config(self) -> dict:
         d = asdict(self)
         for k in ("seq_lens", "variants"):
             d.pop(k)
         return d
-
-
-def point_key(row: dict) -> tuple:
-    """What makes two rows the same point (resume matches on this)."""
-    return tuple(row.get(k) for k in ("label", "seq_len", "device", "dtype", "batch", "heads", "head_dim",
-                                      "causal", "mode", "level"))
 
 
 def _inputs(spec: SweepSpec, n: int, requires_grad: bool):
@@ -64,7 +121,7 @@ def _inputs(spec: SweepSpec, n: int, requires_grad: bool):
         return mk(B, H, n, D), mk(B, H, n, D), mk(B, H, n, D)
     if spec.level == "layer":
         return (mk(B, n, H * D),)
-    return (torch.randint(0, 256, (B, n), generator=g).to(spec.device),)
+    return (torch.randint(0, MODEL_VOCAB, (B, n), generator=g).to(spec.device),)
 
 
 def _build(spec: SweepSpec, variant: Variant):
@@ -78,9 +135,9 @@ def _build(spec: SweepSpec, variant: Variant):
                                   causal=spec.causal).to(spec.device, dtype)
     from ..model import Transformer, TransformerConfig
 
-    cfg = TransformerConfig(vocab_size=256, d_model=spec.heads * spec.head_dim, n_heads=spec.heads, n_layers=2,
-                            d_ff=4 * spec.heads * spec.head_dim, dropout=0.0, attention=variant.name,
-                            attention_options=variant.options)
+    cfg = TransformerConfig(vocab_size=MODEL_VOCAB, d_model=spec.heads * spec.head_dim, n_heads=spec.heads,
+                            n_layers=MODEL_LAYERS, d_ff=4 * spec.heads * spec.head_dim, dropout=0.0,
+                            attention=variant.name, attention_options=variant.options)
     return Transformer(cfg, "decoder" if spec.causal else "encoder").to(spec.device, dtype)
 
 
@@ -100,22 +157,62 @@ def base_row(spec: SweepSpec, variant: Variant, n: int) -> dict:
     return row
 
 
-def measure_point(spec: SweepSpec, variant: Variant, n: int) -> dict:
-    """Measure one point. Never raises for the point's own failure: returns a row with a status."""
+def estimate_bytes(spec: SweepSpec, core, n: int) -> tuple[int, str]:
+    """A lower bound on what the point allocates, known before anything is allocated: the inputs
+    and outputs the level implies (and their gradients), plus what the plugin declares through an
+    optional `min_memory_bytes(batch, heads, n_q, n_k, head_dim, element_size, causal, grad)`."""
+    es = torch.empty(0, dtype=getattr(torch, spec.dtype)).element_size()
+    B, H, D = spec.batch, spec.heads, spec.head_dim
+    grad = spec.mode == "fwdbwd"
+    act = B * H * n * D * es                      # one (B, H, n, D) or (B, n, H*D) tensor
+    tensors = {"attention": 4, "layer": 6, "model": 6 * MODEL_LAYERS}[spec.level]  # q, k, v, out (+ x, proj)
+    est = act * tensors * (2 if grad else 1)
+    parts = [f"inputs and outputs {_gib(est)}"]
+    if spec.level == "model":
+        logits = B * n * max(MODEL_VOCAB, H * D) * es
+        est += logits
+    declared = getattr(core, "min_memory_bytes", None)
+    if callable(declared):
+        extra = int(declared(B, H, n, n, D, es, spec.causal, grad))
+        if extra > 0:
+            est += extra
+            parts.append(f"the plugin's own {_gib(extra)}")
+    return est, " + ".join(parts)
+
+
+def _gib(b: float) -> str:
+    return f"{b / 2**30:.2f} GiB" if b >= 2**30 else f"{b / 2**20:.1f} MiB"
+
+
+def _alive(module, outputs) -> list:
+    """Tensors we know stay allocated after a step: its output and the parameters' gradients."""
+    return list(outputs) + [p.grad for p in module.parameters() if p.grad is not None]
+
+
+def measure_point(spec: SweepSpec, variant: Variant, n: int, tick=None) -> dict:
+    """Measure one point. Never raises for the point's own failure: returns a row with a status.
+    `tick()`, if given, is called as each call of the attention starts (a measuring process's
+    heartbeat: its parent kills a call that runs past the timeout)."""
     row = {**base_row(spec, variant, n), "status": "ok", "reason": None}
+    watch = None
     try:
         torch.manual_seed(spec.seed)
         module = _build(spec, variant)
         core = _core(module, spec.level)
-        facts_causal = getattr(core, "supports_causal", False)
-        if spec.causal and not facts_causal:
+        if spec.causal and not getattr(core, "supports_causal", False):
             raise UnsupportedError(f"{variant.label} does not support causal attention")
+        # 1. the budget, before the inputs are allocated
+        est, parts = estimate_bytes(spec, core, n)
+        budget = spec.memory_budget_bytes
+        limit = budget if budget else measure.available_memory_bytes(spec.device)
+        row["estimated_bytes"] = est
+        if est > limit:
+            what = f"the memory budget {_gib(budget)}" if budget else f"the {_gib(limit)} of memory available"
+            return {**row, "status": "oom", "reason": f"needs at least {_gib(est)} ({parts}) > {what}; not attempted"}
         fwdbwd = spec.mode == "fwdbwd"
         inputs = _inputs(spec, n, requires_grad=fwdbwd and spec.level == "attention")
-        if fwdbwd:
-            module.train()
-        else:
-            module.eval()
+        row["input_bytes"] = measure.storage_bytes(inputs)
+        module.train() if fwdbwd else module.eval()
 
         def call():
             if spec.level == "attention":
@@ -123,64 +220,102 @@ def measure_point(spec: SweepSpec, variant: Variant, n: int) -> dict:
             return module(*inputs)
 
         def step():
+            if tick is not None:
+                tick()
             if fwdbwd:
                 out = call()
                 out.float().square().mean().backward()
                 for t in inputs:
                     t.grad = None
-                module.zero_grad(set_to_none=True)
                 return out
             with torch.no_grad():
                 return call()
 
+        def clean_step():
+            out = step()
+            module.zero_grad(set_to_none=True)
+            return out
+
+        # 2. the first call of the fresh module: validated, timed, and its memory measured (what
+        #    it creates and keeps - plans, workspaces, caches - counts)
         t0 = time.perf_counter()
-        out = step()
+        with CoreWatch(core) as watch:
+            out, first_peak, net = measure.profile_memory(step, spec.device)
+            if fwdbwd:
+                watch.check_backward()
         first_ms = (time.perf_counter() - t0) * 1e3
+        if watch.problem:
+            return {**row, "status": "error", "reason": watch.problem}
+        if not watch.calls:
+            return {**row, "status": "error", "reason": f"the attention core of {variant.label} was never called"}
+        retained = max(0, net - measure.storage_bytes(_alive(module, [out])))
+        module.zero_grad(set_to_none=True)
+        del out
         if first_ms / 1e3 > spec.timeout_s:
-            return {**row, "status": "timeout", "reason": f"one call took {first_ms / 1e3:.1f} s > timeout {spec.timeout_s:g} s"}
+            return {**row, "status": "timeout",
+                    "reason": f"one call took {first_ms / 1e3:.1f} s > timeout {spec.timeout_s:g} s"}
         row["backend"] = getattr(core, "last_backend", None)
-        row.update(measure.time_callable(step, spec.min_run_time_s))
-        row["first_call_ms"] = max(row["first_call_ms"], first_ms)
-        row["peak_mem_bytes"] = measure.peak_memory_bytes(step, spec.device)
-        if spec.memory_budget_bytes and row["peak_mem_bytes"] > spec.memory_budget_bytes:
+        # 3. time, then the steady-state peak of one more call
+        row.update(measure.time_callable(clean_step, spec.min_run_time_s))
+        row["first_call_ms"] = first_ms
+        steady_peak = measure.peak_memory_bytes(clean_step, spec.device)
+        row["first_call_peak_mem_bytes"] = first_peak
+        row["retained_bytes"] = retained
+        row["peak_mem_bytes"] = max(first_peak, retained + steady_peak)
+        if budget and row["input_bytes"] + row["peak_mem_bytes"] > budget:
             row["status"], row["reason"] = "oom", (
-                f"peak {row['peak_mem_bytes']} bytes exceeds the memory budget {spec.memory_budget_bytes}")
+                f"inputs {row['input_bytes']} + peak {row['peak_mem_bytes']} bytes exceed the memory budget {budget}")
+        # 4. useful FLOPs from the exact count of attended pairs
         pairs = measure.attended_pairs(core, n, n, spec.causal)
-        flops = 4 * spec.batch * spec.heads * spec.head_dim * pairs * (3.5 if fwdbwd else 1.0)
         row["attended_pairs"] = pairs
-        row["flops"] = flops
-        exact = getattr(core, "exact", False)
-        row["exact"] = bool(exact)
-        row["gflops"] = flops / (row["time_ms"] / 1e3) / 1e9 if exact and spec.level == "attention" else None
-        if spec.error and spec.level == "attention":
-            row.update(_errors(spec, core, inputs, n))
+        row["flops"] = None if pairs is None else 4 * spec.batch * spec.heads * spec.head_dim * pairs * (
+            3.5 if fwdbwd else 1.0)
+        row["exact"] = bool(getattr(core, "exact", False))
+        row["gflops"] = (row["flops"] / (row["time_ms"] / 1e3) / 1e9
+                         if row["flops"] and row["exact"] and spec.level == "attention" and row["time_ms"] > 0
+                         else None)
+        if spec.error and spec.level == "attention" and row["status"] == "ok":
+            errs, problem = _errors(spec, core, inputs, n)
+            if problem:
+                return {**row, "status": "error", "reason": problem}
+            row.update(errs)
     except torch.cuda.OutOfMemoryError as e:
         row.update(status="oom", reason=str(e).splitlines()[0])
     except MemoryError as e:
         row.update(status="oom", reason=f"MemoryError: {e}")
     except RuntimeError as e:
         msg = str(e)
-        if "out of memory" in msg.lower() or "can't allocate memory" in msg.lower() or "DefaultCPUAllocator" in msg:
-            row.update(status="oom", reason=msg.splitlines()[0])
+        first = msg.splitlines()[0] if msg else ""
+        if "DefaultCPUAllocator: can't allocate memory" in msg or first.startswith("CUDA out of memory"):
+            row.update(status="oom", reason=first)
         else:
-            row.update(status="error", reason=f"RuntimeError: {msg.splitlines()[0] if msg else ''}",
-                       traceback=traceback.format_exc(limit=6))
+            _failed(row, watch, f"RuntimeError: {first}")
     except (UnsupportedError, EffattnError) as e:
         row.update(status="unsupported", reason=str(e))
     except Exception as e:  # noqa: BLE001 - every failure is a recorded status, the sweep goes on
-        row.update(status="error", reason=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(limit=6))
+        _failed(row, watch, f"{type(e).__name__}: {e}")
     return row
 
 
-def _errors(spec, core, inputs, n) -> dict:
+def _failed(row, watch, reason):
+    """An exception: when the watch saw a bad output first, that is the real reason."""
+    problem = watch.problem if watch is not None else None
+    row.update(status="error", reason=problem or reason, traceback=traceback.format_exc(limit=6))
+
+
+def _errors(spec, core, inputs, n) -> tuple[dict, str | None]:
     """Error of this variant against exact softmax (`full`) and, for exact pattern plugins,
-    against its own dense masked reference (a bug detector: should be ~1e-6)."""
+    against its own dense masked reference (a bug detector: should be ~1e-6). Returns the
+    columns, or the reason the output of this extra call is invalid."""
     from ..attention.full import dense_attention
     from ..registry import create_attention
 
     q, k, v = (t.detach() for t in inputs)
     with torch.no_grad():
         out = core(q, k, v, causal=spec.causal)
+        problem = check_output(out, q, v, "output (error check)")
+        if problem:
+            return {}, problem
         ref = create_attention("full")(q, k, v, causal=spec.causal)
         rel, cos = measure.output_errors(out, ref)
         res = {"rel_err_vs_full": rel, "cosine_vs_full": cos, "rel_err_vs_own_dense": None}
@@ -188,4 +323,30 @@ def _errors(spec, core, inputs, n) -> dict:
         if getattr(core, "exact", False) and callable(mask) and n <= DENSE_REF_MAX_N:
             own = dense_attention(q.double(), k.double(), v.double(), mask(n, n, spec.causal).to(q.device))
             res["rel_err_vs_own_dense"] = measure.output_errors(out, own)[0]
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in res.items()}
+    bad = [k for k, x in res.items() if isinstance(x, float) and not math.isfinite(x)]
+    if bad:
+        return {}, f"{', '.join(bad)} not finite: the output or the reference is not comparable"
+    return res, None
+
+
+def measure_point_in_context(spec: SweepSpec, variant: Variant, n: int, tick=None) -> dict:
+    """A point as a sweep records it: the measurement, the environment of the process that made
+    it, that process's matmul peak and the point's fraction of it (a fraction above 1 is a
+    measurement fault, flagged). Runs wherever the point runs."""
+    from ..env import environment
+
+    row = measure_point(spec, variant, n, tick)
+    row["env"] = environment()
+    try:
+        row["matmul_peak_gflops"] = measure.matmul_peak_gflops(spec.device)
+    except Exception as e:  # noqa: BLE001 - e.g. a node without the device; the point says why
+        row["matmul_peak_gflops"] = None
+        if row.get("status") == "ok":
+            row.update(status="error", reason=f"cannot measure the matmul peak on {spec.device}: {e}")
+    if row.get("gflops") and row.get("matmul_peak_gflops"):
+        row["peak_fraction"] = row["gflops"] / row["matmul_peak_gflops"]
+        if row["peak_fraction"] > PEAK_FRACTION_MAX:
+            row["fault"] = (f"useful FLOP rate {row['gflops']:.1f} GFLOP/s is {row['peak_fraction']:.0%} of the "
+                            f"matmul peak {row['matmul_peak_gflops']:.1f} measured in this process: the time, the "
+                            "FLOP count or the peak is wrong")
+    return row

@@ -1,97 +1,70 @@
-"""A sweep: every (variant, length) point measured, appended to JSON lines and flushed at once.
+"""A sweep: every (variant, length) point measured, appended to JSON lines and fsynced at once.
 
-Nothing measured is lost: each row is written the moment it exists; Ctrl-C keeps every finished
-row; `resume` skips rows already in the file. After an `oom` or `timeout` at length n, the
-variant's longer lengths are recorded as `skipped` without being attempted.
+Nothing measured is lost: each row is written the moment it exists (through `ResultsFile`, which
+locks the file for the run); Ctrl-C keeps every finished row; `resume` skips the points already
+done (see `effattn.store.DONE_STATUSES`). After an `oom` or `timeout` at length n, the variant's
+longer lengths are recorded as `skipped` without being attempted.
+
+Where points run (`isolation`):
+
+* "worker" (default): in one long-lived measuring process, replaced when a point crashes it or
+  runs past the timeout; the sweep's own process never runs plugin code;
+* "process" (`--isolate`): a fresh measuring process per point;
+* "none": in this process (no timeout for a hung call; for debugging and the Python API).
 """
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
-import time
-import uuid
-from dataclasses import asdict
 
 from ..env import environment
 from ..spec import Variant
-from .point import SweepSpec, base_row, measure_point, point_key
+from ..store import DONE_STATUSES, ResultsFile, point_key, read_results
+from .point import SweepSpec, base_row, measure_point_in_context
+from .worker import MeasuringProcess
 
 STOPPING = ("oom", "timeout")
-
-
-def _jsonable(row: dict) -> dict:
-    return json.loads(json.dumps(row, default=str))
-
-
-def append_row(f, row: dict) -> dict:
-    """Append one row to an open results file and make it durable before going on; returns the
-    row as written (plain JSON)."""
-    row = _jsonable(row)
-    f.write(json.dumps(row) + "\n")
-    f.flush()
-    os.fsync(f.fileno())
-    return row
-
-
-def stamp(row: dict, run_id: str, executor_name: str, argv: str) -> dict:
-    """What a sweep adds to a row when it comes back: the run, the executor, when, and the
-    command the user ran (the measuring process's own argv means nothing on a Ray worker)."""
-    row.update(run_id=run_id, executor=executor_name, measured_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
-    if isinstance(row.get("env"), dict):
-        row["env"]["argv"] = argv
-    return row
+ISOLATION = ("worker", "process", "none")
 
 
 def read_rows(path: str) -> list[dict]:
-    """Rows of a results file; a torn last line (killed mid-write) is ignored."""
-    rows = []
-    if not os.path.exists(path):
-        return rows
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return rows
+    """Rows of a results file (lines that are no results row are left out)."""
+    return read_results(path)[0]
 
 
-def run_worker(spec: SweepSpec, variant: Variant, n: int, label: str = "isolated point", **spec_overrides) -> dict:
-    """Measure one point in a fresh process (`python -m effattn.bench.worker`): a crash, a hang or
-    an OOM kill costs only this point, and comes back as a row with its status."""
-    spec_dict = {**asdict(spec), "variants": [], "seq_lens": [], **spec_overrides}
-    payload = json.dumps({"spec": spec_dict, "variant": {"name": variant.name, "options": variant.options}, "n": n,
-                          "parent": os.getpid()})
-    base = base_row(SweepSpec(**spec_dict), variant, n)
-    try:
-        p = subprocess.run([sys.executable, "-m", "effattn.bench.worker"], input=payload, capture_output=True,
-                           text=True, timeout=spec.timeout_s + 60)
-    except subprocess.TimeoutExpired:
-        return {**base, "status": "timeout", "reason": f"{label} exceeded {spec.timeout_s:g} s (+60 s start-up) and was killed"}
-    if p.returncode == 0 and p.stdout.strip():
-        return json.loads(p.stdout.strip().splitlines()[-1])
-    if p.returncode in (-9, 137):
-        return {**base, "status": "oom", "reason": f"{label} was killed (SIGKILL: out of memory)"}
-    tail = (p.stderr.strip().splitlines() or ["no output"])[-1]
-    status = "oom" if "memory" in tail.lower() else "error"
-    return {**base, "status": status, "reason": f"{label} exited {p.returncode}: {tail}"}
+def point_job(spec: SweepSpec, variant: Variant, n: int, isolation: str = "process",
+              worker: MeasuringProcess | None = None) -> dict:
+    """One point, measured as `isolation` says. Runs wherever the executor puts it: here, or on
+    a Ray worker (which always asks for a fresh process)."""
+    if isolation == "none":
+        return measure_point_in_context(spec, variant, n)
+    job = {"spec": spec.point_config(), "variant": {"name": variant.name, "options": variant.options}, "n": n}
+    base = base_row(spec, variant, n)
+    if worker is not None:
+        return worker.run(job, spec.timeout_s, base)
+    with MeasuringProcess("the isolated process") as mp:
+        return mp.run(job, spec.timeout_s, base)
+
+
+def run_worker(spec: SweepSpec, variant: Variant, n: int, label: str = "the isolated process") -> dict:
+    """Measure one point in a fresh process (crash, hang and OOM kill cost only this point)."""
+    with MeasuringProcess(label) as mp:
+        return mp.run({"spec": spec.point_config(), "variant": {"name": variant.name, "options": variant.options},
+                       "n": n}, spec.timeout_s, base_row(spec, variant, n))
 
 
 class Progress:
     """A one-line progress bar with ETA on a terminal; plain lines otherwise."""
 
     def __init__(self, total: int, stream=sys.stderr):
+        import time
+
+        self._time = time.time
         self.total, self.done, self.stream, self.t0 = total, 0, stream, time.time()
         self.tty = hasattr(stream, "isatty") and stream.isatty()
 
     def start(self, label: str, n: int, running: int = 1):
         if self.tty:
-            el = time.time() - self.t0
+            el = self._time() - self.t0
             eta = el / self.done * (self.total - self.done) if self.done else 0
             bar = "#" * int(20 * self.done / max(1, self.total))
             now = f"{label} n={n}" if running <= 1 else f"{running} in flight, latest {label} n={n}"
@@ -102,8 +75,10 @@ class Progress:
         self.done += 1
         if not self.tty:
             t = f"{row['time_ms']:.2f} ms" if row.get("time_ms") is not None else ""
+            flag = f" FAULT: {row['fault']}" if row.get("fault") else ""
             self.stream.write(f"[{self.done}/{self.total}] {row['label']} n={row['seq_len']}: {row['status']} {t}"
-                              + (f" ({row['reason']})" if row.get("reason") and row["status"] != "ok" else "") + "\n")
+                              + (f" ({row['reason']})" if row.get("reason") and row["status"] != "ok" else "")
+                              + flag + "\n")
             self.stream.flush()
 
     def close(self):
@@ -111,25 +86,38 @@ class Progress:
             self.stream.write("\n")
 
 
-def point_job(spec: SweepSpec, variant: Variant, n: int, isolate: bool) -> dict:
-    """One point, with the environment of the process that measured it and that machine's matmul
-    peak. Runs wherever the executor puts it: here, or on a Ray worker."""
-    from .measure import matmul_peak_gflops
-
-    row = run_worker(spec, variant, n) if isolate else measure_point(spec, variant, n)
-    row["env"] = environment()
-    try:
-        row["matmul_peak_gflops"] = matmul_peak_gflops(spec.device)
-    except Exception as e:  # noqa: BLE001 - e.g. a node without the device; the point says why
-        row["matmul_peak_gflops"] = None
-        if row.get("status") == "ok":
-            row.update(status="error", reason=f"cannot measure the matmul peak on {spec.device}: {e}")
-    return row
+def _log(msg: str) -> None:
+    sys.stderr.write(msg + "\n")
 
 
-def run_sweep(spec: SweepSpec, out_path: str, *, resume: bool = False, isolate: bool = False,
-              progress: bool = True, run_id: str | None = None, executor=None, on_row=None) -> list[dict]:
-    """Measure every point not yet in `out_path` (when resuming); return this run's rows.
+def open_results(out, *, resume: bool = False, overwrite: bool = False, executor: str = "local",
+                 run_id: str | None = None, log=_log) -> ResultsFile:
+    """The results file for a sweep: `out` as given (already open) or a path, opened and locked
+    as `resume`/`overwrite` say; what was repaired or skipped on opening is logged."""
+    if isinstance(out, ResultsFile):
+        rf = out
+    else:
+        if resume and overwrite:
+            raise ValueError("resume and overwrite exclude each other")
+        rf = ResultsFile(str(out), "resume" if resume else "overwrite" if overwrite else "new", executor=executor)
+        if run_id:
+            rf.run_id = run_id
+    rf.open()
+    if log:
+        from ..store import describe_problems
+
+        for note in rf.notes:
+            log(note)
+        if rf.problems:
+            log(describe_problems(rf.path, rf.problems))
+    return rf
+
+
+def run_sweep(spec: SweepSpec, out, *, resume: bool = False, overwrite: bool = False, isolate: bool = False,
+              isolation: str = "worker", progress: bool = True, run_id: str | None = None, executor=None,
+              on_row=None, log=_log) -> list[dict]:
+    """Measure every point not yet done in `out` (a path or an open `ResultsFile`); return this
+    run's rows.
 
     `executor` is where points run (default: here, one at a time). Each variant's lengths run in
     increasing order, one after another, so that an `oom` or `timeout` at n marks the longer lengths
@@ -138,32 +126,44 @@ def run_sweep(spec: SweepSpec, out_path: str, *, resume: bool = False, isolate: 
     from .executors import Job, LocalExecutor
 
     executor = executor or LocalExecutor()
-    isolate = isolate or getattr(executor, "isolates", False)  # e.g. Ray: every point in a fresh process
-    done = {point_key(r): r for r in read_rows(out_path)} if resume else {}
-    run_id = run_id or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-    argv = " ".join(sys.argv)
+    if isolate:
+        isolation = "process"
+    if getattr(executor, "isolates", False):  # e.g. Ray: every point in a fresh process
+        isolation = "process"
+    if isolation not in ISOLATION:
+        raise ValueError(f"isolation must be one of {', '.join(ISOLATION)}, got {isolation!r}")
+    rf = open_results(out, resume=resume, overwrite=overwrite, executor=executor.name, run_id=run_id, log=log)
+    rf.executor = executor.name
+    try:
+        latest = {point_key(r): r for r in rf.existing}  # the newest row of each point
+        worker = MeasuringProcess() if isolation == "worker" else None
 
-    # Each variant's chain: the lengths still to run, and the failure (if any) that ends it.
-    chains, stopped_at, order = {}, {}, 0
-    for v in spec.variants:
-        chains[v.label] = []
-        for n in spec.seq_lens:
-            prev = done.get(point_key({"label": v.label, "seq_len": n, **spec.point_config()}))
-            if prev is None:
-                chains[v.label].append(Job(order, point_job, (spec, v, n, isolate), base_row(spec, v, n), (v, n)))
-            elif prev.get("status") in STOPPING and v.label not in stopped_at:
-                stopped_at[v.label] = (prev["status"], n)
-            order += 1
-    total = sum(len(c) for c in chains.values())
-    bar = Progress(total) if progress else None
-    rows = []
+        # Each variant's chain: the lengths still to run, and the failure (if any) that ends it.
+        chains, stopped_at, order = {}, {}, 0
+        for v in spec.variants:
+            chains[v.label] = []
+            for n in spec.seq_lens:
+                prev = latest.get(point_key(base_row(spec, v, n)))
+                status = prev.get("status") if prev else None
+                if status in DONE_STATUSES:
+                    if status in STOPPING and v.label not in stopped_at:
+                        stopped_at[v.label] = (status, n)
+                elif status == "skipped" and v.label in stopped_at:
+                    pass  # still skipped, for the same shorter failure: nothing to add
+                else:
+                    chains[v.label].append(Job(order, point_job, (spec, v, n, isolation, worker),
+                                               base_row(spec, v, n), (v, n)))
+                order += 1
+        total = sum(len(c) for c in chains.values())
+        bar = Progress(total) if progress else None
+        rows = []
 
-    with open(out_path, "a" if resume else "w") as f:
         def finish(row):
-            stamp(row, run_id, executor.name, argv)["isolated"] = isolate
-            if row.get("gflops") and row.get("matmul_peak_gflops"):
-                row["peak_fraction"] = row["gflops"] / row["matmul_peak_gflops"]
-            row = append_row(f, row)
+            row["isolation"] = isolation
+            row["isolated"] = isolation == "process"
+            if not isinstance(row.get("env"), dict):
+                row["env"] = environment()  # a point that never reached its process: this machine's
+            row = rf.append(row)
             rows.append(row)
             if bar:
                 bar.finish(row)
@@ -177,7 +177,7 @@ def run_sweep(spec: SweepSpec, out_path: str, *, resume: bool = False, isolate: 
                 st, at = stopped_at[label]
                 while chain:
                     job = chain.pop(0)
-                    finish({**job.base_row, "status": "skipped", "reason": f"{st} at n={at}", "env": environment()})
+                    finish({**job.base_row, "status": "skipped", "reason": f"{st} at n={at}"})
             elif chain:
                 job = chain.pop(0)
                 executor.submit(job)
@@ -200,9 +200,15 @@ def run_sweep(spec: SweepSpec, out_path: str, *, resume: bool = False, isolate: 
                 advance(v.label)
         except BaseException:
             executor.cancel()  # finished rows are on disk already; running points are abandoned
+            if worker is not None:
+                worker.kill()
             raise
         finally:
             executor.close()
-    if bar:
-        bar.close()
-    return rows
+            if worker is not None:
+                worker.close()
+        if bar:
+            bar.close()
+        return rows
+    finally:
+        rf.close()

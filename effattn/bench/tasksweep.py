@@ -2,23 +2,15 @@
 from __future__ import annotations
 
 import json
-import sys
-import time
 import traceback
-import uuid
 
 from ..env import environment
 from ..errors import EffattnError
 from ..spec import Variant
+from ..store import DONE_STATUSES, point_key
 from ..tasks.base import Task
 from ..tasks.train import TrainSpec, train_task
-from .sweep import append_row, read_rows, stamp
-
-TASK_KEY = ("label", "seq_len", "task", "task_options", "seed", "train_spec")
-
-
-def _key(row) -> str:
-    return json.dumps([row.get(k) for k in TASK_KEY], sort_keys=True, default=str)
+from .sweep import _log, open_results
 
 
 def train_job(task: Task, v: Variant, n: int, spec: TrainSpec, seed: int, base: dict, log=None,
@@ -41,26 +33,37 @@ def train_job(task: Task, v: Variant, n: int, spec: TrainSpec, seed: int, base: 
     return row
 
 
+def task_base_row(task: Task, v: Variant, n: int, seed: int, spec: TrainSpec) -> dict:
+    return {"kind": "task", "variant": v.name, "options": v.options, "label": v.label, "seq_len": n, "seed": seed,
+            "task": task.name, "task_options": task.options(), "train_spec": json.loads(json.dumps(spec.__dict__))}
+
+
 def run_task_sweep(task: Task, variants: list[Variant], seq_lens: list[int], seeds: int, spec: TrainSpec,
-                   out_path: str, resume: bool = False, log=None, executor=None) -> list[dict]:
-    """Train every (variant, length, seed) not yet done; rows are written as runs finish. On the
-    local executor runs go one by one with their loss printed; on Ray they run side by side."""
+                   out, resume: bool = False, log=None, executor=None, overwrite: bool = False) -> list[dict]:
+    """Train every (variant, length, seed) not yet done in `out` (a path or an open
+    `ResultsFile`); rows are written as runs finish. On the local executor runs go one by one with
+    their loss printed; on Ray they run side by side."""
     from .executors import Job, LocalExecutor
 
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise EffattnError(f"seeds must be an integer >= 1, got {seeds!r}")
+    if not variants:
+        raise EffattnError("no attention variant given")
+    for n in seq_lens:
+        task.check_length(n)
     executor = executor or LocalExecutor()
     local = not getattr(executor, "concurrent", False)  # runs one by one here: their loss can be shown
-    done = {_key(r) for r in read_rows(out_path) if r.get("status") == "ok"} if resume else set()
-    run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-    argv, rows = " ".join(sys.argv), []
-    todo = [(v, n, s) for v in variants for n in seq_lens for s in range(seeds)]
-    with open(out_path, "a" if resume else "w") as f:
+    rf = open_results(out, resume=resume, overwrite=overwrite, executor=executor.name, log=log or _log)
+    rf.executor = executor.name
+    rows = []
+    try:
+        done = {point_key(r) for r in rf.existing if r.get("status") in DONE_STATUSES}
+        todo = [(v, n, s) for v in variants for n in seq_lens for s in range(seeds)]
         executor.open("cpu")
         try:
             for i, (v, n, seed) in enumerate(todo, 1):
-                base = {"kind": "task", "variant": v.name, "options": v.options, "label": v.label, "seq_len": n,
-                        "seed": seed, "task": task.name, "task_options": task.options(),
-                        "train_spec": json.loads(json.dumps(spec.__dict__))}
-                if _key(base) in done:
+                base = task_base_row(task, v, n, seed, spec)
+                if point_key(base) in done:
                     continue
                 header = f"[{i}/{len(todo)}] {v.label} n={n} seed={seed}: training {spec.steps} steps"
                 executor.submit(Job(i, train_job, (task, v, n, spec, seed, base, log if local else None, header),
@@ -72,7 +75,9 @@ def run_task_sweep(task: Task, variants: list[Variant], seq_lens: list[int], see
                 job, row = executor.next_done()
                 v, n, seed = job.info
                 finished += 1
-                row = append_row(f, stamp(row, run_id, executor.name, argv))
+                if not isinstance(row.get("env"), dict):
+                    row["env"] = environment()
+                row = rf.append(row)
                 rows.append(row)
                 if log:
                     acc = f"accuracy {row['test_accuracy']:.3f}, loss {row['final_loss']:.3f}, " \
@@ -83,6 +88,8 @@ def run_task_sweep(task: Task, variants: list[Variant], seq_lens: list[int], see
             raise
         finally:
             executor.close()
+    finally:
+        rf.close()
     return rows
 
 

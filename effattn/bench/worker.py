@@ -1,13 +1,35 @@
-"""`python -m effattn.bench.worker`: measure one point in a fresh process (--isolate, Ray, probes).
-Reads {"spec", "variant", "n", "parent"} as JSON on stdin, prints the row as one JSON line."""
+"""Measuring processes: points measured outside the sweep's own process.
+
+`MeasuringProcess` runs `python -m effattn.bench.worker` and hands it points one after another.
+Results travel on a pipe of their own (passed as a file descriptor), never on the child's stdout
+or stderr, which go to a log file: a plugin that prints, even at exit, cannot corrupt a result.
+The parent waits for each result with the point's timeout; a point that overruns is killed and
+recorded as `timeout`, and a child that dies is recorded by its evidence (`oom` only for a
+MemoryError, an allocator failure or a kill by the kernel's OOM killer). Either way the next
+point gets a fresh child. So the default sweep gets timeouts and crash safety for the price of
+one process start, and `--isolate` is the same machinery with a fresh child per point.
+
+Protocol (JSON lines): child -> parent `{"ready": pid}` once, then one result row per job;
+parent -> child one job per line: {"spec": {...}, "variant": {"name", "options"}, "n": n}.
+"""
+from __future__ import annotations
+
 import json
 import os
+import select
+import signal
+import subprocess
 import sys
+import tempfile
+import time
 
-from ..spec import Variant
-from .point import SweepSpec, measure_point
+#: seconds a fresh child may take to import torch and start answering
+START_TIMEOUT_S = 180.0
+#: the child says it is alive at most this often, as a call starts
+TICK_S = 0.25
 
 
+# ------------------------------------------------------------------------------------ the child
 def _die_with_parent(parent: int | None) -> None:
     """Ask Linux to kill this process when its parent dies (a cancelled Ray task, a killed sweep):
     an orphaned measurement would otherwise keep a core or a GPU busy for nothing."""
@@ -15,7 +37,6 @@ def _die_with_parent(parent: int | None) -> None:
         return
     try:
         import ctypes
-        import signal
 
         ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
@@ -24,12 +45,236 @@ def _die_with_parent(parent: int | None) -> None:
         os._exit(1)
 
 
-def main():
-    job = json.loads(sys.stdin.read())
-    _die_with_parent(job.get("parent"))
-    spec = SweepSpec(**{k: v for k, v in job["spec"].items()})
-    v = Variant(job["variant"]["name"], job["variant"]["options"])
-    print(json.dumps(measure_point(spec, v, job["n"]), default=str))
+def serve(job_fd: int, result_fd: int, parent: int | None) -> None:
+    _die_with_parent(parent)
+    # Ctrl-C on a terminal reaches the whole process group; the parent decides what to do.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from ..spec import Variant
+    from .point import SweepSpec, measure_point_in_context
+
+    out = os.fdopen(result_fd, "w", buffering=1)
+    out.write(json.dumps({"ready": os.getpid()}) + "\n")
+    last = [0.0]
+
+    def tick():
+        # at most one heartbeat per TICK_S: a write per call would cost microseconds inside timed
+        # calls of a tenth of a millisecond
+        now = time.monotonic()
+        if now - last[0] >= TICK_S:
+            last[0] = now
+            out.write('{"tick": 1}\n')
+    with os.fdopen(job_fd) as jobs:
+        for line in jobs:
+            job = json.loads(line)
+            n = job["n"]
+            v = Variant(job["variant"]["name"], job["variant"]["options"])
+            spec = SweepSpec(**{**job["spec"], "seq_lens": [n], "variants": [v]})
+            last[0] = 0.0
+            row = measure_point_in_context(spec, v, n, tick)
+            out.write(json.dumps(row, default=str) + "\n")
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 3:
+        sys.exit("usage: python -m effattn.bench.worker JOB_FD RESULT_FD PARENT_PID")
+    serve(int(argv[0]), int(argv[1]), int(argv[2]))
+
+
+# ----------------------------------------------------------------------------------- the parent
+def _oom_kills() -> int:
+    """The kernel's count of OOM kills (system-wide and this cgroup's), or -1 if unknown."""
+    total, known = 0, False
+    for path, key in (("/proc/vmstat", "oom_kill"), ("/sys/fs/cgroup/memory.events", "oom_kill")):
+        try:
+            with open(path) as f:
+                for line in f:
+                    parts = line.split()
+                    if len(parts) == 2 and parts[0] == key:
+                        total += int(parts[1])
+                        known = True
+        except (OSError, ValueError):
+            continue
+    return total if known else -1
+
+
+def _signal_name(code: int) -> str:
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return f"signal {-code}"
+
+
+class MeasuringProcess:
+    """A child process that measures points on request. Reused until a point kills it or
+    overruns its timeout; then the next point starts a fresh one."""
+
+    def __init__(self, label: str = "the measuring process"):
+        self.label = label
+        self.proc: subprocess.Popen | None = None
+        self._jobs = None        # parent's write end of the job pipe
+        self._results = None     # parent's read end of the result pipe (raw fd)
+        self._buf = b""
+        self._log = None
+        self.starts = 0          # how many children this object started (for tests and notes)
+
+    # -- life cycle --------------------------------------------------------------------------
+    def _start(self) -> str | None:
+        """Start a child and wait for it to say it is ready; None, or why it could not start."""
+        job_r, job_w = os.pipe()
+        res_r, res_w = os.pipe()
+        self._log = tempfile.NamedTemporaryFile(prefix="effattn-worker-", suffix=".log", delete=False)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "effattn.bench.worker", str(job_r), str(res_w), str(os.getpid())],
+                stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, pass_fds=(job_r, res_w),
+                close_fds=True)
+        finally:
+            os.close(job_r)
+            os.close(res_w)
+        self._jobs = os.fdopen(job_w, "w", buffering=1)
+        self._results, self._buf = res_r, b""
+        self.starts += 1
+        msg = self._read_line(START_TIMEOUT_S)
+        if isinstance(msg, dict) and "ready" in msg:
+            return None
+        why = "did not start in time" if msg == "timeout" else "exited while starting"
+        tail = self._log_tail()
+        self.close()
+        return f"{self.label} {why}" + (f": {tail}" if tail else "")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def close(self) -> None:
+        """Stop the child (politely: end of jobs; then by force)."""
+        if self.proc is not None:
+            try:
+                if self._jobs:
+                    self._jobs.close()
+            except OSError:
+                pass
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._cleanup()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        for closer in (lambda: self._jobs and self._jobs.close(),
+                       lambda: self._results is not None and os.close(self._results)):
+            try:
+                closer()
+            except OSError:
+                pass
+        self._jobs, self._results, self.proc = None, None, None
+        if self._log is not None:
+            try:
+                self._log.close()
+                os.unlink(self._log.name)
+            except OSError:
+                pass
+            self._log = None
+
+    # -- one job -----------------------------------------------------------------------------
+    def _read_line(self, timeout: float):
+        """One JSON message from the child; "timeout", or "eof" when the child closed the pipe."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return "timeout"
+            ready, _, _ = select.select([self._results], [], [], left)
+            if not ready:
+                continue
+            chunk = os.read(self._results, 1 << 16)
+            if not chunk:
+                return "eof"
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        try:
+            return json.loads(line)
+        except json.JSONDecodeError:
+            return "garbled"
+
+    def _log_tail(self, lines: int = 1) -> str:
+        if self._log is None:
+            return ""
+        try:
+            with open(self._log.name, "rb") as f:
+                f.seek(0, 2)
+                f.seek(max(0, f.tell() - 8192))
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return ""
+        kept = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        return " | ".join(kept[-lines:])
+
+    def run(self, job: dict, timeout_s: float, base_row: dict) -> dict:
+        """Measure one job; always returns a row (a failure is the row's status)."""
+        if not self.alive():
+            self._cleanup()
+            why = self._start()
+            if why:
+                return {**base_row, "status": "error", "reason": why}
+        if self._log is not None:
+            os.truncate(self._log.name, 0)  # so that a crash's tail is this point's
+        kills_before = _oom_kills()
+        try:
+            self._jobs.write(json.dumps(job, default=str) + "\n")
+            self._jobs.flush()
+        except (BrokenPipeError, OSError):
+            return self._died(base_row, kills_before)
+        # The child ticks as each call of the attention starts: the timeout bounds one call (and
+        # any stretch of the point's work between calls), as it does for a point measured in-process.
+        while True:
+            msg = self._read_line(timeout_s)
+            if not (isinstance(msg, dict) and "tick" in msg):
+                break
+        if isinstance(msg, dict):
+            return msg
+        if msg == "timeout":
+            self.kill()
+            return {**base_row, "status": "timeout",
+                    "reason": f"a call ran past the {timeout_s:g} s timeout; {self.label} was killed"}
+        if msg == "garbled":
+            self.kill()
+            return {**base_row, "status": "error", "reason": f"{self.label} sent an unreadable result"}
+        return self._died(base_row, kills_before)
+
+    def _died(self, base_row: dict, kills_before: int) -> dict:
+        """The child ended without a result: say why, on evidence."""
+        code = None
+        if self.proc is not None:
+            try:
+                code = self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                code = self.proc.wait()
+        tail = self._log_tail()
+        self._cleanup()
+        after = _oom_kills()
+        oom_killed = kills_before >= 0 and after > kills_before
+        what = ("exited with status 0 before reporting" if code == 0 else
+                f"was killed by {_signal_name(code)}" if code is not None and code < 0 else f"exited with status {code}")
+        reason = f"{self.label} {what}" + (f"; its last output: {tail}" if tail else "")
+        if code == -signal.SIGKILL and oom_killed:
+            return {**base_row, "status": "oom", "reason": f"{self.label} was killed by the kernel's OOM killer "
+                                                           f"(its oom_kill count rose {kills_before} -> {after})"}
+        return {**base_row, "status": "error", "reason": reason, "crashed": True}
+
+    def __enter__(self) -> "MeasuringProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 if __name__ == "__main__":

@@ -26,6 +26,22 @@ class TrainSpec:
     warmup: int = 50
     norm_first: bool = False   # the paper's post-norm; pre-norm is available but measured no better on MQAR
 
+    def __post_init__(self):
+        import math
+
+        from ..errors import EffattnError
+
+        for k, lo in (("steps", 1), ("batch_size", 1), ("d_model", 1), ("n_layers", 1), ("n_heads", 1),
+                      ("conv_kernel", 0), ("eval_batches", 1), ("warmup", 0)):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise EffattnError(f"{k} must be an integer >= {lo}, got {v!r}")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) \
+                or self.lr <= 0:
+            raise EffattnError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if self.d_model % self.n_heads:
+            raise EffattnError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+
 
 def build_for_task(task: Task, variant: Variant, spec: TrainSpec) -> Transformer:
     cfg = TransformerConfig(vocab_size=task.vocab_size, d_model=spec.d_model, n_heads=spec.n_heads,
