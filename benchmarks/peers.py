@@ -14,7 +14,7 @@ It also checks semantics: with HF's projections reused, effattn `sliding_window(
 equal HF `LongformerSelfAttention(attention_window=2w)` (no global tokens).
 
 Writes <out>.jsonl (one row per comparison, raw figures) and <out>.md (the table).
-fp32, CPU, batch 1, 8 heads, head_dim 64, forward, as in shared/ANCHORS.md.
+fp32, CPU, batch 1, 8 heads, head_dim 64, forward.
 """
 from __future__ import annotations
 

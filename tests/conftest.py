@@ -13,13 +13,13 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 @pytest.fixture(scope="session")
 def plugin_site(tmp_path_factory):
     """Install the third-party demo packages (one good, one broken at import, one that kills its
-    worker, for the Ray tests) with pip into a private folder, as a user would install a plugin
+    worker, for the Ray tests, and the adversarial ones of the integrity tests) with pip into a private folder, as a user would install a plugin
     package, and return that folder."""
     target = tmp_path_factory.mktemp("site")
     cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
            "--disable-pip-version-check", "--target", str(target),
            str(HERE / "plugins" / "demo_good"), str(HERE / "plugins" / "demo_broken"),
-           str(HERE / "plugins" / "demo_faulty")]
+           str(HERE / "plugins" / "demo_faulty"), str(HERE / "plugins" / "demo_adversarial")]
     subprocess.run(cmd, check=True, capture_output=True)
     return target
 
@@ -49,3 +49,19 @@ def _run_cli(*args, env_extra=None, timeout=300, cwd=None):
 def run_cli():
     """Run `effattn ...` in a fresh process, as a user would; returns the CompletedProcess."""
     return _run_cli
+
+
+@pytest.fixture
+def cli_here(capsys, monkeypatch, tmp_path):
+    """`effattn ARGS` in this process, in tmp_path: for what fails before any work starts (bad
+    input), where a new process would only add two seconds of imports. Returns (code, out, err)."""
+    from effattn.cli import main
+
+    monkeypatch.chdir(tmp_path)
+
+    def run(*args):
+        with pytest.raises(SystemExit) as e:
+            main(list(args))
+        got = capsys.readouterr()
+        return e.value.code, got.out, got.err
+    return run

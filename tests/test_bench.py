@@ -97,12 +97,12 @@ def _bench(run_cli, tmp_path, *args):
     (["--out", "."], "cannot be written"),
     (["--memory-budget", "lots"], "not a number of bytes"),
 ])
-def test_bad_input_is_one_line_exit_2_and_no_file(run_cli, tmp_path, args, needle):
-    r = _bench(run_cli, tmp_path, "--seq-lens", "64", "--out", "r.jsonl", *args) if "--out" not in args else \
-        _bench(run_cli, tmp_path, "--seq-lens", "64", *args)
-    assert r.returncode == 2, (r.stdout, r.stderr)
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr, r.stderr
+def test_bad_input_is_one_line_exit_2_and_no_file(cli_here, tmp_path, args, needle):
+    base = ["bench", *FAST, "--seq-lens", "64"] + ([] if "--out" in args else ["--out", "r.jsonl"])
+    code, _, err = cli_here(*base, *args)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in err, err
     assert not (tmp_path / "r.jsonl").exists()
 
 
@@ -120,6 +120,7 @@ def test_existing_results_are_never_overwritten_silently(run_cli, tmp_path):
     assert (tmp_path / "r.jsonl").read_text() == '{"label": "full"}\n'
 
 
+@pytest.mark.slow
 def test_interrupted_sweep_resumes_with_every_point_once(tmp_path):
     out = tmp_path / "r.jsonl"
     lens = "64,128,256,512,1024,2048"
@@ -150,6 +151,7 @@ def test_interrupted_sweep_resumes_with_every_point_once(tmp_path):
     assert [json.loads(x) for x in out.read_text().splitlines()][: len(before)] == before
 
 
+@pytest.mark.slow
 def test_summary_fits_quadratic_and_linear(tmp_path):
     """naive is ~n^2 and linear ~n at lengths where fixed overheads no longer dominate."""
     out = tmp_path / "r.jsonl"
@@ -176,6 +178,7 @@ def test_default_bench_cli_prints_summary(run_cli, tmp_path):
     assert "[4/4]" in r.stderr  # plain progress lines when not on a terminal
 
 
+@pytest.mark.slow
 def test_find_max_len_bisects_to_the_budget(run_cli, tmp_path):
     """naive keeps the scores and the probabilities alive together: about 2 * heads * n^2 * 4
     bytes (measured: 273 MB at n = 2048 with 8 heads). With 2 heads and a 64 MiB budget that puts
@@ -198,6 +201,7 @@ def test_find_max_len_bisects_to_the_budget(run_cli, tmp_path):
     assert min(above) - best <= max(64, best // 16)  # bisected to the stated resolution
 
 
+@pytest.mark.slow
 def test_trained_inputs_give_peaked_attention_and_error_columns(run_cli, tmp_path):
     """--inputs trained: q, k, v from a backbone trained on MQAR (cached on disk once)."""
     env = {"EFFATTN_CACHE": str(tmp_path / "cache")}

@@ -75,6 +75,7 @@ def test_retrieval_distance_places_the_needle():
     assert torch.equal(targets[:, -1], tokens[:, 40 - 10]) and (targets[:, :-1] == IGNORE).all()
 
 
+@pytest.mark.slow
 def test_full_attention_learns_a_small_mqar_and_linear_is_worse():
     """Same budget, same seed: exact attention recalls, linear attention does not (Zoology's gap,
     in miniature: 4 pairs, 300 steps). The short convolution is on for both: without it, 300
@@ -90,6 +91,7 @@ def test_full_attention_learns_a_small_mqar_and_linear_is_worse():
     assert full["tokens_per_s"] > 0 and full["final_loss"] < linear["final_loss"]
 
 
+@pytest.mark.slow
 def test_task_cli_and_bad_input(run_cli, tmp_path):
     r = run_cli("bench", "--task", "mqar:num_pairs=2:vocab=16", "--attn", "full", "--seq-lens", "12",
                 "--steps", "5", "--train-batch", "4", "--d-model", "16", "--heads", "2", "--out", "t.jsonl",

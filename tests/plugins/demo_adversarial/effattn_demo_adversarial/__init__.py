@@ -1,0 +1,168 @@
+"""Plugins that misbehave on purpose, for effattn's integrity tests only.
+
+Each is exact softmax attention (through SDPA) except for the one thing its name says, which it
+does at every length >= `at_len` (default 0: always).
+"""
+import atexit
+import os
+import signal
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+class _Base(torch.nn.Module):
+    exact = True
+    supports_causal = True
+
+    def __init__(self, at_len: int = 0):
+        super().__init__()
+        self.at_len = at_len
+
+    def dense_mask(self, n_q, n_k, causal=False):
+        m = torch.ones(n_q, n_k, dtype=torch.bool)
+        return m.tril() if causal else m
+
+    def nnz(self, n_q, n_k, causal=False):
+        return int(self.dense_mask(n_q, n_k, causal).sum())
+
+    def attend(self, q, k, v, causal):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+    def misbehave(self, q):
+        return q.shape[2] >= self.at_len
+
+
+class WrongShape(_Base):
+    """Returns (B, n, H, D) instead of (B, H, n, D)."""
+
+    def forward(self, q, k, v, causal=False, key_padding_mask=None):
+        out = self.attend(q, k, v, causal)
+        return out.transpose(1, 2).contiguous() if self.misbehave(q) else out
+
+
+class WrongDtype(_Base):
+    """Returns float64 for float32 inputs."""
+
+    def forward(self, q, k, v, causal=False, key_padding_mask=None):
+        out = self.attend(q, k, v, causal)
+        return out.double() if self.misbehave(q) else out
+
+
+class NaNOutput(_Base):
+    """Returns NaN everywhere."""
+
+    def forward(self, q, k, v, causal=False, key_padding_mask=None):
+        out = self.attend(q, k, v, causal)
+        return out * float("nan") if self.misbehave(q) else out
+
+
+class _NaNBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * float("nan")
+
+
+class NaNGrad(_Base):
+    """A correct forward whose backward sends NaN into q, k and v."""
+
+    def forward(self, q, k, v, causal=False, key_padding_mask=None):
+        if self.misbehave(q):
+            q, k, v = (_NaNBackward.apply(t) for t in (q, k, v))
+        return self.attend(q, k, v, causal)
+
+
+class Detached(_Base):
+    """Cuts its output off the autograd graph: no gradient reaches q, k or v."""
+
+    def forward(self, q, k, v, causal=False, key_padding_mask=None):
+        out = self.attend(q.detach(), k.detach(), v.detach(), causal)
+        return out + 0 * q.sum().detach() if self.misbehave(q) else self.attend(q, k, v, causal)
+
+
+class KeepsCache(_Base):
+    """Allocates a 64 MiB cache on its first call and keeps it (as a plan or workspace would)."""
+
+    def __init__(self, at_len: int = 0, cache_mib: int = 64):
+        super().__init__(at_len)
+        self.cache_mib = cache_mib
+        self._cache = None
+
+    def forward(self, q, k, v, causal=False, key_padding_mask=None):
+        if self._cache is None and self.misbehave(q):
+            self._cache = torch.ones(self.cache_mib * 2**20 // 4)  # float32: cache_mib MiB, touched
+        return self.attend(q, k, v, causal)
+
+
+class Hangs(_Base):
+    """Never returns."""
+
+    def forward(self, q, k, v, causal=False, key_padding_mask=None):
+        while self.misbehave(q):
+            time.sleep(1)
+        return self.attend(q, k, v, causal)
+
+
+class Crashes(_Base):
+    """Kills its own process with SIGSEGV, as a bad kernel would."""
+
+    def forward(self, q, k, v, causal=False, key_padding_mask=None):
+        if self.misbehave(q):
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return self.attend(q, k, v, causal)
+
+
+class ExitsQuietly(_Base):
+    """Ends its process with status 0 in the middle of a call."""
+
+    def forward(self, q, k, v, causal=False, key_padding_mask=None):
+        if self.misbehave(q):
+            os._exit(0)
+        return self.attend(q, k, v, causal)
+
+
+class Chatty(_Base):
+    """Prints on stdout and stderr at every call and once more at exit."""
+
+    def __init__(self, at_len: int = 0):
+        super().__init__(at_len)
+        atexit.register(lambda: print("chatty: goodbye {not json"))
+
+    def forward(self, q, k, v, causal=False, key_padding_mask=None):
+        print("chatty: a call")
+        print("chatty: on stderr", file=sys.stderr)
+        return self.attend(q, k, v, causal)
+
+
+class Raises(_Base):
+    """Raises what it is told: a MemoryError, or a RuntimeError whose message mentions memory."""
+
+    def __init__(self, at_len: int = 0, what: str = "illegal"):
+        super().__init__(at_len)
+        self.what = what
+
+    def forward(self, q, k, v, causal=False, key_padding_mask=None):
+        if self.misbehave(q):
+            if self.what == "memoryerror":
+                raise MemoryError("cannot allocate the workspace")
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return self.attend(q, k, v, causal)
+
+
+class HalfMaskNoNnz(torch.nn.Module):
+    """Exact causal-only attention that declares its pattern by `dense_mask` alone (no `nnz`)."""
+
+    exact = True
+    supports_causal = True
+
+    def dense_mask(self, n_q, n_k, causal=False):
+        return torch.ones(n_q, n_k, dtype=torch.bool).tril()
+
+    def forward(self, q, k, v, causal=False, key_padding_mask=None):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)

@@ -1,0 +1,428 @@
+"""A point is measured correctly or says why not; nothing a user measured is lost or mixed.
+
+Most cases are met as a user meets them: `effattn bench` / `report` / `compare` in a subprocess,
+with the misbehaving plugins of tests/plugins/demo_adversarial installed as a package.
+"""
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import effattn
+from effattn.bench import SweepSpec, measure_point
+from effattn.bench.measure import attended_pairs
+from effattn.bench.point import measure_point_in_context
+from effattn.bench.worker import MeasuringProcess
+from effattn.errors import EffattnError
+from effattn.results import load, summary
+from effattn.spec import Variant, parse_seq_lens, parse_variant
+from effattn.store import ResultsFile, ResultsFileBusy, ResultsFileError, default_results_path, point_key
+
+SMALL = ["--min-run-time", "0.01", "--heads", "2", "--head-dim", "16"]
+
+
+def _rows(path):
+    return [json.loads(x) for x in open(path).read().splitlines() if x.strip()]
+
+
+@pytest.fixture
+def adv(plugin_site, run_cli, tmp_path):
+    """`effattn ...` in a subprocess that sees the adversarial plugins."""
+    env = {"PYTHONPATH": str(plugin_site)}
+
+    def run(*args, timeout=300):
+        return run_cli(*args, env_extra=env, cwd=str(tmp_path), timeout=timeout)
+    return run
+
+
+def _one_line_error(r, needle, code=2):
+    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr, r.stderr
+
+
+# ------------------------------------------------------------------------ 1. every point validated
+def test_wrong_shape_dtype_and_nan_outputs_are_errors_at_every_level(adv, tmp_path):
+    r = adv("bench", *SMALL, "--batch", "2", "--seq-lens", "11", "--attn",
+            "adv_wrong_shape,adv_wrong_dtype,adv_nan,full", "--out", "r.jsonl")
+    assert r.returncode == 0, r.stderr
+    by = {x["label"]: x for x in _rows(tmp_path / "r.jsonl")}
+    assert by["adv_wrong_shape"]["status"] == "error"
+    assert "output shape (2, 11, 2, 16) != (2, 2, 11, 16)" in by["adv_wrong_shape"]["reason"]
+    assert by["adv_wrong_dtype"]["status"] == "error" and "dtype float64" in by["adv_wrong_dtype"]["reason"]
+    assert by["adv_nan"]["status"] == "error" and "not finite" in by["adv_nan"]["reason"]
+    assert by["full"]["status"] == "ok" and by["full"]["rel_err_vs_full"] == 0.0
+    # inside a layer, where the projections would happily reshape a wrong output, still caught
+    r = adv("bench", *SMALL, "--batch", "2", "--seq-lens", "11", "--attn", "adv_wrong_shape,adv_nan",
+            "--level", "layer", "--out", "l.jsonl")
+    assert r.returncode == 0, r.stderr
+    by = {x["label"]: x for x in _rows(tmp_path / "l.jsonl")}
+    assert by["adv_wrong_shape"]["status"] == "error" and "output shape" in by["adv_wrong_shape"]["reason"]
+    assert by["adv_nan"]["status"] == "error"
+
+
+def test_bad_gradients_are_errors_under_fwdbwd(adv, tmp_path):
+    r = adv("bench", *SMALL, "--seq-lens", "16", "--attn", "adv_nan_grad,adv_detached,full", "--mode", "fwdbwd",
+            "--out", "r.jsonl")
+    assert r.returncode == 0, r.stderr
+    by = {x["label"]: x for x in _rows(tmp_path / "r.jsonl")}
+    assert by["adv_nan_grad"]["status"] == "error" and "gradient of q is not finite" in by["adv_nan_grad"]["reason"]
+    assert by["adv_detached"]["status"] == "error"
+    assert by["full"]["status"] == "ok"
+    r = adv("bench", *SMALL, "--seq-lens", "16", "--attn", "adv_detached", "--mode", "fwdbwd", "--level", "model",
+            "--out", "m.jsonl")
+    row = _rows(tmp_path / "m.jsonl")[0]
+    assert row["status"] == "error" and "no gradient reached q" in row["reason"], row
+
+
+def test_attended_pairs_are_exact_for_every_builtin():
+    for name in effattn.list_attention():
+        e = effattn.get_entry(name)
+        if not e.facts.exact or e.source != "builtin" or e.availability("cpu"):
+            continue
+        a = effattn.create_attention(name)
+        for n in (1, 37, 300):
+            for causal in (False, True) if e.facts.supports_causal else (False,):
+                assert attended_pairs(a, n, n, causal) == int(a.dense_mask(n, n, causal).sum()), (name, n, causal)
+    # masked attends j <= i at every length, also where its mask is never built (2^28 pairs)
+    assert attended_pairs(effattn.create_attention("masked"), 16384, 16384, False) == 16384 * 16385 // 2
+    assert attended_pairs(effattn.create_attention("full"), 16384, 16384, True) == 16384 * 16385 // 2
+
+
+def test_a_pattern_counted_by_its_dense_mask_or_not_at_all(with_plugins):
+    half = effattn.create_attention("adv_half_mask")
+    assert attended_pairs(half, 100, 100, False) == 5050
+    assert attended_pairs(half, 2**15, 2**15, False) is None  # too big to count whole: unknown, not n^2
+    assert attended_pairs(effattn.create_attention("linear"), 10, 10, True) == 55  # approximate: the softmax's
+
+
+def test_a_rate_above_the_peak_is_flagged_a_fault(monkeypatch):
+    from effattn.bench import measure
+
+    monkeypatch.setattr(measure, "matmul_peak_gflops", lambda device, dtype=None: 1e-6)
+    spec = SweepSpec(seq_lens=[64], variants=[], heads=2, head_dim=8, min_run_time_s=0.01, error=False)
+    row = measure_point_in_context(spec, Variant("full", {}), 64)
+    assert row["status"] == "ok" and row["peak_fraction"] > 1 and "matmul peak" in row["fault"]
+
+
+def test_memory_counts_a_cache_kept_from_the_first_call(with_plugins):
+    spec = SweepSpec(seq_lens=[64], variants=[], heads=2, head_dim=8, min_run_time_s=0.01, error=False)
+    row = measure_point(spec, Variant("adv_cache", {}), 64)
+    assert row["status"] == "ok", row
+    assert row["retained_bytes"] >= 64 * 2**20 and row["peak_mem_bytes"] >= 64 * 2**20, row
+    plain = measure_point(spec, Variant("full", {}), 64)
+    assert plain["retained_bytes"] < 2**20 and plain["peak_mem_bytes"] < 2**20, plain
+
+
+@pytest.mark.slow
+def test_the_budget_is_checked_before_memory_is_taken(adv, tmp_path):
+    assert parse_seq_lens("10m") == [10 * 2**20]
+    r = adv("bench", "--seq-lens", "10m", "--memory-budget", "1GB", "--attn", "full,naive", "--out", "r.jsonl",
+            timeout=120)
+    assert r.returncode == 0, r.stderr
+    rows = _rows(tmp_path / "r.jsonl")
+    assert [x["status"] for x in rows] == ["oom", "oom"]
+    assert all("not attempted" in x["reason"] and "input_bytes" not in x for x in rows), rows
+    # with no budget, the memory this machine has left is the limit
+    r = adv("bench", "--seq-lens", "10m", "--attn", "full", "--out", "a.jsonl", timeout=120)
+    row = _rows(tmp_path / "a.jsonl")[0]
+    assert row["status"] == "oom" and "of memory available" in row["reason"], row
+
+
+@pytest.mark.slow
+def test_timeout_holds_without_isolate_and_the_sweep_goes_on(adv, tmp_path):
+    t0 = time.time()
+    r = adv("bench", *SMALL, "--seq-lens", "32,64", "--attn", "adv_hang,full", "--timeout", "2", "--out", "r.jsonl",
+            timeout=200)
+    assert r.returncode == 0, r.stderr
+    by = {(x["label"], x["seq_len"]): x for x in _rows(tmp_path / "r.jsonl")}
+    assert by[("adv_hang", 32)]["status"] == "timeout" and "2 s timeout" in by[("adv_hang", 32)]["reason"]
+    assert by[("adv_hang", 64)]["status"] == "skipped"
+    assert by[("full", 32)]["status"] == "ok" and by[("full", 64)]["status"] == "ok"
+    assert time.time() - t0 < 120
+
+
+def test_crashes_are_errors_on_evidence_and_cost_one_point(adv, tmp_path):
+    r = adv("bench", *SMALL, "--seq-lens", "32", "--attn",
+            "adv_crash,adv_exit,adv_raises,adv_raises:what=memoryerror,adv_chatty,full", "--out", "r.jsonl")
+    assert r.returncode == 0, r.stderr
+    by = {x["label"]: x for x in _rows(tmp_path / "r.jsonl")}
+    assert by["adv_crash"]["status"] == "error" and "SIGSEGV" in by["adv_crash"]["reason"]
+    assert by["adv_exit"]["status"] == "error" and "before reporting" in by["adv_exit"]["reason"]
+    # "illegal memory access" mentions memory but is no evidence of exhaustion
+    assert by["adv_raises"]["status"] == "error" and "illegal memory access" in by["adv_raises"]["reason"]
+    assert by["adv_raises:what=memoryerror"]["status"] == "oom"
+    assert by["adv_chatty"]["status"] == "ok" and by["full"]["status"] == "ok"
+
+
+@pytest.mark.slow
+def test_a_plugin_printing_at_exit_does_not_break_isolated_points(adv, tmp_path):
+    r = adv("bench", *SMALL, "--seq-lens", "16,32", "--attn", "adv_chatty,full", "--isolate", "--out", "r.jsonl")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert [x["status"] for x in _rows(tmp_path / "r.jsonl")] == ["ok"] * 4
+
+
+@pytest.mark.slow
+def test_a_sigkill_is_oom_only_with_the_kernels_evidence(plugin_site, monkeypatch):
+    """A killed measuring process is `oom` only when the kernel's oom_kill count rose."""
+    from effattn.bench import worker as w
+
+    monkeypatch.setenv("PYTHONPATH", str(plugin_site))
+    spec = SweepSpec(seq_lens=[16], variants=[], heads=2, head_dim=8, min_run_time_s=0.01, timeout_s=30)
+    job = {"spec": spec.point_config(), "variant": {"name": "adv_hang", "options": {}}, "n": 16}
+
+    def run_and_kill():
+        mp = MeasuringProcess()
+        assert mp._start() is None
+        pid = mp.proc.pid
+        import threading
+
+        threading.Timer(1.0, lambda: os.kill(pid, signal.SIGKILL)).start()
+        row = mp.run(job, 30, {"label": "adv_hang", "seq_len": 16})
+        mp.close()
+        return row
+
+    row = run_and_kill()
+    assert row["status"] == "error" and "SIGKILL" in row["reason"], row
+    counts = iter(range(100))
+    monkeypatch.setattr(w, "_oom_kills", lambda: next(counts))
+    row = run_and_kill()
+    assert row["status"] == "oom" and "OOM killer" in row["reason"], row
+
+
+# ------------------------------------------------------------------------ 2. one identity per point
+def test_the_identity_of_a_point_covers_everything_that_changes_it():
+    base = {"label": "full", "seq_len": 64, "device": "cpu", "dtype": "float32", "batch": 1, "heads": 2,
+            "head_dim": 8, "causal": False, "mode": "fwd", "level": "attention", "inputs": "random", "seed": 0}
+    for field, other in (("inputs", "trained"), ("seed", 1), ("heads", 8), ("batch", 4), ("head_dim", 16)):
+        assert point_key(base) != point_key({**base, field: other}), field
+    old = {k: v for k, v in base.items() if k not in ("inputs", "seed")}  # a row from before those fields
+    assert point_key(old) == point_key(base)
+
+
+@pytest.mark.slow
+def test_resume_with_another_configuration_measures_it_and_fits_apart(adv, tmp_path):
+    args = ("bench", "--min-run-time", "0.01", "--head-dim", "8", "--seq-lens", "64,128", "--attn", "full,linear",
+            "--out", "r.jsonl")
+    assert adv(*args, "--heads", "2").returncode == 0
+    r = adv(*args, "--heads", "4", "--resume")
+    assert r.returncode == 0, r.stderr
+    r = adv(*args, "--heads", "4", "--seed", "3", "--resume")
+    assert r.returncode == 0, r.stderr
+    rows = _rows(tmp_path / "r.jsonl")
+    assert len(rows) == 12 and len({point_key(x) for x in rows}) == 12
+    s = summary(load(str(tmp_path / "r.jsonl")))
+    assert len(s) == 6 and {"full [heads=2, seed=0]", "linear [heads=4, seed=3]"} <= set(s["label"]), s["label"]
+    # the run's own summary fits only its own configuration: one line per variant
+    scaling = r.stdout.split("scaling (log-log fit)", 1)[1].split("results:", 1)[0]
+    assert "heads=" not in scaling and len([x for x in scaling.splitlines() if x.strip()]) == 3, scaling
+
+
+def test_compare_pairs_only_equal_configurations(adv, tmp_path):
+    assert adv("bench", *SMALL, "--seq-lens", "64,128", "--attn", "full", "--out", "a.jsonl").returncode == 0
+    rows = _rows(tmp_path / "a.jsonl")
+    (tmp_path / "h8.jsonl").write_text("".join(json.dumps({**x, "heads": 8}) + "\n" for x in rows))
+    r = adv("compare", "a.jsonl", "h8.jsonl")
+    _one_line_error(r, "share no measured point of the same configuration")
+    assert "heads=2" in r.stderr and "heads=8" in r.stderr
+    mixed = [rows[0], {**rows[1], "heads": 8}]
+    (tmp_path / "mixed.jsonl").write_text("".join(json.dumps(x) + "\n" for x in mixed))
+    r = adv("compare", "a.jsonl", "mixed.jsonl")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "1 points compared" in r.stdout and "1 point(s) only in a.jsonl" in r.stdout
+    assert "1 point(s) only in mixed.jsonl" in r.stdout and "heads=8" in r.stdout
+
+
+# ------------------------------------------------------------------------ 3. a results file is never damaged
+def test_resume_repairs_a_torn_last_line_and_keeps_the_new_row(adv, tmp_path):
+    assert adv("bench", *SMALL, "--seq-lens", "16,32", "--attn", "full", "--out", "r.jsonl").returncode == 0
+    text = (tmp_path / "r.jsonl").read_text()
+    first, second = text.splitlines()
+    (tmp_path / "r.jsonl").write_text(first + "\n" + second[: len(second) // 2])  # killed mid-write
+    r = adv("bench", *SMALL, "--seq-lens", "16,32", "--attn", "full", "--out", "r.jsonl", "--resume")
+    assert r.returncode == 0, r.stderr
+    assert "cut off mid-write" in r.stderr and "r.jsonl.torn" in r.stderr
+    lines = (tmp_path / "r.jsonl").read_text().splitlines()
+    rows = [json.loads(x) for x in lines]  # every line parses: no row glued onto the fragment
+    assert [(x["seq_len"], x["status"]) for x in rows] == [(16, "ok"), (32, "ok")]
+    assert (tmp_path / "r.jsonl.torn").read_text() == second[: len(second) // 2] + "\n"
+
+
+@pytest.mark.slow
+def test_a_second_writer_is_refused_with_the_holders_name(adv, plugin_site, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(plugin_site))
+    first = subprocess.Popen([sys.executable, "-m", "effattn.cli", "bench", *SMALL, "--seq-lens", "16",
+                              "--attn", "adv_hang", "--timeout", "15", "--out", "r.jsonl"],
+                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 60
+        while not (tmp_path / "r.jsonl").exists() and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.0)
+        for extra in ((), ("--resume",), ("--overwrite",)):
+            r = adv("bench", *SMALL, "--seq-lens", "16", "--attn", "full", "--out", "r.jsonl", *extra)
+            _one_line_error(r, "is being written by another run")
+            assert f"pid {first.pid}" in r.stderr and "effattn.cli bench" in r.stderr, r.stderr
+    finally:
+        out, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    assert [x["status"] for x in _rows(tmp_path / "r.jsonl")] == ["timeout"]
+
+
+def test_results_file_is_claimed_atomically(tmp_path):
+    path = str(tmp_path / "r.jsonl")
+    with ResultsFile(path, "new") as a:
+        with pytest.raises(ResultsFileBusy):
+            ResultsFile(path, "new").open()
+        a.append({"label": "full", "seq_len": 1, "status": "ok"})
+    with pytest.raises(ResultsFileError, match="already holds results"):
+        ResultsFile(path, "new").open()
+    names = {default_results_path(str(tmp_path / "res")) for _ in range(5)}  # same second, five names
+    assert len(names) == 5 and all(os.path.exists(n) for n in names)
+
+
+@pytest.mark.slow
+def test_find_max_len_appends_and_follows_resume(adv, tmp_path):
+    assert adv("bench", *SMALL, "--seq-lens", "16", "--attn", "full", "--out", "r.jsonl").returncode == 0
+    before = (tmp_path / "r.jsonl").read_text()
+    args = ("bench", "--find-max-len", "--attn", "naive", "--memory-budget", "8MB", "--heads", "2", "--head-dim", "16",
+            "--seq-lens", "512,2k", "--min-run-time", "0.01", "--out", "r.jsonl")
+    _one_line_error(adv(*args), "--resume")
+    r = adv(*args, "--resume")
+    assert r.returncode == 0, r.stderr
+    text = (tmp_path / "r.jsonl").read_text()
+    assert text.startswith(before)
+    probes = [x for x in _rows(tmp_path / "r.jsonl") if x.get("probe")]
+    assert probes and all(x.get("run_id") and isinstance(x.get("env"), dict) for x in probes)
+    # a second --resume reuses every probe already in the file
+    r = adv(*args, "--resume")
+    assert r.returncode == 0 and (tmp_path / "r.jsonl").read_text() == text
+    assert "(from the file)" in r.stderr
+
+
+@pytest.mark.parametrize("content,needle", [
+    (gzip.compress(b'{"label": "full"}\n'), "gzip"),
+    ('{"label": "full", "seq_len": 1, "status": "ok"}\n'.encode("utf-16"), "UTF-16"),
+    (bytes(range(256)) * 4, "not an effattn results file"),
+    (b'{"results": [1, 2, 3]}\n', "not an effattn results file"),
+    (b"[1, 2]\n", "not an effattn results file"),
+])
+def test_files_that_are_not_results_are_one_line_errors(cli_here, tmp_path, content, needle):
+    (tmp_path / "x.jsonl").write_bytes(content)
+    for args in (("report", "x.jsonl", "--out", "rep"), ("compare", "x.jsonl", "x.jsonl")):
+        code, _, err = cli_here(*args)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and needle in lines[0] and "Traceback" not in err, err
+
+
+def test_a_foreign_file_in_a_new_process(adv, tmp_path):
+    (tmp_path / "x.jsonl").write_bytes(gzip.compress(b'{"label": "full"}\n'))
+    _one_line_error(adv("report", "x.jsonl", "--out", "rep"), "gzip")
+
+
+def test_a_garbage_line_is_reported_by_number_and_the_rest_used(adv, tmp_path):
+    assert adv("bench", *SMALL, "--seq-lens", "16,32", "--attn", "full", "--out", "r.jsonl").returncode == 0
+    a, b = (tmp_path / "r.jsonl").read_text().splitlines()
+    (tmp_path / "g.jsonl").write_text(a + "\n\x00garbage}\n" + b + "\n")
+    r = adv("report", "g.jsonl", "--out", "rep")
+    assert r.returncode == 0, r.stderr
+    assert "line 2" in r.stderr and "skipped 1 line" in r.stderr
+    assert "n=32" in (tmp_path / "rep" / "report.md").read_text()
+
+
+# ------------------------------------------------------------------------ 4. bad input
+@pytest.mark.parametrize("args,needle", [
+    (["--seq-lens", ""], "--seq-lens is empty"),
+    (["--attn", ""], "--attn is empty"),
+    (["--task", ""], "--task is empty"),
+    (["--memory-budget", ""], "--memory-budget is empty"),
+    (["--attn", "full,,linear"], "empty entry"),
+    (["--timeout", "inf"], "finite"),
+    (["--timeout", "nan"], "finite"),
+    (["--min-run-time", "nan"], "finite"),
+    (["--attn", "sliding_window:window=3:window=5"], "given twice"),
+    (["--steps", "5"], "--steps cannot be used here"),
+    (["--task", "mqar", "--causal"], "--causal cannot be used here"),
+    (["--find-max-len", "--isolate"], "--isolate cannot be used here"),
+    (["--resume", "--overwrite"], "exclude each other"),
+])
+def test_more_bad_input_is_one_line_exit_2_and_no_file(cli_here, tmp_path, args, needle):
+    base = ["bench", "--out", "r.jsonl"] + ([] if "--seq-lens" in args else ["--seq-lens", "64"])
+    code, _, err = cli_here(*base, *args)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in err, err
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_bad_input_in_a_new_process_too(adv, tmp_path):
+    """The same rules, met as a user meets them (one representative case per rule family)."""
+    _one_line_error(adv("bench", "--seq-lens", "", "--out", "r.jsonl"), "--seq-lens is empty")
+    _one_line_error(adv("bench", "--timeout", "nan", "--out", "r.jsonl"), "finite")
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+@pytest.mark.parametrize("field,value", [
+    ("mode", "backward"), ("level", "kernel"), ("seq_lens", []), ("seq_lens", [0, 8]), ("seq_lens", [64, 32]),
+    ("seq_lens", [32, 32]), ("heads", 0), ("batch", True), ("dtype", "int8"), ("timeout_s", float("inf")),
+    ("min_run_time_s", float("nan")), ("memory_budget_bytes", 0), ("causal", "yes"), ("seed", -1),
+])
+def test_sweepspec_validates_like_the_cli(field, value):
+    kwargs = dict(seq_lens=[32, 64], variants=[Variant("full", {})])
+    kwargs[field] = value
+    with pytest.raises(EffattnError):
+        SweepSpec(**kwargs)
+
+
+def test_repeated_option_key_is_refused_in_the_api():
+    with pytest.raises(EffattnError, match="given twice"):
+        parse_variant("sliding_window:window=3:window=5")
+
+
+def _builtins():
+    return [n for n in effattn.list_attention()
+            if effattn.get_entry(n).source == "builtin" and effattn.get_entry(n).availability("cpu") is None]
+
+
+@pytest.mark.parametrize("name", _builtins())
+def test_empty_lengths_and_non_bool_causal_behave_alike_everywhere(name):
+    attn = effattn.create_attention(name)
+    cross = effattn.get_entry(name).facts.supports_cross
+    for n_q, n_k in ((0, 0), (0, 5), (5, 0)) if cross else ((0, 0),):
+        q = torch.randn(2, 3, n_q, 8, requires_grad=True)
+        k, v = (torch.randn(2, 3, n_k, 8, requires_grad=True) for _ in range(2))
+        out = attn(q, k, v)
+        assert out.shape == (2, 3, n_q, 8) and (out.numel() == 0 or out.abs().max() == 0), (n_q, n_k)
+        out.sum().backward()  # an empty call stays on the graph
+    q = torch.randn(1, 2, 5, 8)
+    for bad in ("yes", 1, None):
+        with pytest.raises(TypeError, match="causal must be a bool"):
+            attn(q, q, q, causal=bad)
+
+
+@pytest.mark.slow
+def test_sigterm_keeps_every_finished_point(plugin_site, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(plugin_site))
+    cmd = [sys.executable, "-m", "effattn.cli", "bench", *SMALL, "--seq-lens", "16,32,64", "--attn", "full,adv_hang",
+           "--timeout", "60", "--out", "r.jsonl"]
+    p = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        if (tmp_path / "r.jsonl").exists() and len((tmp_path / "r.jsonl").read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.2)
+    time.sleep(0.5)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 143, err
+    assert b"terminated: every finished point" in err and b"--resume" in err
+    assert [x["label"] for x in _rows(tmp_path / "r.jsonl")] == ["full"] * 3
+    time.sleep(0.5)
+    left = subprocess.run(["pgrep", "-f", f"effattn.bench.worker [0-9]+ [0-9]+ {p.pid}$"], capture_output=True, text=True)
+    assert left.stdout.strip() == "", "a measuring process outlived its sweep"
