@@ -51,10 +51,12 @@ def _quiet_stderr():
             os.close(saved)
 
 
-def profile_memory(fn, device: str):
+def profile_memory(fn, device: str, with_events: bool = False):
     """Run `fn()` once and return (its result, peak bytes, net bytes): the peak allocated during
     the call above what was allocated before it, and what the call left allocated (its result
-    included).
+    included). With `with_events`, a fourth value: how many allocator events were seen (on CPU
+    the profiler now and then records none at all for a call - seen about once in 60 sessions -
+    and a caller that knows the call allocated can measure again).
 
     CUDA: `memory_allocated` and `max_memory_allocated` after a reset. CPU: the allocator's own
     alloc/free events from the PyTorch profiler, replayed in order (a real measurement, not an
@@ -65,7 +67,8 @@ def profile_memory(fn, device: str):
         torch.cuda.reset_peak_memory_stats()
         result = fn()
         torch.cuda.synchronize()
-        return result, int(torch.cuda.max_memory_allocated() - base), int(torch.cuda.memory_allocated() - base)
+        got = (result, int(torch.cuda.max_memory_allocated() - base), int(torch.cuda.memory_allocated() - base))
+        return got + (1,) if with_events else got
     # The autograd profiler records the same allocator events as `torch.profiler.profile`, without
     # importing torch._dynamo (about 3 s per fresh process: every isolated or Ray point paid it).
     from torch.autograd.profiler import profile
@@ -79,12 +82,17 @@ def profile_memory(fn, device: str):
         if e.device_type() == 0 or device == "cpu":  # CPU allocations
             cur += e.nbytes()
             peak = max(peak, cur)
-    return result, int(peak), int(cur)
+    return (result, int(peak), int(cur), len(events)) if with_events else (result, int(peak), int(cur))
 
 
-def peak_memory_bytes(fn, device: str) -> int:
-    """Peak bytes allocated by one call above what was allocated before it."""
-    return profile_memory(fn, device)[1]
+def peak_memory_bytes(fn, device: str, tries: int = 3) -> int:
+    """Peak bytes allocated by one call above what was allocated before it. A profile that saw
+    no allocator event for a call returning a tensor lost its events: it is measured again."""
+    for _ in range(tries):
+        result, peak, _, seen = profile_memory(fn, device, with_events=True)
+        if seen or not (isinstance(result, torch.Tensor) and result.numel()):
+            break
+    return peak
 
 
 def storage_bytes(tensors) -> int:
