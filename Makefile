@@ -30,7 +30,8 @@ bench: $(STAMP)
 
 # Regenerate the committed reference report from the committed reference sweep.
 report: $(STAMP)
-	$(VENV)/bin/effattn report results/cpu-sweep-256-16k.jsonl --out results/cpu-sweep-256-16k-report --format md,html
+	rm -rf results/cpu-sweep-256-16k-report
+	$(VENV)/bin/effattn report results/cpu-sweep-256-16k.jsonl results/fwdbwd-8k-cpu.jsonl --out results/cpu-sweep-256-16k-report --format md,html
 
 lint: $(STAMP)
 	$(PY) -m compileall -q effattn tests benchmarks

@@ -255,10 +255,10 @@ def build_report(paths: list[str], out_dir: str, formats=("md",), on_problem=Non
     if len(noisy):
         md += ["", "Noisy points (IQR/median > 10%): " + ", ".join(
             f"{r['label']} n={r['seq_len']}" for _, r in noisy.iterrows())]
-    faults = df[df["fault"].notna()] if "fault" in df else df.iloc[:0]
+    faults = measurement_faults(df)
     if len(faults):
         md += ["", "Measurement faults (these points claim more than the machine can do; do not trust them):"] + [
-            f"- {r['label']} n={r['seq_len']}: {r['fault']}" for _, r in faults.iterrows()]
+            f"- {label} n={n}: {why}" for label, n, why in faults]
     failed = df[df["status"].isin(["error", "oom", "timeout", "unsupported"])]
     if len(failed):
         md += ["", "Points that did not run:"] + [f"- {r['label']} n={r['seq_len']}: {r['status']} ({r['reason']})"
@@ -270,6 +270,22 @@ def build_report(paths: list[str], out_dir: str, formats=("md",), on_problem=Non
         written.append(_write(out_dir, "report.html", _to_html(body)))
     written += [os.path.join(out_dir, f"{p}.png") for p in plots]
     return written
+
+
+def measurement_faults(df: pd.DataFrame) -> list[tuple[str, int, str]]:
+    """(label, n, why) for every row that claims more than the machine can do: flagged when it was
+    measured, or - for files written before rows carried the flag - a useful FLOP rate above the
+    matmul peak of its own row."""
+    out = []
+    frac = pd.to_numeric(df.get("peak_fraction", pd.Series(dtype=float)), errors="coerce")
+    for i, r in df.iterrows():
+        why = r.get("fault")
+        if not isinstance(why, str) and frac.get(i, 0) > 1:
+            why = (f"useful FLOP rate {r['gflops']:.1f} GFLOP/s is {frac[i]:.0%} of the matmul peak of its run "
+                   "(a FLOP count or time that cannot be right)")
+        if isinstance(why, str):
+            out.append((r["label"], int(r["seq_len"]), why))
+    return out
 
 
 def _run_context(g: pd.DataFrame) -> str:

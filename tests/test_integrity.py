@@ -426,3 +426,20 @@ def test_sigterm_keeps_every_finished_point(plugin_site, tmp_path):
     time.sleep(0.5)
     left = subprocess.run(["pgrep", "-f", f"effattn.bench.worker [0-9]+ [0-9]+ {p.pid}$"], capture_output=True, text=True)
     assert left.stdout.strip() == "", "a measuring process outlived its sweep"
+
+
+def test_the_report_flags_rates_above_the_peak_in_old_files_too(tmp_path):
+    """A row written before rows carried `fault` (the committed reference: masked at 16k, 195%)."""
+    from effattn.report import build_report
+
+    rows = [{"label": "masked", "variant": "masked", "options": {}, "seq_len": 16384, "status": "ok", "time_ms": 10.0,
+             "peak_mem_bytes": 1, "gflops": 210.8, "peak_fraction": 1.95, "device": "cpu", "dtype": "float32",
+             "batch": 1, "heads": 8, "head_dim": 64, "causal": False, "mode": "fwd", "level": "attention"},
+            {"label": "full", "variant": "full", "options": {}, "seq_len": 16384, "status": "ok", "time_ms": 20.0,
+             "peak_mem_bytes": 1, "gflops": 80.0, "peak_fraction": 0.74, "device": "cpu", "dtype": "float32",
+             "batch": 1, "heads": 8, "head_dim": 64, "causal": False, "mode": "fwd", "level": "attention"}]
+    (tmp_path / "old.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    build_report([str(tmp_path / "old.jsonl")], str(tmp_path / "rep"))
+    md = (tmp_path / "rep" / "report.md").read_text()
+    faults = md.split("Measurement faults", 1)[1]
+    assert "masked n=16384" in faults and "195%" in faults and "full n=16384" not in faults
