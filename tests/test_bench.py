@@ -96,9 +96,23 @@ def _bench(run_cli, tmp_path, *args):
     (["--out", "/nonexistent-dir/x.jsonl"], "does not exist"),
     (["--out", "."], "cannot be written"),
     (["--memory-budget", "lots"], "not a number of bytes"),
+    (["--seq-lens", ""], "--seq-lens is empty"),
+    (["--attn", ""], "--attn is empty"),
+    (["--task", ""], "--task is empty"),
+    (["--memory-budget", ""], "--memory-budget is empty"),
+    (["--attn", "full,,linear"], "empty entry"),
+    (["--timeout", "inf"], "finite"),
+    (["--timeout", "nan"], "finite"),
+    (["--min-run-time", "nan"], "finite"),
+    (["--attn", "sliding_window:window=3:window=5"], "given twice"),
+    (["--steps", "5"], "--steps cannot be used here"),
+    (["--task", "mqar", "--causal"], "--causal cannot be used here"),
+    (["--find-max-len", "--isolate"], "--isolate cannot be used here"),
+    (["--resume", "--overwrite"], "exclude each other"),
 ])
 def test_bad_input_is_one_line_exit_2_and_no_file(cli_here, tmp_path, args, needle):
-    base = ["bench", *FAST, "--seq-lens", "64"] + ([] if "--out" in args else ["--out", "r.jsonl"])
+    base = ["bench"] + ([] if "--task" in args else FAST) + ([] if "--seq-lens" in args else ["--seq-lens", "64"]) + (
+        [] if "--out" in args else ["--out", "r.jsonl"])
     code, _, err = cli_here(*base, *args)
     assert code == 2, err
     lines = err.strip().splitlines()

@@ -337,30 +337,6 @@ def test_a_garbage_line_is_reported_by_number_and_the_rest_used(adv, tmp_path):
 
 
 # ------------------------------------------------------------------------ 4. bad input
-@pytest.mark.parametrize("args,needle", [
-    (["--seq-lens", ""], "--seq-lens is empty"),
-    (["--attn", ""], "--attn is empty"),
-    (["--task", ""], "--task is empty"),
-    (["--memory-budget", ""], "--memory-budget is empty"),
-    (["--attn", "full,,linear"], "empty entry"),
-    (["--timeout", "inf"], "finite"),
-    (["--timeout", "nan"], "finite"),
-    (["--min-run-time", "nan"], "finite"),
-    (["--attn", "sliding_window:window=3:window=5"], "given twice"),
-    (["--steps", "5"], "--steps cannot be used here"),
-    (["--task", "mqar", "--causal"], "--causal cannot be used here"),
-    (["--find-max-len", "--isolate"], "--isolate cannot be used here"),
-    (["--resume", "--overwrite"], "exclude each other"),
-])
-def test_more_bad_input_is_one_line_exit_2_and_no_file(cli_here, tmp_path, args, needle):
-    base = ["bench", "--out", "r.jsonl"] + ([] if "--seq-lens" in args else ["--seq-lens", "64"])
-    code, _, err = cli_here(*base, *args)
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in err, err
-    assert not (tmp_path / "r.jsonl").exists()
-
-
 def test_bad_input_in_a_new_process_too(adv, tmp_path):
     """The same rules, met as a user meets them (one representative case per rule family)."""
     _one_line_error(adv("bench", "--seq-lens", "", "--out", "r.jsonl"), "--seq-lens is empty")
