@@ -233,15 +233,17 @@ def build_report(paths: list[str], out_dir: str, formats=("md",), on_problem=Non
     if pd.to_numeric(df["rel_err_vs_full"], errors="coerce").notna().any():
         md.append(table_md(pivot(df, "rel_err_vs_full"), "Relative error against full", "‖out−ref‖/‖ref‖"))
     md += ["### Scaling (least-squares fit of log time and log memory against log n)", "",
-           "| variant | time exponent | memory exponent | fitted from n | faster than full from n | points |",
+           "Time exponents with a 95% interval (bootstrap over the rounds, widened by the fit's own error). "
+           "\"Faster than full from\" is decided per length by the two points' 95% intervals; where they "
+           "overlap the crossover is given as a range.", "",
+           "| variant | time exponent [95%] | memory exponent | fitted from n | faster than full from n | points |",
            "| --- | --- | --- | --- | --- | --- |"]
     for _, r in summ.iterrows():
         te = "" if pd.isna(r["time_exponent"]) else f"{r['time_exponent']:.2f}" + (
-            "" if pd.isna(r["time_exponent_se"]) else f" ± {r['time_exponent_se']:.2f}")
-        me = "" if pd.isna(r["mem_exponent"]) else f"{r['mem_exponent']:.2f}" + (
-            "" if pd.isna(r["mem_exponent_se"]) else f" ± {r['mem_exponent_se']:.2f}")
-        md.append(f"| {r['label']} | {te} | {me} | {_fmt(r['fit_from'])} | "
-                  f"{'' if pd.isna(r[cross]) else int(r[cross])} | {r['points']} |")
+            "" if pd.isna(r["time_exponent_lo"]) else f" [{r['time_exponent_lo']:.2f}, {r['time_exponent_hi']:.2f}]")
+        me = "" if pd.isna(r["mem_exponent"]) else f"{r['mem_exponent']:.2f}"
+        loaded = f", {r['loaded']} measured under load" if r.get("loaded") else ""
+        md.append(f"| {r['label']} | {te} | {me} | {_fmt(r['fit_from'])} | {r['crossover']} | {r['points']}{loaded} |")
     md.append("")
     if pats:
         md += ["### Attention patterns (dense_mask at n = 64, small options)", "",
@@ -249,12 +251,16 @@ def build_report(paths: list[str], out_dir: str, formats=("md",), on_problem=Non
         md += [f"| {label} | ![]({f}) | {html.escape(formula)} |" for label, f, formula in pats]
         md.append("")
     noisy = df[df.get("noisy", pd.Series(False, index=df.index)).fillna(False).astype(bool)]
+    loaded = df[df.get("loaded", pd.Series(False, index=df.index)).fillna(False).astype(bool)]
     md += ["### Context", ""]
     for run_id, g in df.groupby("run_id", sort=False):
         md.append(f"- run `{run_id}`: " + _run_context(g))
     if len(noisy):
         md += ["", "Noisy points (IQR/median > 10%): " + ", ".join(
             f"{r['label']} n={r['seq_len']}" for _, r in noisy.iterrows())]
+    if len(loaded):
+        md += ["", "Points measured while the machine was busy (too few quiet rounds: their times are less "
+               "certain): " + ", ".join(f"{r['label']} n={r['seq_len']}" for _, r in loaded.iterrows())]
     faults = measurement_faults(df)
     if len(faults):
         md += ["", "Measurement faults (these points claim more than the machine can do; do not trust them):"] + [
@@ -389,17 +395,25 @@ def _warn(msg: str) -> None:
 @click.argument("base")
 @click.argument("new")
 @click.option("--threshold", type=float, default=0.10, show_default=True,
-              help="a slowdown beyond this fraction (and beyond the noise) is a regression")
-def compare(base, new, threshold):
-    """Per-point time ratio NEW/BASE; exit 1 on a regression beyond --threshold and the noise.
+              help="a slowdown must exceed this fraction to count as a regression")
+@click.option("--alpha", type=float, default=0.05, show_default=True,
+              help="significance level of the one-sided Mann-Whitney U test on the points' round times")
+def compare(base, new, threshold, alpha):
+    """Per-point time ratio NEW/BASE; exit 1 on a regression.
 
-    Points are paired only when their whole identity (variant, length and configuration: device,
-    dtype, batch, heads, head_dim, causal, mode, level, inputs, seed) is equal; the points that
-    could not be paired are listed."""
-    from .results import point_keys
+    A regression is a point whose median slowed by more than --threshold AND whose round times are
+    significantly slower by a one-sided Mann-Whitney U test at --alpha (as asv decides). A point
+    with too few samples for the test to reach --alpha, or measured while its machine was busy, is
+    "inconclusive", never a regression. Points are paired only when their whole identity (variant,
+    length and configuration: device, dtype, batch, heads, head_dim, causal, mode, level, inputs,
+    seed) is equal; the points that could not be paired are listed."""
+    from .results import _samples, point_keys
+    from .stats import min_p_value, slower_test
 
     if not (threshold >= 0 and math.isfinite(threshold)):
         fail(f"--threshold {threshold}: must be a finite number >= 0")
+    if not 0 < alpha < 1:
+        fail(f"--alpha {alpha}: must be between 0 and 1")
     for p in (base, new):
         if not os.path.isfile(p):
             fail(f"results file {p} does not exist")
@@ -412,19 +426,36 @@ def compare(base, new, threshold):
     if not common:
         fail(f"the two runs share no measured point of the same configuration ({base}: "
              f"{_configs(ra_all.values()) or 'no ok point'}; {new}: {_configs(rb_all.values()) or 'no ok point'})")
-    regress = 0
-    click.echo(f"{'variant':40s} {'n':>7s} {'base ms':>10s} {'new ms':>10s} {'ratio':>7s}  flag")
+    counts = {"REGRESSION": 0, "inconclusive": 0}
+    click.echo(f"{'variant':40s} {'n':>7s} {'base ms':>10s} {'new ms':>10s} {'ratio':>7s} {'p':>7s}  verdict")
     for k in common:
         ra, rb = ra_all[k], rb_all[k]
+        sa, sb = _samples(ra), _samples(rb)
         ta, tb = ra["time_ms"], rb["time_ms"]
-        noise = max(_rel_iqr(ra), _rel_iqr(rb))
         ratio = tb / ta
+        p_slower, p_faster = slower_test(sa, sb), slower_test(sb, sa)
         flag = ""
-        if abs(ratio - 1) > noise:
-            flag = "slower" if ratio > 1 else "faster"
-            if ratio - 1 > max(threshold, noise):
-                flag, regress = "REGRESSION", regress + 1
-        click.echo(f"{ra['label']:40s} {int(ra['seq_len']):7d} {ta:10.2f} {tb:10.2f} {ratio:7.2f}  {flag}")
+        if ratio - 1 > threshold:
+            if ra.get("loaded") is True or rb.get("loaded") is True:
+                flag = "inconclusive (measured while the machine was busy)"
+            elif min_p_value(len(sa), len(sb)) > alpha:
+                flag = f"inconclusive ({len(sa)} and {len(sb)} samples cannot reach p < {alpha:g})"
+            elif p_slower < alpha:
+                flag = "REGRESSION"
+            else:
+                flag = "inconclusive (slower, but not beyond the noise)"
+        elif 1 - ratio > threshold and p_faster < alpha:
+            flag = "faster"
+        elif p_slower < alpha:
+            flag = "slower (within the threshold)"
+        elif p_faster < alpha:
+            flag = "faster (within the threshold)"
+        key = flag.split(" ")[0]
+        if key in counts:
+            counts[key] += 1
+        p = min(p_slower, p_faster)
+        p_text = "-" if p != p else f"{p:.3f}"
+        click.echo(f"{ra['label']:40s} {int(ra['seq_len']):7d} {ta:10.2f} {tb:10.2f} {ratio:7.2f} {p_text:>7s}  {flag}")
     for what, rows, keys in (("only in " + base, ra_all, only_a), ("only in " + new, rb_all, only_b)):
         if keys:
             click.echo(f"\n{len(keys)} point(s) {what} (not compared):")
@@ -433,8 +464,9 @@ def compare(base, new, threshold):
                 click.echo(f"  {r['label']} n={r['seq_len']} ({_config_text(r)})")
             if len(keys) > 20:
                 click.echo(f"  ... and {len(keys) - 20} more")
-    click.echo(f"\n{len(common)} points compared, {regress} regressions beyond {threshold:.0%} and the noise")
-    sys.exit(1 if regress else 0)
+    click.echo(f"\n{len(common)} points compared: {counts['REGRESSION']} regressions (slower by more than "
+               f"{threshold:.0%} and p < {alpha:g}), {counts['inconclusive']} inconclusive")
+    sys.exit(1 if counts["REGRESSION"] else 0)
 
 
 def _config_text(r) -> str:
@@ -447,6 +479,3 @@ def _configs(rows) -> str:
     return "; ".join(sorted({_config_text(r) for r in rows}))
 
 
-def _rel_iqr(row) -> float:
-    t, iqr = row.get("time_ms"), row.get("time_iqr_ms")
-    return float(iqr / t) if t and iqr is not None and not pd.isna(iqr) else 0.0

@@ -12,9 +12,11 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from .stats import crossover, exponent_ci, fit_loglog, verdict
 from .store import CONFIG_FIELDS, FIELD_DEFAULTS, describe_problems, point_key, read_results
 
-COLUMNS = ["run_id", "label", "variant", "seq_len", "status", "reason", "time_ms", "time_iqr_ms", "noisy",
+COLUMNS = ["run_id", "label", "variant", "seq_len", "status", "reason", "time_ms", "time_iqr_ms", "time_ci_ms",
+           "noisy", "loaded", "rounds", "loaded_rounds",
            "first_call_ms", "peak_mem_bytes", "retained_bytes", "gflops", "peak_fraction", "fault", "attended_pairs",
            "rel_err_vs_full", "cosine_vs_full", "rel_err_vs_own_dense", "backend", "device", "dtype", "batch",
            "heads", "head_dim", "causal", "mode", "level", "inputs", "seed", "probe"]
@@ -59,56 +61,85 @@ def latest(df: pd.DataFrame) -> pd.DataFrame:
 
 def fit_exponent(n, y) -> tuple[float, float]:
     """Least-squares slope of log y against log n, with its standard error (NaN if < 2 points)."""
-    n, y = np.asarray(n, float), np.asarray(y, float)
-    ok = np.isfinite(y) & (y > 0)
-    n, y = n[ok], y[ok]
-    if len(n) < 2 or len(set(n)) < 2:
-        return math.nan, math.nan
-    x, z = np.log(n), np.log(y)
-    A = np.vstack([x, np.ones_like(x)]).T
-    coef, res, *_ = np.linalg.lstsq(A, z, rcond=None)
-    if len(n) > 2:
-        resid = z - A @ coef
-        se = math.sqrt((resid @ resid) / (len(n) - 2) / ((x - x.mean()) ** 2).sum())
-    else:
-        se = math.nan
-    return float(coef[0]), se
+    return fit_loglog(n, y)
+
+
+def _samples(r) -> list[float]:
+    """A row's timing samples (per-round times), or its median alone for rows without them."""
+    raw = r.get("time_raw_ms")
+    if isinstance(raw, (list, tuple)) and raw:
+        return [float(x) for x in raw]
+    return [float(r["time_ms"])] if r.get("time_ms") is not None and math.isfinite(r["time_ms"]) else []
+
+
+def _ci(r) -> tuple[float, float]:
+    """A row's interval for its median time; a row without one (older files) is its median."""
+    ci = r.get("time_ci_ms")
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(x is not None for x in ci):
+        return float(ci[0]), float(ci[1])
+    t = float(r["time_ms"])
+    return t, t
 
 
 def summary(df: pd.DataFrame, baseline: str = "full", min_fit_len: int = 1024) -> pd.DataFrame:
     """Per variant and configuration: fitted time and memory exponents (lengths >= min_fit_len
-    where there are at least 3 such, else all), and the crossover length from which it is faster
-    than `baseline` of the same configuration. Rows of different configurations (heads, batch,
-    mode, ...) are never fitted together: their labels are told apart first (`label_series`)."""
+    where there are at least 3 such, else all) with an interval for the time exponent, and where
+    the variant becomes faster than `baseline` of the same configuration.
+
+    The crossover is decided per length from the two points' intervals (faster, slower or
+    unresolved when they overlap): `faster_than_<baseline>_from` is the length from which the
+    variant is faster at every longer length, set only where the data resolves it;
+    `crossover` says it in words, as a range ("between 512 and 1024") where it does not. Rows of
+    different configurations (heads, batch, mode, ...) are never fitted together: their labels are
+    told apart first (`label_series`). Points measured while the machine was busy are counted in
+    `loaded`."""
     df = label_series(latest(df))
     ok = df[df["status"] == "ok"]
 
-    def base_for(label: str):
+    def by_len(label: str) -> dict:
+        g = ok[ok["label"] == label].drop_duplicates("seq_len", keep="last")
+        return {int(r["seq_len"]): r for r in g.to_dict("records")}
+
+    def base_for(label: str) -> dict:
         """The baseline of the same configuration: `full [mode=fwd]` for `linear [mode=fwd]`."""
         suffix = label[label.index(" ["):] if " [" in label else ""
-        b = ok[ok["label"] == baseline + suffix]
-        return b.drop_duplicates("seq_len", keep="last").set_index("seq_len")["time_ms"] if len(b) else None
+        return by_len(baseline + suffix)
 
+    cross_col = f"faster_than_{baseline}_from"
     out = []
     for label, g in df.groupby("label", sort=False):
-        gk = g[g["status"] == "ok"].drop_duplicates("seq_len", keep="last").sort_values("seq_len")
-        fit = gk[gk["seq_len"] >= min_fit_len] if (gk["seq_len"] >= min_fit_len).sum() >= 3 else gk
-        te, tse = fit_exponent(fit["seq_len"], fit["time_ms"])
-        me, mse = fit_exponent(fit["seq_len"], fit["peak_mem_bytes"])
-        cross = None
+        pts = by_len(label)
+        lens = sorted(pts)
+        fit_lens = [n for n in lens if n >= min_fit_len] if sum(n >= min_fit_len for n in lens) >= 3 else lens
+        te, tse = fit_loglog(fit_lens, [pts[n]["time_ms"] for n in fit_lens])
+        lo_e, hi_e = exponent_ci(fit_lens, [_samples(pts[n]) for n in fit_lens])
+        me, mse = fit_loglog(fit_lens, [pts[n]["peak_mem_bytes"] for n in fit_lens])
+        cross, text = None, "-"
         base = base_for(label)
-        if base is not None and not label.startswith(baseline + " [") and label != baseline:
-            common = [n for n in gk["seq_len"] if n in base.index]
-            faster = [gk.set_index("seq_len").loc[n, "time_ms"] < base.loc[n] for n in common]
-            for i, n in enumerate(common):
-                if all(faster[i:]):
-                    cross = int(n)
-                    break
+        is_base = label == baseline or label.startswith(baseline + " [")
+        if base and not is_base:
+            common = [n for n in lens if n in base]
+            verdicts = [verdict(_ci(pts[n]), _ci(base[n])) for n in common]
+            lo, hi = crossover(common, verdicts)
+            if hi is not None:
+                i = common.index(hi)
+                before = common[i - 1] if i > 0 else None
+                if lo is None and i == 0:
+                    cross, text = hi, str(hi)
+                elif lo is not None and lo == before:
+                    cross, text = hi, str(hi)
+                elif lo is None:
+                    text = f"<= {hi}"
+                else:
+                    text = f"between {lo} and {hi}"
+        elif is_base:
+            text = ""
         statuses = g["status"].value_counts().to_dict()
-        out.append({"label": label, "time_exponent": te, "time_exponent_se": tse, "mem_exponent": me,
-                    "mem_exponent_se": mse, "fit_from": int(fit["seq_len"].min()) if len(fit) else None,
-                    f"faster_than_{baseline}_from": cross,
-                    "points": ", ".join(f"{k} {v}" for k, v in statuses.items())})
+        loaded = int(pd.Series(g.get("loaded", pd.Series(dtype=object))).fillna(False).astype(bool).sum())
+        out.append({"label": label, "time_exponent": te, "time_exponent_se": tse, "time_exponent_lo": lo_e,
+                    "time_exponent_hi": hi_e, "mem_exponent": me, "mem_exponent_se": mse,
+                    "fit_from": int(min(fit_lens)) if fit_lens else None, cross_col: cross, "crossover": text,
+                    "loaded": loaded, "points": ", ".join(f"{k} {v}" for k, v in statuses.items())})
     return pd.DataFrame(out)
 
 

@@ -17,7 +17,6 @@ import torch
 import effattn
 from effattn.bench import SweepSpec, measure_point
 from effattn.bench.measure import attended_pairs
-from effattn.bench.point import measure_point_in_context
 from effattn.bench.worker import MeasuringProcess
 from effattn.errors import EffattnError
 from effattn.results import load, summary
@@ -103,11 +102,11 @@ def test_a_pattern_counted_by_its_dense_mask_or_not_at_all(with_plugins):
 
 
 def test_a_rate_above_the_peak_is_flagged_a_fault(monkeypatch):
-    from effattn.bench import measure
+    from effattn.bench import rounds
 
-    monkeypatch.setattr(measure, "matmul_peak_gflops", lambda device, dtype=None: 1e-6)
+    monkeypatch.setattr(rounds.Reference, "gflops", lambda self: 1e-3)
     spec = SweepSpec(seq_lens=[64], variants=[], heads=2, head_dim=8, min_run_time_s=0.01, error=False)
-    row = measure_point_in_context(spec, Variant("full", {}), 64)
+    row = measure_point(spec, Variant("full", {}), 64)
     assert row["status"] == "ok" and row["peak_fraction"] > 1 and "matmul peak" in row["fault"]
 
 
@@ -175,7 +174,7 @@ def test_a_sigkill_is_oom_only_with_the_kernels_evidence(plugin_site, monkeypatc
 
     monkeypatch.setenv("PYTHONPATH", str(plugin_site))
     spec = SweepSpec(seq_lens=[16], variants=[], heads=2, head_dim=8, min_run_time_s=0.01, timeout_s=30)
-    job = {"spec": spec.point_config(), "variant": {"name": "adv_hang", "options": {}}, "n": 16}
+    job = {"spec": spec.point_config(), "variants": [{"name": "adv_hang", "options": {}}], "n": 16}
 
     def run_and_kill():
         mp = MeasuringProcess()
@@ -184,9 +183,10 @@ def test_a_sigkill_is_oom_only_with_the_kernels_evidence(plugin_site, monkeypatc
         import threading
 
         threading.Timer(1.0, lambda: os.kill(pid, signal.SIGKILL)).start()
-        row = mp.run(job, 30, {"label": "adv_hang", "seq_len": 16})
+        rows, redo = mp.run(job, 30, {"adv_hang": {"label": "adv_hang", "seq_len": 16}})
         mp.close()
-        return row
+        assert redo == [] and len(rows) == 1
+        return rows[0]
 
     row = run_and_kill()
     assert row["status"] == "error" and "SIGKILL" in row["reason"], row
@@ -385,12 +385,13 @@ def test_empty_lengths_and_non_bool_causal_behave_alike_everywhere(name):
 @pytest.mark.slow
 def test_sigterm_keeps_every_finished_point(plugin_site, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(plugin_site))
-    cmd = [sys.executable, "-m", "effattn.cli", "bench", *SMALL, "--seq-lens", "16,32,64", "--attn", "full,adv_hang",
-           "--timeout", "60", "--out", "r.jsonl"]
+    # the hanging plugin hangs from n = 64 on: the lengths before it finish, then the sweep waits
+    cmd = [sys.executable, "-m", "effattn.cli", "bench", *SMALL, "--seq-lens", "16,32,64", "--attn",
+           "full,adv_hang:at_len=64", "--timeout", "60", "--out", "r.jsonl"]
     p = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 90
     while time.time() < deadline:
-        if (tmp_path / "r.jsonl").exists() and len((tmp_path / "r.jsonl").read_text().splitlines()) >= 3:
+        if (tmp_path / "r.jsonl").exists() and len((tmp_path / "r.jsonl").read_text().splitlines()) >= 4:
             break
         time.sleep(0.2)
     time.sleep(0.5)
@@ -398,7 +399,9 @@ def test_sigterm_keeps_every_finished_point(plugin_site, tmp_path):
     _, err = p.communicate(timeout=60)
     assert p.returncode == 143, err
     assert b"terminated: every finished point" in err and b"--resume" in err
-    assert [x["label"] for x in _rows(tmp_path / "r.jsonl")] == ["full"] * 3
+    rows = _rows(tmp_path / "r.jsonl")
+    assert sorted((x["label"], x["seq_len"], x["status"]) for x in rows) == [
+        ("adv_hang:at_len=64", 16, "ok"), ("adv_hang:at_len=64", 32, "ok"), ("full", 16, "ok"), ("full", 32, "ok")]
     time.sleep(0.5)
     left = subprocess.run(["pgrep", "-f", f"effattn.bench.worker [0-9]+ [0-9]+ {p.pid}$"], capture_output=True, text=True)
     assert left.stdout.strip() == "", "a measuring process outlived its sweep"

@@ -230,9 +230,11 @@ def test_check_ray_address_parsing():
 
 # --- the executor contract, without Ray ---------------------------------------------------------
 class _LastFirst:
-    """Runs the most recently submitted job first: completions arrive out of order, as on Ray."""
+    """Runs the most recently submitted job first: completions arrive out of order, as on Ray
+    (concurrent, so each variant is its own chain of one-point groups, as on Ray)."""
 
     name = "shuffled"
+    concurrent = True
 
     def __init__(self, lose_after=None):
         self.jobs, self.started, self.lose_after, self.cancelled = [], [], lose_after, False
@@ -252,7 +254,8 @@ class _LastFirst:
         if self.lose_after is not None and len(self.started) == self.lose_after:
             raise ExecutorLost("lost the cluster (simulated)")
         job = self.jobs.pop()
-        self.started.append((job.info[0].label, job.info[1]))
+        _, n, group = job.info  # (chain, length, the variants of the group)
+        self.started += [(v.label, n) for v in group]
         return job, job.fn(*job.args)
 
     def cancel(self):

@@ -286,24 +286,44 @@ def _print_summary(df, summ):
     if df.empty:
         click.echo("no points")
         return
-    cell = df.apply(lambda r: f"{r['time_ms']:.2f}" if r["status"] == "ok" else r["status"], axis=1)
-    t = pd.DataFrame({"label": df["label"], "seq_len": df["seq_len"], "cell": cell}).pivot_table(
+
+    def cell(r):
+        if r["status"] != "ok":
+            return r["status"]
+        return f"{r['time_ms']:.2f}" + ("*" if r.get("loaded") is True else "")
+
+    t = pd.DataFrame({"label": df["label"], "seq_len": df["seq_len"], "cell": df.apply(cell, axis=1)}).pivot_table(
         index="label", columns="seq_len", values="cell", aggfunc="last", sort=False)
-    click.echo("\ntime (ms) per sequence length")
+    click.echo("\ntime (ms, median of the rounds) per sequence length")
     click.echo(t.to_string())
     mem = df[df["status"] == "ok"].pivot_table(index="label", columns="seq_len", values="peak_mem_bytes",
                                                aggfunc="last", sort=False) / 2**20
     click.echo("\npeak memory (MiB)")
     click.echo(mem.round(1).to_string())
     s = summ.copy()
-    fmt = lambda e, se: "-" if pd.isna(e) else (f"{e:.2f}" + ("" if pd.isna(se) else f" ± {se:.2f}"))
-    s["time exponent"] = [fmt(e, se) for e, se in zip(s["time_exponent"], s["time_exponent_se"])]
-    s["memory exponent"] = [fmt(e, se) for e, se in zip(s["mem_exponent"], s["mem_exponent_se"])]
+
+    def interval(e, lo, hi):
+        if pd.isna(e):
+            return "-"
+        return f"{e:.2f}" + ("" if pd.isna(lo) else f" [{lo:.2f}, {hi:.2f}]")
+
+    s["time exponent [95%]"] = [interval(e, lo, hi) for e, lo, hi in
+                                zip(s["time_exponent"], s["time_exponent_lo"], s["time_exponent_hi"])]
+    s["memory exponent"] = ["-" if pd.isna(e) else f"{e:.2f}" for e in s["mem_exponent"]]
     cross = [c for c in s.columns if c.startswith("faster_than_")][0]
-    s[cross] = s[cross].map(lambda x: "-" if pd.isna(x) else str(int(x)))
+    s[cross.replace("_", " ")] = s["crossover"].replace("", "-")
     click.echo("\nscaling (log-log fit)")
-    click.echo(s[["label", "time exponent", "memory exponent", "fit_from", cross, "points"]].to_string(index=False))
-    faults = df[df.get("fault", pd.Series(None, index=df.index)).notna()] if "fault" in df else df.iloc[:0]
+    click.echo(s[["label", "time exponent [95%]", "memory exponent", "fit_from", cross.replace("_", " "),
+                  "points"]].to_string(index=False))
+    if s["crossover"].str.startswith(("between", "<=")).any():
+        click.echo("(a range: the points' 95% intervals overlap there, so the data cannot place the crossover "
+                   "more precisely)")
+    loaded = df[df.get("loaded", pd.Series(False, index=df.index)).fillna(False).astype(bool)] \
+        if "loaded" in df else df.iloc[:0]
+    if len(loaded):
+        click.echo(f"\n* measured while the machine was busy (fewer than 3 quiet rounds within the wait): "
+                   + ", ".join(f"{r['label']} n={r['seq_len']}" for _, r in loaded.iterrows()))
+    faults = df[df["fault"].notna()] if "fault" in df else df.iloc[:0]
     if len(faults):
         click.echo("\nmeasurement faults (not to be trusted):")
         for _, r in faults.iterrows():

@@ -243,17 +243,19 @@ def _first_line(e: BaseException) -> str:
 
 
 def _ray_run(fn, args):
-    """Runs on a Ray worker: the job, with where it ran."""
-    row = fn(*args)
+    """Runs on a Ray worker: the job (a row, or a list of rows), with where it ran."""
+    result = fn(*args)
     try:
         import ray
 
         ctx = ray.get_runtime_context()
-        row["worker"] = {"host": socket.gethostname(), "pid": os.getpid(), "ray_node_id": ctx.get_node_id(),
-                         "resources": ctx.get_assigned_resources()}
+        where = {"host": socket.gethostname(), "pid": os.getpid(), "ray_node_id": ctx.get_node_id(),
+                 "resources": ctx.get_assigned_resources()}
     except Exception:  # noqa: BLE001 - bookkeeping only
-        row["worker"] = {"host": socket.gethostname(), "pid": os.getpid()}
-    return row
+        where = {"host": socket.gethostname(), "pid": os.getpid()}
+    for row in result if isinstance(result, list) else [result]:
+        row["worker"] = where
+    return result
 
 
 def make_executor(name: str, address: str | None = None, cpus_per_point: float = 1):

@@ -189,12 +189,57 @@ def _alive(module, outputs) -> list:
     return list(outputs) + [p.grad for p in module.parameters() if p.grad is not None]
 
 
-def measure_point(spec: SweepSpec, variant: Variant, n: int, tick=None) -> dict:
-    """Measure one point. Never raises for the point's own failure: returns a row with a status.
-    `tick()`, if given, is called as each call of the attention starts (a measuring process's
-    heartbeat: its parent kills a call that runs past the timeout)."""
+@dataclass
+class Prepared:
+    """A point after everything but its timing: a final row (a failure), or a row still to be
+    timed with the call to time and one warm call's duration."""
+
+    variant: Variant
+    row: dict
+    step: object = None          # the timed call, for points still `ok`
+    per_call_s: float = 0.0      # one warm call, to size the timed blocks
+
+    @property
+    def ready(self) -> bool:
+        return self.step is not None
+
+
+class InputSet:
+    """The inputs of one length, shared by the variants measured together, created once (after
+    the first variant's memory estimate passed) with a pristine copy: a plugin that modifies its
+    inputs in place is an error, and the others get the inputs back as they were."""
+
+    def __init__(self, spec: SweepSpec, n: int):
+        self.spec, self.n, self.tensors, self._pristine = spec, n, None, None
+
+    def get(self):
+        if self.tensors is None:
+            grad = self.spec.mode == "fwdbwd" and self.spec.level == "attention"
+            self.tensors = _inputs(self.spec, self.n, requires_grad=grad)
+            self._pristine = [t.detach().clone() for t in self.tensors]
+        return self.tensors
+
+    def intact(self) -> bool:
+        """True when no plugin has changed the inputs; else restore them and say False."""
+        if self.tensors is None:
+            return True
+        ok = all(torch.equal(t.detach(), p) for t, p in zip(self.tensors, self._pristine))
+        if not ok:
+            with torch.no_grad():
+                for t, p in zip(self.tensors, self._pristine):
+                    t.copy_(p)
+        return ok
+
+
+def prepare_point(spec: SweepSpec, variant: Variant, n: int, inputs: InputSet, tick=None) -> Prepared:
+    """Everything of a point but its timing: the memory estimate against the budget before any
+    allocation, the first call of a freshly built module (validated, timed, memory-profiled),
+    a steady-state memory profile, the FLOP count, the error columns and one warm call to size
+    the timed blocks. Never raises for the point's own failure. `tick(label)`, if given, is
+    called as each call of the attention starts (the measuring process's heartbeat)."""
     row = {**base_row(spec, variant, n), "status": "ok", "reason": None}
     watch = None
+    beat = (lambda: tick(variant.label)) if tick is not None else None
     try:
         torch.manual_seed(spec.seed)
         module = _build(spec, variant)
@@ -208,26 +253,27 @@ def measure_point(spec: SweepSpec, variant: Variant, n: int, tick=None) -> dict:
         row["estimated_bytes"] = est
         if est > limit:
             what = f"the memory budget {_gib(budget)}" if budget else f"the {_gib(limit)} of memory available"
-            return {**row, "status": "oom", "reason": f"needs at least {_gib(est)} ({parts}) > {what}; not attempted"}
+            return Prepared(variant, {**row, "status": "oom",
+                                      "reason": f"needs at least {_gib(est)} ({parts}) > {what}; not attempted"})
         fwdbwd = spec.mode == "fwdbwd"
-        inputs = _inputs(spec, n, requires_grad=fwdbwd and spec.level == "attention")
-        row["input_bytes"] = measure.storage_bytes(inputs)
+        tensors = inputs.get()
+        row["input_bytes"] = measure.storage_bytes(tensors)
 
         def step_of(module):
             module.train() if fwdbwd else module.eval()
 
             def call():
                 if spec.level == "attention":
-                    return module(*inputs, causal=spec.causal)
-                return module(*inputs)
+                    return module(*tensors, causal=spec.causal)
+                return module(*tensors)
 
             def step():
-                if tick is not None:
-                    tick()
+                if beat is not None:
+                    beat()
                 if fwdbwd:
                     out = call()
                     out.float().square().mean().backward()
-                    for t in inputs:
+                    for t in tensors:
                         t.grad = None
                     return out
                 with torch.no_grad():
@@ -250,9 +296,10 @@ def measure_point(spec: SweepSpec, variant: Variant, n: int, tick=None) -> dict:
                 watch.check_backward()
         first_ms = (time.perf_counter() - t0) * 1e3
         if watch.problem:
-            return {**row, "status": "error", "reason": watch.problem}
+            return Prepared(variant, {**row, "status": "error", "reason": watch.problem})
         if not watch.calls:
-            return {**row, "status": "error", "reason": f"the attention core of {variant.label} was never called"}
+            return Prepared(variant, {**row, "status": "error",
+                                      "reason": f"the attention core of {variant.label} was never called"})
         retained = max(0, net - measure.storage_bytes(_alive(module, [out])))
         module.zero_grad(set_to_none=True)
         for _ in range(2):  # the profiler lost the first call's events: a fresh module's first call again
@@ -264,34 +311,43 @@ def measure_point(spec: SweepSpec, variant: Variant, n: int, tick=None) -> dict:
             retained = max(0, net - measure.storage_bytes(_alive(again, [out])))
             del again
         del out
-        if first_ms / 1e3 > spec.timeout_s:
-            return {**row, "status": "timeout",
-                    "reason": f"one call took {first_ms / 1e3:.1f} s > timeout {spec.timeout_s:g} s"}
-        row["backend"] = getattr(core, "last_backend", None)
-        # 3. time, then the steady-state peak of one more call
-        row.update(measure.time_callable(clean_step, spec.min_run_time_s))
+        if not inputs.intact():
+            return Prepared(variant, {**row, "status": "error",
+                                      "reason": f"{variant.label} modified its inputs in place"})
         row["first_call_ms"] = first_ms
+        if first_ms / 1e3 > spec.timeout_s:
+            return Prepared(variant, {**row, "status": "timeout",
+                                      "reason": f"one call took {first_ms / 1e3:.1f} s > timeout {spec.timeout_s:g} s"})
+        row["backend"] = getattr(core, "last_backend", None)
+        # 3. the steady-state peak of one more call
         steady_peak = measure.peak_memory_bytes(clean_step, spec.device)
         row["first_call_peak_mem_bytes"] = first_peak
         row["retained_bytes"] = retained
         row["peak_mem_bytes"] = max(first_peak, retained + steady_peak)
         if budget and row["input_bytes"] + row["peak_mem_bytes"] > budget:
-            row["status"], row["reason"] = "oom", (
-                f"inputs {row['input_bytes']} + peak {row['peak_mem_bytes']} bytes exceed the memory budget {budget}")
+            return Prepared(variant, {**row, "status": "oom", "reason": (
+                f"inputs {row['input_bytes']} + peak {row['peak_mem_bytes']} bytes exceed the memory budget {budget}")})
         # 4. useful FLOPs from the exact count of attended pairs
         pairs = measure.attended_pairs(core, n, n, spec.causal)
         row["attended_pairs"] = pairs
         row["flops"] = None if pairs is None else 4 * spec.batch * spec.heads * spec.head_dim * pairs * (
             3.5 if fwdbwd else 1.0)
         row["exact"] = bool(getattr(core, "exact", False))
-        row["gflops"] = (row["flops"] / (row["time_ms"] / 1e3) / 1e9
-                         if row["flops"] and row["exact"] and spec.level == "attention" and row["time_ms"] > 0
-                         else None)
-        if spec.error and spec.level == "attention" and row["status"] == "ok":
-            errs, problem = _errors(spec, core, inputs, n)
+        if spec.error and spec.level == "attention":
+            errs, problem = _errors(spec, core, tensors, n)
             if problem:
-                return {**row, "status": "error", "reason": problem}
+                return Prepared(variant, {**row, "status": "error", "reason": problem})
             row.update(errs)
+        if not inputs.intact():
+            return Prepared(variant, {**row, "status": "error",
+                                      "reason": f"{variant.label} modified its inputs in place"})
+        # 5. one warm call, timed, to size the blocks of the timing rounds
+        t0 = time.perf_counter()
+        clean_step()
+        if spec.device == "cuda":
+            torch.cuda.synchronize()
+        per_call = time.perf_counter() - t0
+        return Prepared(variant, row, clean_step, per_call)
     except torch.cuda.OutOfMemoryError as e:
         row.update(status="oom", reason=str(e).splitlines()[0])
     except MemoryError as e:
@@ -307,7 +363,14 @@ def measure_point(spec: SweepSpec, variant: Variant, n: int, tick=None) -> dict:
         row.update(status="unsupported", reason=str(e))
     except Exception as e:  # noqa: BLE001 - every failure is a recorded status, the sweep goes on
         _failed(row, watch, f"{type(e).__name__}: {e}")
-    return row
+    return Prepared(variant, row)
+
+
+def measure_point(spec: SweepSpec, variant: Variant, n: int, tick=None) -> dict:
+    """Measure one point in this process (a group of one: see `effattn.bench.rounds`)."""
+    from .rounds import measure_group
+
+    return measure_group(spec, [variant], n, tick=tick)[0]
 
 
 def _failed(row, watch, reason):
@@ -340,26 +403,3 @@ def _errors(spec, core, inputs, n) -> tuple[dict, str | None]:
     if bad:
         return {}, f"{', '.join(bad)} not finite: the output or the reference is not comparable"
     return res, None
-
-
-def measure_point_in_context(spec: SweepSpec, variant: Variant, n: int, tick=None) -> dict:
-    """A point as a sweep records it: the measurement, the environment of the process that made
-    it, that process's matmul peak and the point's fraction of it (a fraction above 1 is a
-    measurement fault, flagged). Runs wherever the point runs."""
-    from ..env import environment
-
-    row = measure_point(spec, variant, n, tick)
-    row["env"] = environment()
-    try:
-        row["matmul_peak_gflops"] = measure.matmul_peak_gflops(spec.device)
-    except Exception as e:  # noqa: BLE001 - e.g. a node without the device; the point says why
-        row["matmul_peak_gflops"] = None
-        if row.get("status") == "ok":
-            row.update(status="error", reason=f"cannot measure the matmul peak on {spec.device}: {e}")
-    if row.get("gflops") and row.get("matmul_peak_gflops"):
-        row["peak_fraction"] = row["gflops"] / row["matmul_peak_gflops"]
-        if row["peak_fraction"] > PEAK_FRACTION_MAX:
-            row["fault"] = (f"useful FLOP rate {row['gflops']:.1f} GFLOP/s is {row['peak_fraction']:.0%} of the "
-                            f"matmul peak {row['matmul_peak_gflops']:.1f} measured in this process: the time, the "
-                            "FLOP count or the peak is wrong")
-    return row

@@ -5,11 +5,17 @@ locks the file for the run); Ctrl-C keeps every finished row; `resume` skips the
 done (see `effattn.store.DONE_STATUSES`). After an `oom` or `timeout` at length n, the variant's
 longer lengths are recorded as `skipped` without being attempted.
 
-Where points run (`isolation`):
+Points are measured in groups (`effattn.bench.rounds`): on the local executor a group is every
+variant of one length, timed interleaved in one process, so a load that comes and goes lands on
+all of them alike; on a concurrent executor (Ray) a group is one point, so that variants run side
+by side on the cluster (each point's rounds are still bracketed by the reference kernel, so load
+is detected and flagged, but two points are not interleaved with each other).
+
+Where groups run (`isolation`):
 
 * "worker" (default): in one long-lived measuring process, replaced when a point crashes it or
   runs past the timeout; the sweep's own process never runs plugin code;
-* "process" (`--isolate`): a fresh measuring process per point;
+* "process" (`--isolate`): a fresh measuring process per group;
 * "none": in this process (no timeout for a hung call; for debugging and the Python API).
 """
 from __future__ import annotations
@@ -19,7 +25,7 @@ import sys
 from ..env import environment
 from ..spec import Variant
 from ..store import DONE_STATUSES, ResultsFile, point_key, read_results
-from .point import SweepSpec, base_row, measure_point_in_context
+from .point import SweepSpec, base_row
 from .worker import MeasuringProcess
 
 STOPPING = ("oom", "timeout")
@@ -31,25 +37,36 @@ def read_rows(path: str) -> list[dict]:
     return read_results(path)[0]
 
 
-def point_job(spec: SweepSpec, variant: Variant, n: int, isolation: str = "process",
-              worker: MeasuringProcess | None = None) -> dict:
-    """One point, measured as `isolation` says. Runs wherever the executor puts it: here, or on
+def group_job(spec: SweepSpec, variants: list[Variant], n: int, isolation: str = "process",
+              worker: MeasuringProcess | None = None, baseline_gflops: float | None = None) -> list[dict]:
+    """One group - these variants at length n, timed interleaved - measured as `isolation` says;
+    one row per variant. A variant that crashes or hangs the measuring process is recorded as such
+    and the others are measured again without it. Runs wherever the executor puts it: here, or on
     a Ray worker (which always asks for a fresh process)."""
     if isolation == "none":
-        return measure_point_in_context(spec, variant, n)
-    job = {"spec": spec.point_config(), "variant": {"name": variant.name, "options": variant.options}, "n": n}
-    base = base_row(spec, variant, n)
-    if worker is not None:
-        return worker.run(job, spec.timeout_s, base)
-    with MeasuringProcess("the isolated process") as mp:
-        return mp.run(job, spec.timeout_s, base)
+        from .rounds import measure_group
+
+        return measure_group(spec, variants, n, baseline_gflops=baseline_gflops)
+    mp = worker or MeasuringProcess("the isolated process")
+    rows, todo = [], list(variants)
+    try:
+        while todo:
+            base = {v.label: base_row(spec, v, n) for v in todo}
+            job = {"spec": spec.point_config(), "variants": [{"name": v.name, "options": v.options} for v in todo],
+                   "n": n, "baseline_gflops": baseline_gflops}
+            got, redo = mp.run(job, spec.timeout_s, base)
+            rows += got
+            todo = [v for v in todo if v.label in redo]
+    finally:
+        if worker is None:
+            mp.close()
+    order = {v.label: i for i, v in enumerate(variants)}
+    return sorted(rows, key=lambda r: order.get(r.get("label"), len(order)))
 
 
 def run_worker(spec: SweepSpec, variant: Variant, n: int, label: str = "the isolated process") -> dict:
     """Measure one point in a fresh process (crash, hang and OOM kill cost only this point)."""
-    with MeasuringProcess(label) as mp:
-        return mp.run({"spec": spec.point_config(), "variant": {"name": variant.name, "options": variant.options},
-                       "n": n}, spec.timeout_s, base_row(spec, variant, n))
+    return group_job(spec, [variant], n, "process", MeasuringProcess(label))[0]
 
 
 class Progress:
@@ -119,42 +136,46 @@ def run_sweep(spec: SweepSpec, out, *, resume: bool = False, overwrite: bool = F
     """Measure every point not yet done in `out` (a path or an open `ResultsFile`); return this
     run's rows.
 
-    `executor` is where points run (default: here, one at a time). Each variant's lengths run in
-    increasing order, one after another, so that an `oom` or `timeout` at n marks the longer lengths
-    `skipped` without running them, on any executor; different variants run side by side when the
-    executor can. Every row is written and fsynced as it arrives, then passed to `on_row`."""
+    `executor` is where groups run (default: here, one at a time). A chain of groups goes length
+    by length, shortest first, so that an `oom` or `timeout` at n marks the variant's longer
+    lengths `skipped` without running them, on any executor. Locally there is one chain holding
+    every variant (each group: all variants of a length, interleaved); on a concurrent executor
+    each variant is its own chain, and chains run side by side. Every row is written and fsynced
+    as it arrives, then passed to `on_row`."""
     from .executors import Job, LocalExecutor
 
     executor = executor or LocalExecutor()
     if isolate:
         isolation = "process"
-    if getattr(executor, "isolates", False):  # e.g. Ray: every point in a fresh process
+    if getattr(executor, "isolates", False):  # e.g. Ray: every group in a fresh process
         isolation = "process"
     if isolation not in ISOLATION:
         raise ValueError(f"isolation must be one of {', '.join(ISOLATION)}, got {isolation!r}")
+    concurrent = getattr(executor, "concurrent", False)
     rf = open_results(out, resume=resume, overwrite=overwrite, executor=executor.name, run_id=run_id, log=log)
     rf.executor = executor.name
     try:
         latest = {point_key(r): r for r in rf.existing}  # the newest row of each point
         worker = MeasuringProcess() if isolation == "worker" else None
+        stopped: dict[str, tuple[str, int]] = {}  # label -> (status, n) that ends its chain
+        # the best reference rate seen in this run: a quiet bar for the next groups' load detection
+        # (locally only: Ray's groups run on nodes of different speeds)
+        best = [0.0]
 
-        # Each variant's chain: the lengths still to run, and the failure (if any) that ends it.
-        chains, stopped_at, order = {}, {}, 0
+        # What each length still needs: variants not done; a done oom/timeout stops the chain.
+        need: dict[int, list[Variant]] = {}
         for v in spec.variants:
-            chains[v.label] = []
             for n in spec.seq_lens:
                 prev = latest.get(point_key(base_row(spec, v, n)))
                 status = prev.get("status") if prev else None
                 if status in DONE_STATUSES:
-                    if status in STOPPING and v.label not in stopped_at:
-                        stopped_at[v.label] = (status, n)
-                elif status == "skipped" and v.label in stopped_at:
-                    pass  # still skipped, for the same shorter failure: nothing to add
-                else:
-                    chains[v.label].append(Job(order, point_job, (spec, v, n, isolation, worker),
-                                               base_row(spec, v, n), (v, n)))
-                order += 1
-        total = sum(len(c) for c in chains.values())
+                    if status in STOPPING and v.label not in stopped:
+                        stopped[v.label] = (status, n)
+                elif not (status == "skipped" and v.label in stopped):
+                    need.setdefault(n, []).append(v)
+        chains = [list(spec.variants)] if not concurrent else [[v] for v in spec.variants]
+        position = {i: 0 for i in range(len(chains))}   # index into spec.seq_lens
+        total = sum(len(vs) for vs in need.values())
         bar = Progress(total) if progress else None
         rows = []
 
@@ -163,6 +184,8 @@ def run_sweep(spec: SweepSpec, out, *, resume: bool = False, overwrite: bool = F
             row["isolated"] = isolation == "process"
             if not isinstance(row.get("env"), dict):
                 row["env"] = environment()  # a point that never reached its process: this machine's
+            if not concurrent:
+                best[0] = max(best[0], row.get("probe_best_gflops") or 0.0)
             row = rf.append(row)
             rows.append(row)
             if bar:
@@ -170,34 +193,44 @@ def run_sweep(spec: SweepSpec, out, *, resume: bool = False, overwrite: bool = F
             if on_row:
                 on_row(row)
 
-        def advance(label):
-            """Submit the variant's next length, or record the rest as skipped after a failure."""
-            chain = chains[label]
-            if label in stopped_at:
-                st, at = stopped_at[label]
-                while chain:
-                    job = chain.pop(0)
-                    finish({**job.base_row, "status": "skipped", "reason": f"{st} at n={at}"})
-            elif chain:
-                job = chain.pop(0)
-                executor.submit(job)
-                if bar and concurrent:  # (a local executor says when each job starts, below)
-                    bar.start(label, job.info[1], running=executor.pending())
+        def advance(i):
+            """Submit chain i's next group; record points after a stop as skipped."""
+            chain = chains[i]
+            while position[i] < len(spec.seq_lens):
+                n = spec.seq_lens[position[i]]
+                position[i] += 1
+                members = [v for v in need.get(n, []) if v in chain]
+                group = []
+                for v in members:
+                    if v.label in stopped:
+                        st, at = stopped[v.label]
+                        finish({**base_row(spec, v, n), "status": "skipped", "reason": f"{st} at n={at}"})
+                    else:
+                        group.append(v)
+                if group:
+                    executor.submit(Job(position[i], group_job, (spec, group, n, isolation, worker, best[0] or None),
+                                        base_row(spec, group[0], n), (i, n, group)))
+                    if bar and concurrent:  # (a local executor says when each job starts, below)
+                        bar.start(", ".join(v.label for v in group), n, running=executor.pending())
+                    return
 
-        concurrent = getattr(executor, "concurrent", False)
         if bar and not concurrent:
-            executor.on_start = lambda job: bar.start(job.info[0].label, job.info[1])
+            executor.on_start = lambda job: bar.start(f"{len(job.info[2])} variant(s)", job.info[1])
         executor.open(spec.device)
         try:
-            for label in chains:
-                advance(label)
+            for i in range(len(chains)):
+                advance(i)
             while executor.pending():
-                job, row = executor.next_done()
-                v, n = job.info
-                if row.get("status") in STOPPING:
-                    stopped_at[v.label] = (row["status"], n)
-                finish(row)
-                advance(v.label)
+                job, got = executor.next_done()
+                i, n, group = job.info
+                if isinstance(got, dict):  # an executor's own failure row for the whole job
+                    got = [{**base_row(spec, v, n), **{k: got[k] for k in ("status", "reason") if k in got}}
+                           for v in group]
+                for row in got:
+                    if row.get("status") in STOPPING and row["label"] not in stopped:
+                        stopped[row["label"]] = (row["status"], n)
+                    finish(row)
+                advance(i)
         except BaseException:
             executor.cancel()  # finished rows are on disk already; running points are abandoned
             if worker is not None:

@@ -9,8 +9,10 @@ MemoryError, an allocator failure or a kill by the kernel's OOM killer). Either 
 point gets a fresh child. So the default sweep gets timeouts and crash safety for the price of
 one process start, and `--isolate` is the same machinery with a fresh child per point.
 
-Protocol (JSON lines): child -> parent `{"ready": pid}` once, then one result row per job;
-parent -> child one job per line: {"spec": {...}, "variant": {"name", "options"}, "n": n}.
+Protocol (JSON lines): child -> parent `{"ready": pid}` once, then per job `{"tick": label}` as
+calls start and `{"rows": [...]}` at the end; parent -> child one job per line:
+{"spec": {...}, "variants": [{"name", "options"}, ...], "n": n, "baseline_gflops": x}. A job is
+one length's variants, measured interleaved (`effattn.bench.rounds`).
 """
 from __future__ import annotations
 
@@ -50,28 +52,30 @@ def serve(job_fd: int, result_fd: int, parent: int | None) -> None:
     # Ctrl-C on a terminal reaches the whole process group; the parent decides what to do.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from ..spec import Variant
-    from .point import SweepSpec, measure_point_in_context
+    from .point import SweepSpec
+    from .rounds import measure_group
 
     out = os.fdopen(result_fd, "w", buffering=1)
     out.write(json.dumps({"ready": os.getpid()}) + "\n")
-    last = [0.0]
+    last = {"t": 0.0, "label": None}
 
-    def tick():
-        # at most one heartbeat per TICK_S: a write per call would cost microseconds inside timed
-        # calls of a tenth of a millisecond
+    def tick(label):
+        # Says which variant is in a call: at once when it changes, else at most once per TICK_S
+        # (a write per call would cost microseconds inside timed calls of a tenth of a millisecond).
         now = time.monotonic()
-        if now - last[0] >= TICK_S:
-            last[0] = now
-            out.write('{"tick": 1}\n')
+        if label != last["label"] or now - last["t"] >= TICK_S:
+            last["t"], last["label"] = now, label
+            out.write(json.dumps({"tick": label}) + "\n")
+
     with os.fdopen(job_fd) as jobs:
         for line in jobs:
             job = json.loads(line)
             n = job["n"]
-            v = Variant(job["variant"]["name"], job["variant"]["options"])
-            spec = SweepSpec(**{**job["spec"], "seq_lens": [n], "variants": [v]})
-            last[0] = 0.0
-            row = measure_point_in_context(spec, v, n, tick)
-            out.write(json.dumps(row, default=str) + "\n")
+            variants = [Variant(v["name"], v["options"]) for v in job["variants"]]
+            spec = SweepSpec(**{**job["spec"], "seq_lens": [n], "variants": variants})
+            last["label"] = None
+            rows = measure_group(spec, variants, n, tick, job.get("baseline_gflops"))
+            out.write(json.dumps({"rows": rows}, default=str) + "\n")
 
 
 def main(argv=None) -> None:
@@ -217,40 +221,54 @@ class MeasuringProcess:
         kept = [ln.strip() for ln in text.splitlines() if ln.strip()]
         return " | ".join(kept[-lines:])
 
-    def run(self, job: dict, timeout_s: float, base_row: dict) -> dict:
-        """Measure one job; always returns a row (a failure is the row's status)."""
+    def run(self, job: dict, timeout_s: float, base_rows: dict[str, dict]) -> tuple[list[dict], list[str]]:
+        """Measure one group (`job["variants"]` at length `job["n"]`). Returns (rows, redo): the
+        rows it has, and the labels of variants that lost their measurement because another one
+        crashed or hung the process (the caller runs them again without it). A failure is the
+        failing variant's status, never an exception."""
+        labels = list(base_rows)
         if not self.alive():
             self._cleanup()
             why = self._start()
             if why:
-                return {**base_row, "status": "error", "reason": why}
+                return [{**base_rows[lb], "status": "error", "reason": why} for lb in labels], []
         if self._log is not None:
-            os.truncate(self._log.name, 0)  # so that a crash's tail is this point's
+            os.truncate(self._log.name, 0)  # so that a crash's tail is this group's
         kills_before = _oom_kills()
+        current = None
         try:
             self._jobs.write(json.dumps(job, default=str) + "\n")
             self._jobs.flush()
         except (BrokenPipeError, OSError):
-            return self._died(base_row, kills_before)
-        # The child ticks as each call of the attention starts: the timeout bounds one call (and
-        # any stretch of the point's work between calls), as it does for a point measured in-process.
+            return self._died(base_rows, current, kills_before)
+        # The child ticks as each call of the attention starts, naming the variant: the timeout
+        # bounds one call (and any stretch of the work between calls), as it does for a point
+        # measured in-process, and a crash or overrun is pinned on the variant that caused it.
         while True:
             msg = self._read_line(timeout_s)
-            if not (isinstance(msg, dict) and "tick" in msg):
-                break
-        if isinstance(msg, dict):
-            return msg
+            if isinstance(msg, dict) and "tick" in msg:
+                current = msg["tick"]
+                continue
+            break
+        if isinstance(msg, dict) and "rows" in msg:
+            return msg["rows"], []
         if msg == "timeout":
             self.kill()
-            return {**base_row, "status": "timeout",
-                    "reason": f"a call ran past the {timeout_s:g} s timeout; {self.label} was killed"}
+            culprit = current if current in base_rows else None
+            if culprit is None:
+                return [{**base_rows[lb], "status": "timeout", "reason": f"the group ran past the {timeout_s:g} s "
+                         f"timeout between calls; {self.label} was killed"} for lb in labels], []
+            row = {**base_rows[culprit], "status": "timeout",
+                   "reason": f"a call ran past the {timeout_s:g} s timeout; {self.label} was killed"}
+            return [row], [lb for lb in labels if lb != culprit]
         if msg == "garbled":
             self.kill()
-            return {**base_row, "status": "error", "reason": f"{self.label} sent an unreadable result"}
-        return self._died(base_row, kills_before)
+            return [{**base_rows[lb], "status": "error", "reason": f"{self.label} sent an unreadable result"}
+                    for lb in labels], []
+        return self._died(base_rows, current, kills_before)
 
-    def _died(self, base_row: dict, kills_before: int) -> dict:
-        """The child ended without a result: say why, on evidence."""
+    def _died(self, base_rows: dict, current: str | None, kills_before: int) -> tuple[list[dict], list[str]]:
+        """The child ended without a result: say why, on evidence, for the variant in its call."""
         code = None
         if self.proc is not None:
             try:
@@ -264,11 +282,16 @@ class MeasuringProcess:
         oom_killed = kills_before >= 0 and after > kills_before
         what = ("exited with status 0 before reporting" if code == 0 else
                 f"was killed by {_signal_name(code)}" if code is not None and code < 0 else f"exited with status {code}")
-        reason = f"{self.label} {what}" + (f"; its last output: {tail}" if tail else "")
         if code == -signal.SIGKILL and oom_killed:
-            return {**base_row, "status": "oom", "reason": f"{self.label} was killed by the kernel's OOM killer "
-                                                           f"(its oom_kill count rose {kills_before} -> {after})"}
-        return {**base_row, "status": "error", "reason": reason, "crashed": True}
+            failure = {"status": "oom", "reason": f"{self.label} was killed by the kernel's OOM killer "
+                                                  f"(its oom_kill count rose {kills_before} -> {after})"}
+        else:
+            failure = {"status": "error", "reason": f"{self.label} {what}" + (f"; its last output: {tail}" if tail else ""),
+                       "crashed": True}
+        labels = list(base_rows)
+        if current in base_rows:
+            return [{**base_rows[current], **failure}], [lb for lb in labels if lb != current]
+        return [{**base_rows[lb], **failure} for lb in labels], []
 
     def __enter__(self) -> "MeasuringProcess":
         return self

@@ -1,0 +1,220 @@
+"""Interleaved measurement: the variants of one length timed in short alternating rounds.
+
+A sweep's conclusions are ratios (how much faster than `full`, from which length), and a load
+that comes and goes while all of A's repeats are taken, then all of B's, lands on some variants
+and not on others. Here every variant of a length is prepared first (`prepare_point`: validated
+first call, memory, FLOPs, errors), then timed in rounds: in each round every variant runs one
+short block of calls, in an order shuffled per round, so a slow change in load lands on every
+variant alike. Each round is bracketed by a reference kernel (a matmul) timed at its start and
+end: the reference is the matmul peak that `peak_fraction` divides by, measured under the same
+conditions as the points, and it is the load probe - a round whose reference ran slower than the
+best seen in this run by more than LOAD_TOLERANCE is a loaded round, its samples are set aside
+and more rounds are run, within a time budget. A point that still has too few clean rounds uses
+every round and is flagged `loaded`.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+
+import torch
+import torch.utils.benchmark as tbench
+
+from ..spec import Variant
+from ..stats import median_ci
+from . import measure
+from .point import InputSet, SweepSpec, prepare_point
+
+#: rounds a point takes when its calls are short; a slow point (one call longer than its share of
+#: --min-run-time) takes part in fewer, spread over the group's rounds, but never fewer than
+#: MIN_ROUNDS
+ROUNDS, MIN_ROUNDS = 10, 3
+#: a round whose reference kernel ran this much slower than the run's best is a loaded round
+LOAD_TOLERANCE = 0.20
+#: seconds a group may spend on extra rounds while the machine is busy, before it gives up and
+#: flags its points `loaded`
+LOAD_WAIT_S = 20.0
+#: the reference kernel: a square fp32 matmul of this size (2 n^3 FLOPs)
+PROBE_N = {"cpu": 1024, "cuda": 8192}
+
+#: the best reference rate seen by this process (a measuring process serves many groups)
+_BEST_PROBE: dict = {}
+
+
+def schedule(rounds_wanted: dict[str, int], total: int, seed: int) -> list[list[str]]:
+    """The order of each round: every label in the rounds it takes part in (spread evenly over
+    `total` rounds when it takes fewer), shuffled per round by a seeded generator."""
+    rng = random.Random(seed)
+    plan = [[] for _ in range(total)]
+    for label, want in rounds_wanted.items():
+        want = min(want, total)
+        picks = sorted({round(i * (total - 1) / max(1, want - 1)) for i in range(want)}) if want > 1 else [0]
+        for r in picks:
+            plan[r].append(label)
+    for r in plan:
+        rng.shuffle(r)
+    return plan
+
+
+class Reference:
+    """The reference kernel: a preallocated matmul, timed as the rounds' brackets."""
+
+    def __init__(self, device: str, dtype=torch.float32):
+        n = PROBE_N.get(device, 1024)
+        self.device, self.flops = device, 2 * n**3
+        self.a, self.b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+        self.c = torch.empty(n, n, device=device, dtype=dtype)
+        self.timer = _timer(lambda: torch.mm(self.a, self.b, out=self.c))
+        self.timer.timeit(1)  # warm
+
+    def gflops(self) -> float:
+        return self.flops / self.timer.timeit(1).median / 1e9
+
+
+def _timer(fn):
+    # torch.utils.benchmark handles CUDA synchronisation and the thread count; one Timer per
+    # callable, so its statement is compiled once
+    return tbench.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+
+
+def measure_group(spec: SweepSpec, variants: list[Variant], n: int, tick=None,
+                  baseline_gflops: float | None = None) -> list[dict]:
+    """Measure every variant of one length, interleaved; one row per variant, in their order.
+    `baseline_gflops`: the best reference rate the caller has seen in this run (load detection
+    needs a quiet reference; the best of this process and of the caller is used)."""
+    from ..env import environment
+
+    inputs = InputSet(spec, n)
+    prepared = [prepare_point(spec, v, n, inputs, tick) for v in variants]
+    ready = [p for p in prepared if p.ready]
+    env = environment()
+    try:
+        ref = Reference(spec.device)
+    except Exception as e:  # noqa: BLE001 - e.g. a node without the device: every point says why
+        rows = []
+        for p in prepared:
+            row = {**p.row, "env": env, "matmul_peak_gflops": None}
+            if row["status"] == "ok":
+                row.update(status="error", reason=f"cannot run the reference matmul on {spec.device}: {e}")
+            rows.append(row)
+        return rows
+    if ready:
+        timing = _rounds(spec, ready, ref, n, tick, baseline_gflops)
+    else:  # no point to time: the reference alone, so that every row says what the machine could do
+        rates = sorted(ref.gflops() for _ in range(3))
+        timing = {"points": {}, "group": {"matmul_peak_gflops": rates[1], "probe_gflops_raw": rates}}
+    rows = []
+    for p in prepared:
+        row = dict(p.row, env=env)
+        if p.ready:
+            row.update(timing["points"][p.variant.label])
+        row.update(timing["group"])
+        _rate(row, spec)
+        rows.append(row)
+    return rows
+
+
+def _rounds(spec: SweepSpec, ready, ref: Reference, n: int, tick, baseline_gflops) -> dict:
+    block_s = spec.min_run_time_s / ROUNDS
+    want, calls, timers = {}, {}, {}
+    for p in ready:
+        label = p.variant.label
+        timers[label] = _timer(p.step)
+        t = p.per_call_s
+        if t < block_s:  # one call is a poor clock for short calls: time a block's worth to size the blocks
+            t = timers[label].timeit(max(1, min(1000, round(block_s / max(t, 1e-7))))).median
+        t = max(t, 1e-7)
+        calls[label] = max(1, round(block_s / t))
+        # a slow point takes part in as many rounds as its share of --min-run-time buys, >= MIN_ROUNDS
+        want[label] = ROUNDS if t <= block_s else max(MIN_ROUNDS, min(ROUNDS, math.ceil(spec.min_run_time_s / t)))
+    key = (spec.device,)
+    best = max(_BEST_PROBE.get(key, 0.0), baseline_gflops or 0.0)
+    samples = {label: [] for label in want}        # (per-call seconds, round index)
+    probes, brackets, members, loadavg = [], [], [], []
+    seed = hash((spec.seed, n)) & 0xFFFFFFFF
+    plan = schedule(want, ROUNDS, seed)
+
+    def clean_counts():
+        # judged against the best reference rate seen by now: a load present from the group's
+        # start shows as soon as one quiet round has set the bar, and more rounds are run
+        bar = (1 - LOAD_TOLERANCE) * best
+        cnt = {label: 0 for label in want}
+        for rate, labels in zip(probes, members):
+            if rate >= bar:
+                for label in labels:
+                    cnt[label] += 1
+        return cnt
+
+    r, started, extra_deadline = 0, time.monotonic(), None
+    while True:
+        if r < len(plan):
+            order = plan[r]
+        else:  # extra rounds for the points still short of clean samples, while the budget lasts
+            if extra_deadline is None:
+                extra_deadline = time.monotonic() + LOAD_WAIT_S
+            clean = clean_counts()
+            short = [lb for lb in want if clean[lb] < want[lb]]
+            if not short or time.monotonic() > extra_deadline:
+                break
+            order = random.Random(seed + r).sample(short, len(short))
+        before = ref.gflops()
+        for label in order:
+            if tick is not None:
+                tick(label)
+            samples[label].append((timers[label].timeit(calls[label]).median, r))
+        after = ref.gflops()
+        best = max(best, before, after)
+        probes.append(min(before, after))  # both brackets must be quiet for the round to be
+        brackets.append((before + after) / 2)
+        members.append(order)
+        try:
+            loadavg.append(os.getloadavg()[0])
+        except OSError:
+            pass
+        r += 1
+    _BEST_PROBE[key] = max(_BEST_PROBE.get(key, 0.0), best)
+    # Judge every round again against the best rate of the whole group: a load present from the
+    # group's start only shows once a quiet round has set the bar.
+    loaded_rounds = {i for i, rate in enumerate(probes) if rate < (1 - LOAD_TOLERANCE) * best}
+    quiet = [rate for i, rate in enumerate(brackets) if i not in loaded_rounds] or brackets
+    peak = sorted(quiet)[len(quiet) // 2]
+    points = {}
+    for label, got in samples.items():
+        good = [t for t, i in got if i not in loaded_rounds]
+        loaded = len(good) < min(MIN_ROUNDS, len(got))
+        use = [t for t, _ in got] if loaded else good
+        points[label] = _stats(use, len(got) - len(good), loaded)
+    group = {"matmul_peak_gflops": peak, "probe_gflops_raw": probes, "rounds_total": len(probes),
+             "loaded_rounds_total": len(loaded_rounds), "probe_best_gflops": best,
+             "loadavg_1m": (max(loadavg) if loadavg else None), "rounds_s": time.monotonic() - started}
+    return {"points": points, "group": group}
+
+
+def _stats(per_call_s: list[float], set_aside: int, loaded: bool) -> dict:
+    ms = sorted(t * 1e3 for t in per_call_s)
+    m = len(ms)
+    med = ms[m // 2] if m % 2 else (ms[m // 2 - 1] + ms[m // 2]) / 2
+    q1, q3 = ms[max(0, (m - 1) // 4)], ms[min(m - 1, (3 * (m - 1) + 3) // 4)]
+    lo, hi, cov = median_ci(ms)
+    return {"time_ms": med, "time_iqr_ms": q3 - q1, "time_raw_ms": ms, "time_ci_ms": [lo, hi],
+            "time_ci_coverage": cov, "rounds": m, "loaded_rounds": set_aside, "loaded": loaded,
+            "noisy": bool(med > 0 and (q3 - q1) / med > measure.NOISY_IQR_RATIO)}
+
+
+def _rate(row: dict, spec: SweepSpec) -> None:
+    """Useful GFLOP/s and its fraction of the reference measured in the same rounds; a fraction
+    above 1 is a measurement fault, flagged."""
+    if row.get("status") != "ok" or not row.get("time_ms"):
+        row["gflops"] = None
+        return
+    exact = row.get("exact") and spec.level == "attention" and row.get("flops")
+    row["gflops"] = row["flops"] / (row["time_ms"] / 1e3) / 1e9 if exact else None
+    peak = row.get("matmul_peak_gflops")
+    if row["gflops"] and peak:
+        row["peak_fraction"] = row["gflops"] / peak
+        if row["peak_fraction"] > 1.0:
+            row["fault"] = (f"useful FLOP rate {row['gflops']:.1f} GFLOP/s is {row['peak_fraction']:.0%} of the "
+                            f"matmul peak {peak:.1f} measured in the same rounds: the time, the FLOP count or the "
+                            "peak is wrong")
