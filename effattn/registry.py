@@ -110,7 +110,9 @@ def load_entry_points(force: bool = False) -> None:
             continue
         try:
             target = ep.load()
-        except Exception as e:  # noqa: BLE001 - any import failure makes the plugin broken
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:  # noqa: BLE001 - any import failure, sys.exit() included, makes it broken
             _BROKEN[ep.name] = f"{ep.value} failed to import: {type(e).__name__}: {e}"
             continue
         old = _REGISTRY.get(ep.name)

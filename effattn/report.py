@@ -112,8 +112,14 @@ def make_plots(df: pd.DataFrame, out_dir: str) -> list[str]:
         plt.close(fig)
         made.append(name)
 
+    def plottable(col):  # a log-scaled plot needs a positive value from an ok point
+        vals = pd.to_numeric(df.loc[df["status"] == "ok", col], errors="coerce")
+        return bool((vals > 0).any())
+
     for col, name, ylabel, scale in (("time_ms", "time", "time (ms)", 1.0),
                                      ("peak_mem_bytes", "memory", "peak memory (MiB)", 1 / 2**20)):
+        if not plottable(col):
+            continue
         fig, ax = plt.subplots(figsize=(7, 4.5))
         _plot_lines(ax, df, col, scale)
         _ref_slopes(ax, df, col, scale)
@@ -125,7 +131,7 @@ def make_plots(df: pd.DataFrame, out_dir: str) -> list[str]:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
         save(fig, name)
-    if df["peak_fraction"].notna().any():
+    if plottable("peak_fraction"):
         fig, ax = plt.subplots(figsize=(7, 4))
         _plot_lines(ax, df, "peak_fraction", 100)
         ax.set_xscale("log", base=2)
@@ -378,6 +384,8 @@ def report(results, out_dir, fmt):
     for p in results:
         if not os.path.isfile(p):
             fail(f"results file {p} does not exist")
+    if out_dir is not None and not out_dir.strip():
+        fail("--out is empty; leave it out to use the default folder")
     out_dir = out_dir or os.path.splitext(results[0])[0] + "-report"
     try:
         written = build_report(list(results), out_dir, formats, on_problem=_warn)

@@ -93,6 +93,8 @@ def parse_seq_lens(text: str) -> list[int]:
         n = int(m.group(1)) * {"": 1, "k": 1024, "m": 1024**2}[m.group(2).lower()]
         if n <= 0:
             raise EffattnError(f"sequence length must be > 0, got {tok!r}")
+        if n > 2**40:
+            raise EffattnError(f"sequence length {tok!r} is longer than 2^40; no machine holds that")
         lens.append(n)
     if not lens:
         raise EffattnError("no sequence length given")

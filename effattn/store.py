@@ -86,14 +86,29 @@ class Problem:
         return f"line {self.line}: {self.why}"
 
 
+STATUSES = ("ok", "oom", "timeout", "unsupported", "error", "skipped")
+#: longest sequence a row may name (the CLI refuses longer ones; pandas holds it in an int64)
+MAX_SEQ_LEN = 2**40
+
+
 def _row_ok(obj) -> str | None:
+    """None when `obj` is a results row a reader can rely on, else why not."""
     if not isinstance(obj, dict):
         return f"a JSON {type(obj).__name__}, not a results row"
     missing = [k for k in ("label", "seq_len", "status") if k not in obj]
     if missing:
         return f"a JSON object without {', '.join(missing)}: not a results row"
-    if isinstance(obj["seq_len"], bool) or not isinstance(obj["seq_len"], int):
-        return f"seq_len {obj['seq_len']!r} is not an integer"
+    if not isinstance(obj["label"], str) or not obj["label"]:
+        return f"label {obj['label']!r} is not a name"
+    n = obj["seq_len"]
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= MAX_SEQ_LEN:
+        return f"seq_len {n!r} is not an integer in 1..{MAX_SEQ_LEN}"
+    if obj["status"] not in STATUSES:
+        return f"status {obj['status']!r} is none of {', '.join(STATUSES)}"
+    if obj["status"] == "ok" and obj.get("kind") != "task":
+        t = obj.get("time_ms")
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not (t > 0 and t != float("inf")):
+            return f"an ok row whose time_ms {t!r} is not a positive number"
     return None
 
 
@@ -114,8 +129,12 @@ def read_results(path: str, *, missing_ok: bool = True) -> tuple[list[dict], lis
         raise ResultsFileError(f"cannot read {path}: {e.strerror or e}") from None
     if data[:2] == b"\x1f\x8b":
         raise ResultsFileError(f"{path} is gzip-compressed; decompress it first (gunzip)")
+    if data[:4] in (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff"):
+        raise ResultsFileError(f"{path} is UTF-32 text; results files are UTF-8 JSON lines")
     if data[:2] in (b"\xff\xfe", b"\xfe\xff") or (len(data) > 1 and b"\x00" in data[:200] and data[1:2] == b"\x00"):
         raise ResultsFileError(f"{path} is UTF-16 text; results files are UTF-8 JSON lines")
+    if data[:3] == b"\xef\xbb\xbf":  # a UTF-8 byte-order mark, as some editors write: not part of row 1
+        data = data[3:]
     rows, problems = [], []
     lines = data.split(b"\n")
     for no, raw in enumerate(lines, 1):
@@ -191,6 +210,13 @@ def _lock(fd: int, path: str) -> None:
         raise
 
 
+def _only_a_cut_row(path: str) -> bool:
+    """A file holding one unterminated line that starts like a row: the first row, cut off."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 20)
+    return b"\n" not in head and head.startswith(b'{"')
+
+
 def _jsonable(row: dict) -> dict:
     return json.loads(json.dumps(row, default=str))
 
@@ -224,8 +250,19 @@ class ResultsFile:
         if self._fd is not None:
             return self
         path = self.path
+        import stat
+
         if os.path.isdir(path):
             raise ResultsFileError(f"--out {path}: is a folder")
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            st = None
+        except OSError as e:
+            raise ResultsFileError(f"--out {path}: {e.strerror}") from None
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            # a FIFO would block the open, /dev/null or /dev/full would take rows and lose them
+            raise ResultsFileError(f"--out {path}: not a regular file")
         flags = os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
         try:
             fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o644)  # a new file: create = claim
@@ -242,6 +279,17 @@ class ResultsFile:
             if size and self.mode == "new":
                 raise ResultsFileError(f"--out {path} already holds results; use --resume to complete it or "
                                        "--overwrite to replace it")
+            if size:
+                # Nothing is changed in a file that is no results file (a CSV given by mistake,
+                # a compressed copy): read_results refuses it before a byte is touched.
+                try:
+                    read_results(path)
+                except ResultsFileError as e:
+                    if _only_a_cut_row(path):
+                        pass  # a run killed while writing its very first row: repaired like any torn tail
+                    else:
+                        raise ResultsFileError(f"{e}; refusing to {'append to' if self.mode == 'resume' else 'replace'} "
+                                               "it") from None
             if size and self.mode == "overwrite":
                 os.ftruncate(fd, 0)
             elif size and self.mode == "resume":

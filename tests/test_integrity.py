@@ -105,6 +105,7 @@ def test_a_rate_above_the_peak_is_flagged_a_fault(monkeypatch):
     from effattn.bench import rounds
 
     monkeypatch.setattr(rounds.Reference, "gflops", lambda self: 1e-3)
+    monkeypatch.setattr(rounds, "_BEST_PROBE", {})  # no real rate seen before: 1e-3 is this run's quiet
     spec = SweepSpec(seq_lens=[64], variants=[], heads=2, head_dim=8, min_run_time_s=0.01, error=False)
     row = measure_point(spec, Variant("full", {}), 64)
     assert row["status"] == "ok" and row["peak_fraction"] > 1 and "matmul peak" in row["fault"]
@@ -422,3 +423,174 @@ def test_the_report_flags_rates_above_the_peak_in_old_files_too(tmp_path):
     md = (tmp_path / "rep" / "report.md").read_text()
     faults = md.split("Measurement faults", 1)[1]
     assert "masked n=16384" in faults and "195%" in faults and "full n=16384" not in faults
+
+
+# ------------------------------------------------------------------------ found by an adversarial review
+def test_a_plugin_constructor_that_hangs_or_exits_is_bad_input_not_a_hang(adv, tmp_path):
+    """Third-party plugins are built in a measuring process, never in effattn's own."""
+    r = adv("bench", *SMALL, "--seq-lens", "16", "--attn", "full,adv_init:what=hang", "--timeout", "3",
+            "--out", "r.jsonl", timeout=120)
+    _one_line_error(r, "adv_init: building it took longer than 3 s")
+    r = adv("bench", *SMALL, "--seq-lens", "16", "--attn", "adv_init:what=exit", "--out", "r.jsonl", timeout=120)
+    _one_line_error(r, "adv_init: building it ended")
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_a_plugin_that_exits_at_import_is_listed_broken(adv):
+    r = adv("list")
+    assert r.returncode == 0 and "adv_exits_at_import" in r.stdout.split("broken plugins:")[1], r.stdout
+    assert "SystemExit" in r.stdout
+
+
+@pytest.mark.parametrize("content", [b"a,b\n1,2", gzip.compress(b'{"label": "full"}\n'), b"just some notes"])
+@pytest.mark.parametrize("flag", ["--resume", "--overwrite"])
+def test_resume_and_overwrite_never_touch_a_file_that_is_not_results(cli_here, tmp_path, content, flag):
+    (tmp_path / "x.csv").write_bytes(content)
+    code, _, err = cli_here("bench", *SMALL, "--seq-lens", "16", "--attn", "full", "--out", "x.csv", flag)
+    assert code == 2 and "refusing to" in err and len(err.strip().splitlines()) == 1, err
+    assert (tmp_path / "x.csv").read_bytes() == content and not (tmp_path / "x.csv.torn").exists()
+
+
+@pytest.mark.parametrize("target", ["/dev/null", "fifo"])
+def test_an_out_that_is_no_regular_file_is_refused_before_measuring(cli_here, tmp_path, target):
+    if target == "fifo":
+        os.mkfifo(tmp_path / "fifo")
+    code, _, err = cli_here("bench", *SMALL, "--seq-lens", "16", "--attn", "full", "--out", target)
+    assert code == 2 and "not a regular file" in err, err
+
+
+@pytest.mark.slow
+def test_resume_measures_shorter_lengths_and_remeasures_under_new_limits(adv, tmp_path):
+    base = ("bench", *SMALL, "--attn", "full", "--out", "r.jsonl")
+    assert adv(*base, "--seq-lens", "1k", "--memory-budget", "100KB").returncode == 0
+    r = adv(*base, "--seq-lens", "64,1k,2k", "--memory-budget", "100KB", "--resume")
+    by = {x["seq_len"]: x for x in _rows(tmp_path / "r.jsonl")}
+    assert by[64]["status"] == "ok" and by[2048]["status"] == "skipped", r.stderr  # only longer lengths skip
+    r = adv(*base, "--seq-lens", "64,1k,2k", "--resume")  # no budget now: the oom says nothing about that
+    assert "measuring them again" in r.stderr
+    latest = {}
+    for x in _rows(tmp_path / "r.jsonl"):
+        latest[x["seq_len"]] = x["status"]
+    assert latest == {64: "ok", 1024: "ok", 2048: "ok"}
+
+
+def test_report_of_a_file_without_an_ok_point(adv, tmp_path):
+    assert adv("bench", *SMALL, "--seq-lens", "16,32", "--attn", "adv_nan", "--out", "e.jsonl").returncode == 0
+    r = adv("report", "e.jsonl", "--out", "rep")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert "Points that did not run" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_absurd_numbers_are_refused(cli_here, tmp_path):
+    for args, needle in ((["--seq-lens", "99999999999999999999999"], "longer than 2^40"),
+                         (["--seed", "99999999999999999999999"], "--seed"),
+                         (["--min-run-time", "1e308"], "more than 3600")):
+        code, _, err = cli_here("bench", "--attn", "full", "--out", "r.jsonl", *args)
+        assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "r.jsonl").exists()
+    code, _, err = cli_here("report", "x.jsonl", "--out", "")
+    assert code == 2
+
+
+def test_rows_a_reader_cannot_rely_on_are_skipped_by_line(tmp_path):
+    from effattn.store import read_results
+
+    good = {"label": "full", "seq_len": 64, "status": "ok", "time_ms": 1.0}
+    bad = [{**good, "time_ms": 0}, {**good, "time_ms": float("nan")}, {**good, "label": 5},
+           {**good, "status": ["ok"]}, {**good, "seq_len": 2**70}, {**good, "time_ms": None}]
+    text = "\ufeff" + json.dumps(good) + "\n" + "".join(json.dumps(b) + "\n" for b in bad)
+    (tmp_path / "r.jsonl").write_text(text, encoding="utf-8")
+    rows, problems = read_results(str(tmp_path / "r.jsonl"))
+    assert rows == [good] and [p.line for p in problems] == [2, 3, 4, 5, 6, 7]  # the BOM does not cost row 1
+    (tmp_path / "u.jsonl").write_bytes(json.dumps(good).encode("utf-32"))
+    with pytest.raises(ResultsFileError, match="UTF-32"):
+        read_results(str(tmp_path / "u.jsonl"))
+
+
+def test_a_point_that_turns_bad_after_a_few_calls_or_in_a_later_layer_is_an_error(adv, tmp_path):
+    r = adv("bench", *SMALL, "--seq-lens", "32", "--attn", "adv_nan_later,adv_mutates,adv_threads,full",
+            "--no-error", "--out", "r.jsonl")
+    assert r.returncode == 0, r.stderr
+    by = {x["label"]: x for x in _rows(tmp_path / "r.jsonl")}
+    assert by["adv_nan_later"]["status"] == "error" and "not finite" in by["adv_nan_later"]["reason"]
+    assert by["adv_mutates"]["status"] == "error" and "modified its inputs" in by["adv_mutates"]["reason"]
+    assert by["adv_threads"]["status"] == "error" and "thread count" in by["adv_threads"]["reason"]
+    assert by["full"]["status"] == "ok" and by["full"]["env"]["threads"] == by["adv_mutates"]["env"]["threads"]
+    r = adv("bench", *SMALL, "--seq-lens", "32", "--attn", "adv_nan_second", "--level", "model", "--out", "m.jsonl")
+    row = _rows(tmp_path / "m.jsonl")[0]
+    assert row["status"] == "error" and "not finite" in row["reason"], row
+
+
+def test_memory_counts_a_cache_made_on_a_later_call(with_plugins):
+    spec = SweepSpec(seq_lens=[64], variants=[], heads=2, head_dim=8, min_run_time_s=0.01, error=False)
+    for on_call in (2, 3):
+        row = measure_point(spec, Variant("adv_cache", {"on_call": on_call}), 64)
+        assert row["retained_bytes"] >= 64 * 2**20 and row["peak_mem_bytes"] >= 64 * 2**20, (on_call, row)
+
+
+def test_a_short_timeout_is_not_spent_between_calls(adv, tmp_path):
+    r = adv("bench", *SMALL, "--seq-lens", "32,64", "--attn", "full,linear", "--timeout", "0.5", "--out", "r.jsonl")
+    assert r.returncode == 0, r.stderr
+    assert [x["status"] for x in _rows(tmp_path / "r.jsonl")] == ["ok"] * 4, r.stderr
+
+
+def test_a_crash_is_found_although_a_forked_child_holds_the_pipe(adv, tmp_path):
+    t0 = time.time()
+    r = adv("bench", *SMALL, "--seq-lens", "32", "--attn", "adv_fork_crash,adv_spawns,full", "--timeout", "60",
+            "--out", "r.jsonl")
+    assert r.returncode == 0, r.stderr
+    by = {x["label"]: x for x in _rows(tmp_path / "r.jsonl")}
+    assert by["adv_fork_crash"]["status"] == "error" and "SIGSEGV" in by["adv_fork_crash"]["reason"]
+    assert by["full"]["status"] == "ok" and time.time() - t0 < 50
+    time.sleep(0.5)
+    left = subprocess.run(["pgrep", "-f", "effattn-adv-spawned"], capture_output=True, text=True).stdout.strip()
+    assert left == "", "a process a plugin started outlived the sweep"
+
+
+def test_exits_huge_messages_and_bad_counts_are_errors(adv, tmp_path):
+    t0 = time.time()
+    r = adv("bench", *SMALL, "--seq-lens", "32", "--attn", "adv_exits_in_forward,adv_huge_message,adv_bad_nnz,full",
+            "--out", "r.jsonl")
+    assert r.returncode == 0 and len(r.stderr) < 100_000, r.stderr[-500:]
+    by = {x["label"]: x for x in _rows(tmp_path / "r.jsonl")}
+    assert by["adv_exits_in_forward"]["status"] == "error" and "SystemExit" in by["adv_exits_in_forward"]["reason"]
+    assert by["adv_huge_message"]["status"] == "error" and len(by["adv_huge_message"]["reason"]) < 3000
+    assert by["adv_bad_nnz"]["status"] == "error" and "attended pairs" in by["adv_bad_nnz"]["reason"]
+    assert by["full"]["status"] == "ok" and time.time() - t0 < 60
+    assert (tmp_path / "r.jsonl").stat().st_size < 1_000_000
+
+
+def test_find_max_len_tells_an_error_from_the_memory_limit(adv, tmp_path):
+    r = adv("bench", "--find-max-len", "--attn", "adv_raises:at_len=300", "--memory-budget", "1GB", "--heads", "2",
+            "--head-dim", "16", "--seq-lens", "64,1k", "--out", "m.jsonl")
+    assert r.returncode == 0, r.stderr
+    line = [x for x in r.stdout.splitlines() if "adv_raises" in x][0]
+    assert ">= 256" in line and "the search stopped: error at n=512" in line, r.stdout
+
+
+def test_no_worker_log_is_left_behind(adv, tmp_path, monkeypatch):
+    private = tmp_path / "tmp"
+    private.mkdir()
+    env_tmp = {"TMPDIR": str(private)}
+    r = subprocess.run([sys.executable, "-m", "effattn.cli", "bench", *SMALL, "--seq-lens", "16", "--attn",
+                        "full,adv_crash", "--out", "r.jsonl"], cwd=tmp_path, capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=os.environ.get("PYTHONPATH", ""), **env_tmp), timeout=200)
+    assert r.returncode in (0, 2), r.stderr
+    assert list(private.iterdir()) == []
+
+
+def test_the_python_api_refuses_what_the_cli_refuses(tmp_path):
+    with pytest.raises(EffattnError, match="must be a list"):
+        SweepSpec(seq_lens="64", variants=[])
+    with pytest.raises(EffattnError, match="no option 'windw'"):
+        SweepSpec(seq_lens=[64], variants=[Variant("sliding_window", {"windw": 3})])
+    spec = SweepSpec(seq_lens=[64], variants=[Variant("full", {})])
+    with pytest.raises(Exception):
+        spec.heads = 0  # frozen: dataclasses.replace makes a validated copy
+    with pytest.raises(EffattnError):
+        measure_point(spec, Variant("full", {}), 0)
+    with pytest.raises(ValueError, match="a path"):
+        from effattn.bench import run_sweep
+
+        run_sweep(spec, None, progress=False)
+    assert not os.path.exists("None")

@@ -39,9 +39,12 @@ _WHY_NOT = {
 
 
 class FiniteFloat(click.ParamType):
-    """A finite number > 0 (click's FloatRange lets inf and nan through)."""
+    """A finite number > 0, at most `most` (click's FloatRange lets inf and nan through)."""
 
     name = "seconds"
+
+    def __init__(self, most: float = float("inf")):
+        self.most = most
 
     def convert(self, value, param, ctx):
         try:
@@ -50,6 +53,8 @@ class FiniteFloat(click.ParamType):
             self.fail(f"{value!r} is not a number", param, ctx)
         if not math.isfinite(x) or x <= 0:
             self.fail(f"{value!r} must be a finite number > 0", param, ctx)
+        if x > self.most:
+            self.fail(f"{value!r} is more than {self.most:g}", param, ctx)
         return x
 
 
@@ -94,13 +99,13 @@ def _check_dtype(device: str, dtype: str):
 @click.option("--resume", is_flag=True, help="complete only the points missing from --out")
 @click.option("--overwrite", is_flag=True, help="replace an existing --out instead of refusing")
 @click.option("--isolate", is_flag=True, help="a fresh process per point [default: one reused measuring process]")
-@click.option("--timeout", "timeout_s", type=FiniteFloat(), default=120.0, show_default=True,
+@click.option("--timeout", "timeout_s", type=FiniteFloat(7 * 24 * 3600), default=120.0, show_default=True,
               help="seconds one call of the attention may take")
 @click.option("--memory-budget", default=None, help="e.g. 4GB: a point above it is recorded as oom")
-@click.option("--min-run-time", type=FiniteFloat(), default=0.2, show_default=True,
+@click.option("--min-run-time", type=FiniteFloat(3600), default=0.2, show_default=True,
               help="seconds of timed repeats per point")
 @click.option("--no-error", is_flag=True, help="skip the error-vs-full columns")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0, max=2**62), default=0, show_default=True)
 @click.option("--inputs", type=click.Choice(["random", "trained"]), default="random", show_default=True,
               help="q, k, v: Gaussian, or from a backbone trained on MQAR (peaked attention)")
 @click.option("--find-max-len", is_flag=True,
@@ -108,7 +113,7 @@ def _check_dtype(device: str, dtype: str):
 @click.option("--task", "task_spec", default=None, help="train on a task instead of timing: NAME[:KEY=VALUE...] "
               "(mqar, listops, retrieval_distance)")
 @click.option("--steps", type=click.IntRange(min=1), default=2000, show_default=True, help="--task: training steps")
-@click.option("--lr", type=FiniteFloat(), default=3e-3, show_default=True,
+@click.option("--lr", type=FiniteFloat(10.0), default=3e-3, show_default=True,
               help="--task: peak learning rate (AdamW, 50 warm-up steps, linear decay)")
 @click.option("--train-batch", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True, help="--task: repeats")
@@ -177,7 +182,7 @@ def _timing_spec(o: dict):
 
     lens = parse_seq_lens(o["seq_lens"] if o["seq_lens"] is not None else DEFAULT_SEQ_LENS)
     if o["attn"]:
-        parse_variants(o["attn"])  # a typo fails before any cluster is contacted
+        _variants(o["attn"])  # a typo fails before any cluster is contacted
     ex = make_executor(o["executor"], address=o["ray_address"], cpus_per_point=o["cpus_per_point"] or 1)
     device = o["device"]
     if o["executor"] == "ray":
@@ -189,7 +194,7 @@ def _timing_spec(o: dict):
     # Device checks run here only when this machine has the device; a CPU-only driver of a GPU
     # cluster leaves them to the workers, whose rows say what failed.
     here = device == "cpu" or torch.cuda.is_available()
-    variants = parse_variants(o["attn"] or _default_variants(device))
+    variants = _variants(o["attn"] or _default_variants(device))
     if len({v.label for v in variants}) != len(variants):
         fail("--attn lists the same variant twice")
     if here:
@@ -204,6 +209,47 @@ def _timing_spec(o: dict):
                      memory_budget_bytes=parse_size(o["memory_budget"]) if o["memory_budget"] else None,
                      min_run_time_s=o["min_run_time"], error=not o["no_error"], seed=o["seed"], inputs=o["inputs"])
     return spec, ex
+
+
+def _variants(text: str):
+    """Parse --attn. Built-in plugins are built here to check their options; third-party ones only
+    have their option names checked here (no plugin code runs in effattn's own process: a plugin
+    whose constructor hangs or exits cannot take the sweep with it) and are built in a measuring
+    process by `_check_third_party`."""
+    from ..registry import get_entry, option_names
+    from ..spec import parse_variants
+
+    variants = parse_variants(text, validate=False)
+    for v in variants:
+        entry = get_entry(v.name)
+        if entry.source == "builtin":
+            v.build()
+        else:
+            names, var_kw = option_names(entry.target)
+            unknown = [k for k in v.options if k not in names]
+            if unknown and not var_kw:
+                fail(f"attention {v.name!r} has no option {', '.join(map(repr, unknown))}; "
+                     f"valid options: {', '.join(names) or 'none'}")
+    return variants
+
+
+def _check_third_party(spec, isolation: str):
+    """Build every third-party variant once in a measuring process, with a time limit; a failure is
+    bad input (one line, exit 2, no file). Returns that process to measure with, or None."""
+    from ..registry import get_entry
+    from .worker import MeasuringProcess
+
+    theirs = [v for v in spec.variants if get_entry(v.name).source != "builtin"]
+    if not theirs:
+        return None
+    mp = MeasuringProcess()
+    why = mp.check([{"name": v.name, "options": v.options} for v in theirs], min(spec.timeout_s, 120.0))
+    bad = [w for w in why if w]
+    if bad or isolation != "worker":
+        mp.kill()
+    if bad:
+        fail(bad[0])
+    return mp if isolation == "worker" else None
 
 
 def _results_file(o: dict, executor_name: str):
@@ -237,6 +283,8 @@ def _timing_mode(spec, ex, o):
     from .sweep import run_sweep
 
     ex.open(spec.device)  # a cluster that cannot hold one point fails here, before the file is touched
+    isolation = "process" if o["isolate"] or getattr(ex, "isolates", False) else "worker"
+    worker = _check_third_party(spec, isolation)
     rf = _results_file(o, ex.name)
     if spec.inputs == "trained":
         from .inputs import trained_model
@@ -245,7 +293,8 @@ def _timing_mode(spec, ex, o):
     how = "a fresh process per point" if o["isolate"] or getattr(ex, "isolates", False) else "one measuring process"
     _log(f"effattn bench: {len(spec.variants)} variants x {len(spec.seq_lens)} lengths on {spec.device} "
          f"({spec.dtype}, {spec.mode}, {spec.level}) via {ex.describe()}, {how} -> {rf.path}")
-    _keeping_results(rf.path, "point", lambda: run_sweep(spec, rf, isolate=o["isolate"], executor=ex, log=_log))
+    _keeping_results(rf.path, "point", lambda: run_sweep(spec, rf, isolate=o["isolate"], executor=ex, log=_log,
+                                                         worker=worker))
 
     df = load(rf.path, on_problem=_log)
     mine = config_key(base_row(spec, spec.variants[0], spec.seq_lens[0]))
@@ -269,7 +318,11 @@ def _keeping_results(out_path, what, run):
         return run()
     except KeyboardInterrupt as e:
         how = "terminated" if isinstance(e, Terminated) else "interrupted"
-        click.echo(f"\n{how}: every finished {what} is in {out_path}; rerun with --resume to complete it", err=True)
+        if getattr(e, "sweep_complete", False):
+            click.echo(f"\n{how} while shutting down: every {what} was measured and is in {out_path}", err=True)
+        else:
+            click.echo(f"\n{how}: every finished {what} is in {out_path}; rerun with --resume to complete it",
+                       err=True)
         sys.exit(143 if isinstance(e, Terminated) else 130)
     except ExecutorLost as e:
         click.echo(f"effattn: error: {e}; every finished {what} is in {out_path}; rerun with --resume", err=True)
@@ -296,10 +349,14 @@ def _print_summary(df, summ):
         index="label", columns="seq_len", values="cell", aggfunc="last", sort=False)
     click.echo("\ntime (ms, median of the rounds) per sequence length")
     click.echo(t.to_string())
-    mem = df[df["status"] == "ok"].pivot_table(index="label", columns="seq_len", values="peak_mem_bytes",
-                                               aggfunc="last", sort=False) / 2**20
+    ok = df[df["status"] == "ok"]
     click.echo("\npeak memory (MiB)")
-    click.echo(mem.round(1).to_string())
+    if ok.empty:
+        click.echo("(no point ended ok)")
+    else:
+        mem = ok.pivot_table(index="label", columns="seq_len", values="peak_mem_bytes", aggfunc="last",
+                             sort=False) / 2**20
+        click.echo(mem.round(1).to_string())
     s = summ.copy()
 
     def interval(e, lo, hi):
@@ -338,6 +395,7 @@ def _find_max_len(spec, o):
     budget = spec.memory_budget_bytes or available_memory_bytes(spec.device)
     start = lens[0] if len(lens) > 1 or lens[0] != 256 else 1024
     limit = lens[-1] if len(lens) > 1 else 2**20
+    _check_third_party(spec, "process")
     rf = _results_file(o, "local")
     _log(f"effattn bench --find-max-len: budget {budget / 2**30:.2f} GiB, n from {start} up to {limit} -> {rf.path}")
     for note in rf.notes:
@@ -346,16 +404,20 @@ def _find_max_len(spec, o):
 
     def run():
         for v in spec.variants:
-            best, _ = find_max_len(spec, v, budget, start, limit, out=rf, log=_log)
-            results.append((v.label, best))
+            best, _, why = find_max_len(spec, v, budget, start, limit, out=rf, log=_log)
+            results.append((v.label, best, why))
 
     try:
         _keeping_results(rf.path, "probe", run)
     finally:
         rf.close()
     click.echo("\nlongest sequence within the budget")
-    for label, best in results:
-        click.echo(f"  {label:40s} {best if best is not None else 'none (fails at ' + str(start) + ')'}")
+    for label, best, why in results:
+        if why:  # not the memory limit: something else stopped the search
+            text = (f">= {best}" if best is not None else "unknown") + f" (the search stopped: {why})"
+        else:
+            text = str(best) if best is not None else f"none (oom at {start})"
+        click.echo(f"  {label:40s} {text}")
 
 
 def _task_mode(o):

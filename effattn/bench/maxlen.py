@@ -29,9 +29,12 @@ def probe(spec: SweepSpec, variant: Variant, n: int, budget: int) -> dict:
 
 
 def find_max_len(spec: SweepSpec, variant: Variant, budget: int, start: int, limit: int,
-                 out: ResultsFile | None = None, log=None) -> tuple[int | None, list[dict]]:
-    """(the longest n that fits, every probe's row). `out`, an open ResultsFile, gets each probe as
-    it finishes; probes it already holds (same point, same budget) are reused."""
+                 out: ResultsFile | None = None, log=None) -> tuple[int | None, list[dict], str | None]:
+    """(the longest n that fits, every probe's row, why the search stopped early or None). Only an
+    `oom` probe means "over the budget": an `error`, `timeout` or `unsupported` probe ends the
+    search there and is reported as what it is, never as the memory limit. `out`, an open
+    ResultsFile, gets each probe as it finishes; probes it already holds (same point, same budget)
+    are reused."""
     rows: list[dict] = []
     known = {}
     if out is not None:
@@ -39,7 +42,7 @@ def find_max_len(spec: SweepSpec, variant: Variant, budget: int, start: int, lim
             if r.get("probe") == PROBE and r.get("memory_budget_bytes") == budget and r.get("status") in DONE_STATUSES:
                 known[point_key(r)] = r
 
-    def run(n):
+    def run(n) -> str:
         key = point_key({**base_row(spec, variant, n), "probe": PROBE})
         row = known.get(key)
         reused = row is not None
@@ -51,25 +54,32 @@ def find_max_len(spec: SweepSpec, variant: Variant, budget: int, start: int, lim
         if log:
             log(f"{variant.label} n={n}: {row['status']}" + (" (from the file)" if reused else "")
                 + (f" ({row['reason']})" if row.get("reason") else ""))
-        return row["status"] == "ok"
+        return row["status"]
+
+    def stopped(n, status):
+        return f"{status} at n={n}: {rows[-1].get('reason') or ''}".rstrip(": ")
 
     lo, hi, n = None, None, start
     while n <= limit:
-        if run(n):
+        status = run(n)
+        if status == "ok":
             lo, n = n, n * 2
-        else:
+        elif status == "oom":
             hi = n
             break
-    if lo is None:
-        return None, rows
-    if hi is None:
-        return lo, rows  # still fine at the limit
+        else:
+            return lo, rows, stopped(n, status)
+    if lo is None or hi is None:
+        return lo, rows, None  # fails at the start, or still fine at the limit
     while hi - lo > max(64, lo // 16):
         mid = (lo + hi) // 2 // 64 * 64 or (lo + hi) // 2
         if mid in (lo, hi):
             break
-        if run(mid):
+        status = run(mid)
+        if status == "ok":
             lo = mid
-        else:
+        elif status == "oom":
             hi = mid
-    return lo, rows
+        else:
+            return lo, rows, stopped(mid, status)
+    return lo, rows, None

@@ -29,6 +29,8 @@ INPUTS = ("random", "trained")
 DENSE_REF_MAX_N = 4096
 #: a useful FLOP rate above this fraction of the measured matmul peak is a measurement fault
 PEAK_FRACTION_MAX = 1.0
+#: bounds on what a sweep may ask for (larger values are typos, not plans)
+MAX_TIMEOUT_S, MAX_MIN_RUN_TIME_S, MAX_SEED = 7 * 24 * 3600.0, 3600.0, 2**62
 #: the model level's backbone (see _build)
 MODEL_LAYERS, MODEL_VOCAB = 2, 256
 
@@ -38,14 +40,17 @@ def _positive_int(name, value):
         raise EffattnError(f"{name} must be an integer >= 1, got {value!r}")
 
 
-def _positive_finite(name, value):
+def _positive_finite(name, value, most):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise EffattnError(f"{name} must be a finite number > 0, got {value!r}")
+    if value > most:
+        raise EffattnError(f"{name} must be at most {most:g}, got {value!r}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class SweepSpec:
-    """What a sweep measures. Validated when built, with the same rules as the CLI's options."""
+    """What a sweep measures. Validated when built, with the same rules as the CLI's options, and
+    frozen (`dataclasses.replace` makes a changed copy, validated again)."""
 
     seq_lens: list[int]
     variants: list[Variant]
@@ -65,20 +70,31 @@ class SweepSpec:
     inputs: str = "random"   # or "trained": q, k, v from a backbone trained on MQAR (attention level)
 
     def __post_init__(self):
-        self.seq_lens = list(self.seq_lens)
-        self.variants = list(self.variants)
+        from ..registry import get_entry, option_names
+        from ..store import MAX_SEQ_LEN
+
+        for name in ("seq_lens", "variants"):
+            value = getattr(self, name)
+            if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+                raise EffattnError(f"{name} must be a list, got {value!r}")
+            object.__setattr__(self, name, list(value))
         lens = self.seq_lens
         if not lens:
             raise EffattnError("seq_lens is empty: give at least one sequence length")
         for n in lens:
-            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise EffattnError(f"sequence lengths must be integers > 0, got {n!r}")
+            if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= MAX_SEQ_LEN:
+                raise EffattnError(f"sequence lengths must be integers in 1..{MAX_SEQ_LEN}, got {n!r}")
         if any(b <= a for a, b in zip(lens, lens[1:])):
             raise EffattnError(f"seq_lens must increase without repeats (a variant's longer lengths are skipped "
                                f"after an oom or timeout), got {lens}; sorted: {sorted(set(lens))}")
         for v in self.variants:
             if not isinstance(v, Variant):
                 raise EffattnError(f"variants must be effattn.spec.Variant, got {type(v).__name__}")
+            names, var_kw = option_names(get_entry(v.name).target)  # no plugin code runs here
+            unknown = [k for k in v.options if k not in names]
+            if unknown and not var_kw:
+                raise EffattnError(f"attention {v.name!r} has no option {', '.join(map(repr, unknown))}; "
+                                   f"valid options: {', '.join(names) or 'none'}")
         if len({v.label for v in self.variants}) != len(self.variants):
             raise EffattnError("the same variant is listed twice")
         choices = {"device": DEVICES, "dtype": DTYPES, "mode": MODES, "level": LEVELS, "inputs": INPUTS}
@@ -91,12 +107,12 @@ class SweepSpec:
             raise EffattnError(f"causal must be a bool, got {self.causal!r}")
         if not isinstance(self.error, bool):
             raise EffattnError(f"error must be a bool, got {self.error!r}")
-        _positive_finite("timeout_s", self.timeout_s)
-        _positive_finite("min_run_time_s", self.min_run_time_s)
+        _positive_finite("timeout_s", self.timeout_s, MAX_TIMEOUT_S)
+        _positive_finite("min_run_time_s", self.min_run_time_s, MAX_MIN_RUN_TIME_S)
         if self.memory_budget_bytes is not None:
             _positive_int("memory_budget_bytes", self.memory_budget_bytes)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise EffattnError(f"seed must be an integer >= 0, got {self.seed!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise EffattnError(f"seed must be an integer in 0..{MAX_SEED}, got {self.seed!r}")
         if self.inputs == "trained" and self.level != "attention":
             raise EffattnError("inputs 'trained' applies to level 'attention'")
 
@@ -142,11 +158,18 @@ def _build(spec: SweepSpec, variant: Variant):
 
 
 def _core(module, level):
+    """The first attention core (whose facts stand for the variant)."""
+    return _cores(module, level)[0]
+
+
+def _cores(module, level) -> list:
+    """Every attention core of the module: the plugin itself, a layer's, or each layer's (self-
+    and cross-attention) in the backbone."""
     if level == "attention":
-        return module
-    if level == "layer":
-        return module.core
-    return module.encoder[0].self_attn.core if len(module.encoder) else module.decoder[0].self_attn.core
+        return [module]
+    from ..model import MultiHeadAttention
+
+    return [m.core for m in module.modules() if isinstance(m, MultiHeadAttention)]
 
 
 def base_row(spec: SweepSpec, variant: Variant, n: int) -> dict:
@@ -189,6 +212,12 @@ def _alive(module, outputs) -> list:
     return list(outputs) + [p.grad for p in module.parameters() if p.grad is not None]
 
 
+#: the longest reason and traceback a row keeps (a plugin's 8 MB message would swell the file)
+MAX_REASON, MAX_TRACEBACK = 2000, 8000
+#: set in a measuring process: there a KeyboardInterrupt can only come from plugin code
+IN_MEASURING_PROCESS = False
+
+
 @dataclass
 class Prepared:
     """A point after everything but its timing: a final row (a failure), or a row still to be
@@ -198,6 +227,7 @@ class Prepared:
     row: dict
     step: object = None          # the timed call, for points still `ok`
     per_call_s: float = 0.0      # one warm call, to size the timed blocks
+    cores: list = field(default_factory=list)  # the attention cores, watched on the last call
 
     @property
     def ready(self) -> bool:
@@ -239,11 +269,13 @@ def prepare_point(spec: SweepSpec, variant: Variant, n: int, inputs: InputSet, t
     called as each call of the attention starts (the measuring process's heartbeat)."""
     row = {**base_row(spec, variant, n), "status": "ok", "reason": None}
     watch = None
-    beat = (lambda: tick(variant.label)) if tick is not None else None
+    beat = (lambda: tick(variant.label)) if tick is not None else (lambda: None)
     try:
+        beat()
         torch.manual_seed(spec.seed)
         module = _build(spec, variant)
-        core = _core(module, spec.level)
+        cores = _cores(module, spec.level)
+        core = cores[0]
         if spec.causal and not getattr(core, "supports_causal", False):
             raise UnsupportedError(f"{variant.label} does not support causal attention")
         # 1. the budget, before the inputs are allocated
@@ -268,8 +300,7 @@ def prepare_point(spec: SweepSpec, variant: Variant, n: int, inputs: InputSet, t
                 return module(*tensors)
 
             def step():
-                if beat is not None:
-                    beat()
+                beat()
                 if fwdbwd:
                     out = call()
                     out.float().square().mean().backward()
@@ -290,7 +321,7 @@ def prepare_point(spec: SweepSpec, variant: Variant, n: int, inputs: InputSet, t
         # 2. the first call of the fresh module: validated, timed, and its memory measured (what
         #    it creates and keeps - plans, workspaces, caches - counts)
         t0 = time.perf_counter()
-        with CoreWatch(core) as watch:
+        with CoreWatch(*cores) as watch:
             out, first_peak, net, seen = measure.profile_memory(step, spec.device, with_events=True)
             if fwdbwd:
                 watch.check_backward()
@@ -319,8 +350,14 @@ def prepare_point(spec: SweepSpec, variant: Variant, n: int, inputs: InputSet, t
             return Prepared(variant, {**row, "status": "timeout",
                                       "reason": f"one call took {first_ms / 1e3:.1f} s > timeout {spec.timeout_s:g} s"})
         row["backend"] = getattr(core, "last_backend", None)
-        # 3. the steady-state peak of one more call
-        steady_peak = measure.peak_memory_bytes(clean_step, spec.device)
+        # 3. the steady-state peak of two more calls; what they too create and keep counts (a cache
+        #    built on the second or third call is no less kept than one built on the first)
+        steady_peak = 0
+        for _ in range(2):
+            out, peak, net, _ = measure.profile_memory(clean_step, spec.device, with_events=True)
+            steady_peak = max(steady_peak, peak)
+            retained += max(0, net - measure.storage_bytes([out]))
+            del out
         row["first_call_peak_mem_bytes"] = first_peak
         row["retained_bytes"] = retained
         row["peak_mem_bytes"] = max(first_peak, retained + steady_peak)
@@ -328,12 +365,17 @@ def prepare_point(spec: SweepSpec, variant: Variant, n: int, inputs: InputSet, t
             return Prepared(variant, {**row, "status": "oom", "reason": (
                 f"inputs {row['input_bytes']} + peak {row['peak_mem_bytes']} bytes exceed the memory budget {budget}")})
         # 4. useful FLOPs from the exact count of attended pairs
+        beat()
         pairs = measure.attended_pairs(core, n, n, spec.causal)
+        if pairs is not None and not 0 <= pairs <= n * n:
+            return Prepared(variant, {**row, "status": "error",
+                                      "reason": f"the plugin counts {pairs} attended pairs, outside 0..n^2 = {n * n}"})
         row["attended_pairs"] = pairs
         row["flops"] = None if pairs is None else 4 * spec.batch * spec.heads * spec.head_dim * pairs * (
             3.5 if fwdbwd else 1.0)
         row["exact"] = bool(getattr(core, "exact", False))
         if spec.error and spec.level == "attention":
+            beat()
             errs, problem = _errors(spec, core, tensors, n)
             if problem:
                 return Prepared(variant, {**row, "status": "error", "reason": problem})
@@ -347,7 +389,7 @@ def prepare_point(spec: SweepSpec, variant: Variant, n: int, inputs: InputSet, t
         if spec.device == "cuda":
             torch.cuda.synchronize()
         per_call = time.perf_counter() - t0
-        return Prepared(variant, row, clean_step, per_call)
+        return Prepared(variant, row, clean_step, per_call, cores)
     except torch.cuda.OutOfMemoryError as e:
         row.update(status="oom", reason=str(e).splitlines()[0])
     except MemoryError as e:
@@ -361,7 +403,11 @@ def prepare_point(spec: SweepSpec, variant: Variant, n: int, inputs: InputSet, t
             _failed(row, watch, f"RuntimeError: {first}")
     except (UnsupportedError, EffattnError) as e:
         row.update(status="unsupported", reason=str(e))
-    except Exception as e:  # noqa: BLE001 - every failure is a recorded status, the sweep goes on
+    except KeyboardInterrupt as e:
+        if not IN_MEASURING_PROCESS:
+            raise  # the user's Ctrl-C, measuring in their own process
+        _failed(row, watch, f"the plugin raised KeyboardInterrupt: {e}")
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - every failure is a recorded status, the sweep goes on
         _failed(row, watch, f"{type(e).__name__}: {e}")
     return Prepared(variant, row)
 
@@ -376,7 +422,7 @@ def measure_point(spec: SweepSpec, variant: Variant, n: int, tick=None) -> dict:
 def _failed(row, watch, reason):
     """An exception: when the watch saw a bad output first, that is the real reason."""
     problem = watch.problem if watch is not None else None
-    row.update(status="error", reason=problem or reason, traceback=traceback.format_exc(limit=6))
+    row.update(status="error", reason=problem or reason, traceback=traceback.format_exc(limit=6)[-MAX_TRACEBACK:])
 
 
 def _errors(spec, core, inputs, n) -> tuple[dict, str | None]:

@@ -25,7 +25,7 @@ import torch.utils.benchmark as tbench
 from ..spec import Variant
 from ..stats import median_ci
 from . import measure
-from .point import InputSet, SweepSpec, prepare_point
+from .point import MAX_REASON, MAX_TRACEBACK, InputSet, Prepared, SweepSpec, prepare_point
 
 #: rounds a point takes when its calls are short; a slow point (one call longer than its share of
 #: --min-run-time) takes part in fewer, spread over the group's rounds, but never fewer than
@@ -85,10 +85,22 @@ def measure_group(spec: SweepSpec, variants: list[Variant], n: int, tick=None,
     `baseline_gflops`: the best reference rate the caller has seen in this run (load detection
     needs a quiet reference; the best of this process and of the caller is used)."""
     from ..env import environment
+    from ..errors import EffattnError
 
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise EffattnError(f"sequence length must be an integer > 0, got {n!r}")
     inputs = InputSet(spec, n)
-    prepared = [prepare_point(spec, v, n, inputs, tick) for v in variants]
+    guard = _TorchState()
+    prepared = []
+    for v in variants:
+        p = prepare_point(spec, v, n, inputs, tick)
+        changed = guard.restore()  # a plugin that changed torch's global state: an error, undone
+        if changed:
+            p = Prepared(v, {**p.row, "status": "error", "reason": f"{v.label} {changed}"})
+        prepared.append(p)
     ready = [p for p in prepared if p.ready]
+    if tick is not None:
+        tick("")  # the group's own work (environment, reference), no variant's
     env = environment()
     try:
         ref = Reference(spec.device)
@@ -102,6 +114,7 @@ def measure_group(spec: SweepSpec, variants: list[Variant], n: int, tick=None,
         return rows
     if ready:
         timing = _rounds(spec, ready, ref, n, tick, baseline_gflops)
+        _last_call(ready, timing, guard, tick)
     else:  # no point to time: the reference alone, so that every row says what the machine could do
         rates = sorted(ref.gflops() for _ in range(3))
         timing = {"points": {}, "group": {"matmul_peak_gflops": rates[1], "probe_gflops_raw": rates}}
@@ -112,8 +125,61 @@ def measure_group(spec: SweepSpec, variants: list[Variant], n: int, tick=None,
             row.update(timing["points"][p.variant.label])
         row.update(timing["group"])
         _rate(row, spec)
+        for key, most in (("reason", MAX_REASON), ("traceback", MAX_TRACEBACK)):
+            if isinstance(row.get(key), str) and len(row[key]) > most:
+                row[key] = row[key][:most] + f"... ({len(row[key]) - most} more characters)"
         rows.append(row)
     return rows
+
+
+class _TorchState:
+    """What a plugin must leave as it found it in a process that measures others after it: the
+    thread count, and the torch functions other plugins and the references call."""
+
+    FUNCTIONS = [(torch.nn.functional, "scaled_dot_product_attention"), (torch.nn.functional, "softmax"),
+                 (torch, "matmul"), (torch, "bmm"), (torch, "mm"), (torch, "softmax"), (torch, "einsum"),
+                 (torch.Tensor, "__matmul__"), (torch.Tensor, "softmax")]
+
+    def __init__(self):
+        self.threads = torch.get_num_threads()
+        self.saved = [(obj, name, getattr(obj, name)) for obj, name in self.FUNCTIONS]
+
+    def restore(self) -> str | None:
+        """Put back what changed; say what it was (None when nothing did)."""
+        changed = []
+        if torch.get_num_threads() != self.threads:
+            changed.append(f"changed torch's thread count from {self.threads} to {torch.get_num_threads()}")
+            torch.set_num_threads(self.threads)
+        for obj, name, fn in self.saved:
+            if getattr(obj, name) is not fn:
+                changed.append(f"replaced {getattr(obj, '__name__', obj)}.{name}")
+                setattr(obj, name, fn)
+        return "; ".join(changed) or None
+
+
+def _last_call(ready, timing, guard, tick) -> None:
+    """One more call of every timed point, watched like the first: a plugin whose output turns
+    bad after a few calls (or in a later layer than the first) is caught, and the point is an
+    error instead of `ok`."""
+    from .validate import CoreWatch
+
+    for p in ready:
+        label = p.variant.label
+        point = timing["points"][label]
+        if point.get("status") == "error":
+            continue
+        problem = None
+        try:
+            if tick is not None:
+                tick(label)
+            with CoreWatch(*p.cores) as watch:
+                p.step()
+            problem = watch.problem
+        except (Exception, SystemExit) as e:  # noqa: BLE001
+            problem = f"{type(e).__name__}: {e}"
+        changed = guard.restore()
+        if problem or changed:
+            point.update(status="error", reason=f"after {point.get('rounds', 0)} timed rounds: {problem or changed}")
 
 
 def _rounds(spec: SweepSpec, ready, ref: Reference, n: int, tick, baseline_gflops) -> dict:
@@ -132,6 +198,7 @@ def _rounds(spec: SweepSpec, ready, ref: Reference, n: int, tick, baseline_gflop
     key = (spec.device,)
     best = max(_BEST_PROBE.get(key, 0.0), baseline_gflops or 0.0)
     samples = {label: [] for label in want}        # (per-call seconds, round index)
+    failed: dict[str, str] = {}
     probes, brackets, members, loadavg = [], [], [], []
     seed = hash((spec.seed, n)) & 0xFFFFFFFF
     plan = schedule(want, ROUNDS, seed)
@@ -155,15 +222,24 @@ def _rounds(spec: SweepSpec, ready, ref: Reference, n: int, tick, baseline_gflop
             if extra_deadline is None:
                 extra_deadline = time.monotonic() + LOAD_WAIT_S
             clean = clean_counts()
-            short = [lb for lb in want if clean[lb] < want[lb]]
+            short = [lb for lb in want if clean[lb] < want[lb] and lb not in failed]
             if not short or time.monotonic() > extra_deadline:
                 break
             order = random.Random(seed + r).sample(short, len(short))
+        if tick is not None:
+            tick("")
         before = ref.gflops()
         for label in order:
+            if label in failed:
+                continue
             if tick is not None:
                 tick(label)
-            samples[label].append((timers[label].timeit(calls[label]).median, r))
+            try:
+                samples[label].append((timers[label].timeit(calls[label]).median, r))
+            except (Exception, SystemExit) as e:  # noqa: BLE001 - a call that fails in the rounds ends the point
+                failed[label] = f"a timed call raised {type(e).__name__}: {e}"
+        if tick is not None:
+            tick("")
         after = ref.gflops()
         best = max(best, before, after)
         probes.append(min(before, after))  # both brackets must be quiet for the round to be
@@ -182,6 +258,9 @@ def _rounds(spec: SweepSpec, ready, ref: Reference, n: int, tick, baseline_gflop
     peak = sorted(quiet)[len(quiet) // 2]
     points = {}
     for label, got in samples.items():
+        if label in failed or not got:
+            points[label] = {"status": "error", "reason": failed.get(label, "no timed round")}
+            continue
         good = [t for t, i in got if i not in loaded_rounds]
         loaded = len(good) < min(MIN_ROUNDS, len(got))
         use = [t for t, _ in got] if loaded else good

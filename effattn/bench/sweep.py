@@ -20,6 +20,7 @@ Where groups run (`isolation`):
 """
 from __future__ import annotations
 
+import os
 import sys
 
 from ..env import environment
@@ -114,6 +115,8 @@ def open_results(out, *, resume: bool = False, overwrite: bool = False, executor
     if isinstance(out, ResultsFile):
         rf = out
     else:
+        if not isinstance(out, (str, os.PathLike)) or not str(out).strip():
+            raise ValueError(f"out must be a path or an open ResultsFile, got {out!r}")
         if resume and overwrite:
             raise ValueError("resume and overwrite exclude each other")
         rf = ResultsFile(str(out), "resume" if resume else "overwrite" if overwrite else "new", executor=executor)
@@ -130,9 +133,18 @@ def open_results(out, *, resume: bool = False, overwrite: bool = False, executor
     return rf
 
 
+def _same_limits(row: dict, spec: SweepSpec) -> bool:
+    """Whether an oom or timeout row was recorded under the limits this spec sets."""
+    if row.get("status") == "oom":
+        return row.get("memory_budget_bytes") == spec.memory_budget_bytes
+    if row.get("status") == "timeout":
+        return row.get("timeout_s") == spec.timeout_s
+    return True
+
+
 def run_sweep(spec: SweepSpec, out, *, resume: bool = False, overwrite: bool = False, isolate: bool = False,
               isolation: str = "worker", progress: bool = True, run_id: str | None = None, executor=None,
-              on_row=None, log=_log) -> list[dict]:
+              on_row=None, log=_log, worker: MeasuringProcess | None = None) -> list[dict]:
     """Measure every point not yet done in `out` (a path or an open `ResultsFile`); return this
     run's rows.
 
@@ -156,23 +168,33 @@ def run_sweep(spec: SweepSpec, out, *, resume: bool = False, overwrite: bool = F
     rf.executor = executor.name
     try:
         latest = {point_key(r): r for r in rf.existing}  # the newest row of each point
-        worker = MeasuringProcess() if isolation == "worker" else None
+        if isolation != "worker" and worker is not None:
+            worker.kill()
+        worker = (worker or MeasuringProcess()) if isolation == "worker" else None
         stopped: dict[str, tuple[str, int]] = {}  # label -> (status, n) that ends its chain
         # the best reference rate seen in this run: a quiet bar for the next groups' load detection
         # (locally only: Ray's groups run on nodes of different speeds)
         best = [0.0]
 
-        # What each length still needs: variants not done; a done oom/timeout stops the chain.
+        # What each length still needs: variants not done; a done oom/timeout stops the chain
+        # (for longer lengths only). An oom or timeout recorded under another memory budget or
+        # timeout says nothing about this run's limits: such a point is measured again.
         need: dict[int, list[Variant]] = {}
+        remeasured = 0
         for v in spec.variants:
             for n in spec.seq_lens:
                 prev = latest.get(point_key(base_row(spec, v, n)))
                 status = prev.get("status") if prev else None
+                if status in STOPPING and not _same_limits(prev, spec):
+                    status, remeasured = None, remeasured + 1
                 if status in DONE_STATUSES:
                     if status in STOPPING and v.label not in stopped:
                         stopped[v.label] = (status, n)
-                elif not (status == "skipped" and v.label in stopped):
+                elif not (status == "skipped" and v.label in stopped and stopped[v.label][1] < n):
                     need.setdefault(n, []).append(v)
+        if remeasured and log:
+            log(f"{rf.path}: {remeasured} point(s) ended oom or timeout under another --memory-budget or "
+                "--timeout; measuring them again under this run's")
         chains = [list(spec.variants)] if not concurrent else [[v] for v in spec.variants]
         position = {i: 0 for i in range(len(chains))}   # index into spec.seq_lens
         total = sum(len(vs) for vs in need.values())
@@ -202,7 +224,7 @@ def run_sweep(spec: SweepSpec, out, *, resume: bool = False, overwrite: bool = F
                 members = [v for v in need.get(n, []) if v in chain]
                 group = []
                 for v in members:
-                    if v.label in stopped:
+                    if v.label in stopped and stopped[v.label][1] < n:
                         st, at = stopped[v.label]
                         finish({**base_row(spec, v, n), "status": "skipped", "reason": f"{st} at n={at}"})
                     else:
@@ -227,7 +249,7 @@ def run_sweep(spec: SweepSpec, out, *, resume: bool = False, overwrite: bool = F
                     got = [{**base_row(spec, v, n), **{k: got[k] for k in ("status", "reason") if k in got}}
                            for v in group]
                 for row in got:
-                    if row.get("status") in STOPPING and row["label"] not in stopped:
+                    if row.get("status") in STOPPING and (row["label"] not in stopped or n < stopped[row["label"]][1]):
                         stopped[row["label"]] = (row["status"], n)
                     finish(row)
                 advance(i)
@@ -236,10 +258,15 @@ def run_sweep(spec: SweepSpec, out, *, resume: bool = False, overwrite: bool = F
             if worker is not None:
                 worker.kill()
             raise
-        finally:
+        try:
             executor.close()
             if worker is not None:
                 worker.close()
+        except KeyboardInterrupt as e:  # Ctrl-C while shutting down: every point is in the file
+            if worker is not None:
+                worker.kill()
+            e.sweep_complete = True
+            raise
         if bar:
             bar.close()
         return rows

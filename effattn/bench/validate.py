@@ -56,8 +56,8 @@ class CoreWatch:
     """Hooks on an attention core that validate what it returns and, under autograd, what flows
     back into its q, k and v. Use around one call; `problems` lists what was wrong."""
 
-    def __init__(self, core: torch.nn.Module):
-        self.core = core
+    def __init__(self, *cores: torch.nn.Module):
+        self.cores = cores
         self.problems: list[str] = []
         self.calls = 0
         self._expect: dict[str, int] = {}  # gradient hooks registered, per input name
@@ -65,7 +65,8 @@ class CoreWatch:
         self._handles: list = []
 
     def __enter__(self) -> "CoreWatch":
-        self._handles.append(self.core.register_forward_hook(self._on_forward, with_kwargs=True))
+        for core in self.cores:
+            self._handles.append(core.register_forward_hook(self._on_forward, with_kwargs=True))
         return self
 
     def __exit__(self, *exc) -> None:

@@ -52,9 +52,20 @@ def serve(job_fd: int, result_fd: int, parent: int | None) -> None:
     # Ctrl-C on a terminal reaches the whole process group; the parent decides what to do.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from ..spec import Variant
+    from . import point
     from .point import SweepSpec
     from .rounds import measure_group
 
+    point.IN_MEASURING_PROCESS = True
+    # What the first job would otherwise pay inside its timeout, paid before saying "ready": the
+    # plugins' imports, scipy's statistics, the environment's git call.
+    import scipy.stats  # noqa: F401
+
+    from ..env import environment
+    from ..registry import list_attention
+
+    list_attention()
+    environment()
     out = os.fdopen(result_fd, "w", buffering=1)
     out.write(json.dumps({"ready": os.getpid()}) + "\n")
     last = {"t": 0.0, "label": None}
@@ -70,12 +81,41 @@ def serve(job_fd: int, result_fd: int, parent: int | None) -> None:
     with os.fdopen(job_fd) as jobs:
         for line in jobs:
             job = json.loads(line)
-            n = job["n"]
-            variants = [Variant(v["name"], v["options"]) for v in job["variants"]]
-            spec = SweepSpec(**{**job["spec"], "seq_lens": [n], "variants": variants})
             last["label"] = None
-            rows = measure_group(spec, variants, n, tick, job.get("baseline_gflops"))
+            tick("")  # the job arrived
+            try:
+                if "check" in job:
+                    out.write(json.dumps({"checked": check_variants(job["check"], tick)}) + "\n")
+                    continue
+                n = job["n"]
+                variants = [Variant(v["name"], v["options"]) for v in job["variants"]]
+                spec = SweepSpec(**{**job["spec"], "seq_lens": [n], "variants": variants})
+                rows = measure_group(spec, variants, n, tick, job.get("baseline_gflops"))
+            except BaseException as e:  # noqa: BLE001 - plugin code may raise SystemExit; say so, go on
+                out.write(json.dumps({"failed": f"{type(e).__name__}: {str(e)[:500]}"}) + "\n")
+                continue
             out.write(json.dumps({"rows": rows}, default=str) + "\n")
+    out.flush()
+    os._exit(0)  # no waiting for threads a plugin left behind
+
+
+def check_variants(variants: list[dict], tick) -> list[str | None]:
+    """Build each variant once, as the sweep will (a plugin's own option checks run here, in the
+    measuring process, not in effattn's): None, or why it cannot be built."""
+    from ..errors import EffattnError
+    from ..registry import create_attention
+
+    why = []
+    for v in variants:
+        tick(v["name"])
+        try:
+            create_attention(v["name"], **v["options"])
+            why.append(None)
+        except EffattnError as e:
+            why.append(str(e))
+        except BaseException as e:  # noqa: BLE001 - whatever a plugin's __init__ raises
+            why.append(f"{v['name']}: building it raised {type(e).__name__}: {str(e)[:300]}")
+    return why
 
 
 def main(argv=None) -> None:
@@ -127,12 +167,18 @@ class MeasuringProcess:
         """Start a child and wait for it to say it is ready; None, or why it could not start."""
         job_r, job_w = os.pipe()
         res_r, res_w = os.pipe()
-        self._log = tempfile.NamedTemporaryFile(prefix="effattn-worker-", suffix=".log", delete=False)
+        # The child's stdout and stderr: a file unlinked at once (kept by its descriptors), so that
+        # nothing is left behind however this process ends, and appended to, so that truncating it
+        # between jobs keeps only the current job's output.
+        path = os.path.join(tempfile.gettempdir(), f"effattn-worker-{os.getpid()}-{self.starts}-{time.time_ns()}.log")
+        self._log = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        os.unlink(path)
         try:
+            # its own process group: a kill reaches whatever processes a plugin started too
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "effattn.bench.worker", str(job_r), str(res_w), str(os.getpid())],
-                stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, pass_fds=(job_r, res_w),
-                close_fds=True)
+                stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log, pass_fds=(job_r, res_w),
+                close_fds=True, start_new_session=True)
         finally:
             os.close(job_r)
             os.close(res_w)
@@ -151,41 +197,44 @@ class MeasuringProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def close(self) -> None:
-        """Stop the child (politely: end of jobs; then by force)."""
-        if self.proc is not None:
-            try:
-                if self._jobs:
-                    self._jobs.close()
-            except OSError:
-                pass
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._cleanup()
+        """Stop the child (politely: end of jobs; then by force) and whatever it started."""
+        try:
+            if self.proc is not None:
+                try:
+                    if self._jobs:
+                        self._jobs.close()
+                except OSError:
+                    pass
+                try:
+                    self.proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
+        finally:
+            self.kill()
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self._cleanup()
+        """Kill the child's whole process group (a plugin's own children included)."""
+        try:
+            if self.proc is not None:
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+                if self.proc.poll() is None:
+                    self.proc.kill()
+                self.proc.wait()
+        finally:
+            self._cleanup()
 
     def _cleanup(self) -> None:
         for closer in (lambda: self._jobs and self._jobs.close(),
-                       lambda: self._results is not None and os.close(self._results)):
+                       lambda: self._results is not None and os.close(self._results),
+                       lambda: self._log is not None and os.close(self._log)):
             try:
                 closer()
             except OSError:
                 pass
-        self._jobs, self._results, self.proc = None, None, None
-        if self._log is not None:
-            try:
-                self._log.close()
-                os.unlink(self._log.name)
-            except OSError:
-                pass
-            self._log = None
+        self._jobs, self._results, self.proc, self._log = None, None, None, None
 
     # -- one job -----------------------------------------------------------------------------
     def _read_line(self, timeout: float):
@@ -195,8 +244,14 @@ class MeasuringProcess:
             left = deadline - time.monotonic()
             if left <= 0:
                 return "timeout"
-            ready, _, _ = select.select([self._results], [], [], left)
+            ready, _, _ = select.select([self._results], [], [], min(left, 0.5))
             if not ready:
+                # A process the plugin forked may hold the pipe open after the child died: the
+                # child's own exit is the end, whatever the pipe says.
+                if self.proc is not None and self.proc.poll() is not None:
+                    ready, _, _ = select.select([self._results], [], [], 0)
+                    if not ready:
+                        return "eof"
                 continue
             chunk = os.read(self._results, 1 << 16)
             if not chunk:
@@ -212,14 +267,37 @@ class MeasuringProcess:
         if self._log is None:
             return ""
         try:
-            with open(self._log.name, "rb") as f:
-                f.seek(0, 2)
-                f.seek(max(0, f.tell() - 8192))
-                text = f.read().decode(errors="replace")
+            size = os.fstat(self._log).st_size
+            text = os.pread(self._log, 8192, max(0, size - 8192)).decode(errors="replace")
         except OSError:
             return ""
         kept = [ln.strip() for ln in text.splitlines() if ln.strip()]
         return " | ".join(kept[-lines:])
+
+    def check(self, variants: list[dict], timeout_s: float) -> list[str | None]:
+        """Build each variant in the child (a plugin's own option checks, run away from effattn's
+        process): None per variant that builds, or why it does not. A child that hangs, exits or
+        crashes while building is reported against the variant it was building."""
+        if not self.alive():
+            self._cleanup()
+            why = self._start()
+            if why:
+                return [why] * len(variants)
+        current = None
+        self._jobs.write(json.dumps({"check": variants}) + "\n")
+        self._jobs.flush()
+        while True:
+            msg = self._read_line(timeout_s)
+            if isinstance(msg, dict) and "tick" in msg:
+                current = msg["tick"]
+                continue
+            break
+        if isinstance(msg, dict) and "checked" in msg:
+            return msg["checked"]
+        what = (f"building it took longer than {timeout_s:g} s" if msg == "timeout" else
+                f"building it ended {self.label} ({self._log_tail() or 'no output'})")
+        self.kill()
+        return [f"{v['name']}: {what}" if v["name"] == current else None for v in variants]
 
     def run(self, job: dict, timeout_s: float, base_rows: dict[str, dict]) -> tuple[list[dict], list[str]]:
         """Measure one group (`job["variants"]` at length `job["n"]`). Returns (rows, redo): the
@@ -233,7 +311,7 @@ class MeasuringProcess:
             if why:
                 return [{**base_rows[lb], "status": "error", "reason": why} for lb in labels], []
         if self._log is not None:
-            os.truncate(self._log.name, 0)  # so that a crash's tail is this group's
+            os.ftruncate(self._log, 0)  # so that a crash's tail is this group's
         kills_before = _oom_kills()
         current = None
         try:
@@ -252,6 +330,12 @@ class MeasuringProcess:
             break
         if isinstance(msg, dict) and "rows" in msg:
             return msg["rows"], []
+        if isinstance(msg, dict) and "failed" in msg:  # the group failed outside any point's own handling
+            culprit = current if current in base_rows else None
+            reason = f"{self.label}: {msg['failed']}"
+            if culprit is None:
+                return [{**base_rows[lb], "status": "error", "reason": reason} for lb in labels], []
+            return [{**base_rows[culprit], "status": "error", "reason": reason}], [lb for lb in labels if lb != culprit]
         if msg == "timeout":
             self.kill()
             culprit = current if current in base_rows else None
@@ -277,7 +361,7 @@ class MeasuringProcess:
                 self.proc.kill()
                 code = self.proc.wait()
         tail = self._log_tail()
-        self._cleanup()
+        self.kill()  # the process group: whatever the plugin started goes too
         after = _oom_kills()
         oom_killed = kills_before >= 0 and after > kills_before
         what = ("exited with status 0 before reporting" if code == 0 else

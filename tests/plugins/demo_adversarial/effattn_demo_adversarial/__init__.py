@@ -87,15 +87,17 @@ class Detached(_Base):
 
 
 class KeepsCache(_Base):
-    """Allocates a 64 MiB cache on its first call and keeps it (as a plan or workspace would)."""
+    """Allocates a 64 MiB cache on its `on_call`-th call (default: the first) and keeps it, as a
+    plan or a workspace would."""
 
-    def __init__(self, at_len: int = 0, cache_mib: int = 64):
+    def __init__(self, at_len: int = 0, cache_mib: int = 64, on_call: int = 1):
         super().__init__(at_len)
-        self.cache_mib = cache_mib
+        self.cache_mib, self.on_call, self.calls = cache_mib, on_call, 0
         self._cache = None
 
     def forward(self, q, k, v, causal=False, key_padding_mask=None):
-        if self._cache is None and self.misbehave(q):
+        self.calls += 1
+        if self._cache is None and self.misbehave(q) and self.calls >= self.on_call:
             self._cache = torch.ones(self.cache_mib * 2**20 // 4)  # float32: cache_mib MiB, touched
         return self.attend(q, k, v, causal)
 
@@ -166,3 +168,118 @@ class HalfMaskNoNnz(torch.nn.Module):
 
     def forward(self, q, k, v, causal=False, key_padding_mask=None):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+class NaNLater(_Base):
+    """Correct for its first `good_calls` calls, NaN afterwards."""
+
+    def __init__(self, at_len: int = 0, good_calls: int = 3):
+        super().__init__(at_len)
+        self.good_calls, self.calls = good_calls, 0
+
+    def forward(self, q, k, v, causal=False, key_padding_mask=None):
+        self.calls += 1
+        out = self.attend(q, k, v, causal)
+        return out * float("nan") if self.calls > self.good_calls else out
+
+
+class NaNInSecondInstance(_Base):
+    """NaN in every instance but the first one built in this process (a model's later layers)."""
+
+    built = 0
+
+    def __init__(self, at_len: int = 0):
+        super().__init__(at_len)
+        NaNInSecondInstance.built += 1
+        self.index = NaNInSecondInstance.built
+
+    def forward(self, q, k, v, causal=False, key_padding_mask=None):
+        out = self.attend(q, k, v, causal)
+        return out * float("nan") if self.index % 2 == 0 else out
+
+
+class MutatesInputs(_Base):
+    """Overwrites v with ones and returns ones: a perfect score against a reference computed on
+    the altered inputs."""
+
+    def forward(self, q, k, v, causal=False, key_padding_mask=None):
+        with torch.no_grad():
+            v.fill_(1.0)
+        return self.attend(q, k, v, causal)
+
+
+class ChangesThreads(_Base):
+    """Sets torch to one thread and leaves it so."""
+
+    def forward(self, q, k, v, causal=False, key_padding_mask=None):
+        torch.set_num_threads(1)
+        return self.attend(q, k, v, causal)
+
+
+class BadInit(_Base):
+    """Its constructor hangs (`what=hang`) or ends the process (`what=exit`)."""
+
+    def __init__(self, at_len: int = 0, what: str = "hang"):
+        super().__init__(at_len)
+        if what == "hang":
+            while True:
+                time.sleep(1)
+        if what == "exit":
+            os._exit(3)
+
+
+class ForkThenCrash(_Base):
+    """Forks a child that sleeps holding every descriptor, then segfaults."""
+
+    def forward(self, q, k, v, causal=False, key_padding_mask=None):
+        if self.misbehave(q):
+            if os.fork() == 0:
+                time.sleep(60)
+                os._exit(0)
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return self.attend(q, k, v, causal)
+
+
+class SpawnsAProcess(_Base):
+    """Starts a long-running process and never stops it."""
+
+    def __init__(self, at_len: int = 0, marker: str = "effattn-adv-spawned"):
+        super().__init__(at_len)
+        self.marker, self.started = marker, False
+
+    def forward(self, q, k, v, causal=False, key_padding_mask=None):
+        if not self.started:
+            import subprocess
+
+            subprocess.Popen([sys.executable, "-c", "import time, sys; time.sleep(600)", self.marker])
+            self.started = True
+        return self.attend(q, k, v, causal)
+
+
+class ExitsInForward(_Base):
+    """Leaves a non-daemon thread behind, then calls sys.exit() inside forward."""
+
+    def forward(self, q, k, v, causal=False, key_padding_mask=None):
+        if self.misbehave(q):
+            import threading
+
+            threading.Thread(target=time.sleep, args=(600,)).start()
+            sys.exit(0)
+        return self.attend(q, k, v, causal)
+
+
+class BadNnz(_Base):
+    """Counts a negative number of attended pairs."""
+
+    def nnz(self, n_q, n_k, causal=False):
+        return -5
+
+    def forward(self, q, k, v, causal=False, key_padding_mask=None):
+        return self.attend(q, k, v, causal)
+
+
+class HugeMessage(_Base):
+    """Raises with an 8 MB message."""
+
+    def forward(self, q, k, v, causal=False, key_padding_mask=None):
+        raise RuntimeError("x" * (8 << 20))
