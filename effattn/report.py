@@ -239,7 +239,7 @@ def build_report(paths: list[str], out_dir: str, formats=("md",), on_problem=Non
     if pd.to_numeric(df["rel_err_vs_full"], errors="coerce").notna().any():
         md.append(table_md(pivot(df, "rel_err_vs_full"), "Relative error against full", "‖out−ref‖/‖ref‖"))
     md += ["### Scaling (least-squares fit of log time and log memory against log n)", "",
-           "Time exponents with a 95% interval (bootstrap over the rounds, widened by the fit's own error). "
+           "Time exponents with a 95% interval (a bootstrap over the rounds: how far the exponent could move if the sweep were measured again). "
            "\"Faster than full from\" is decided per length by the two points' 95% intervals; where they "
            "overlap the crossover is given as a range.", "",
            "| variant | time exponent [95%] | memory exponent | fitted from n | faster than full from n | points |",

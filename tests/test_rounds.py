@@ -38,7 +38,7 @@ def test_a_slow_variant_takes_fewer_rounds_spread_over_the_group():
     assert all("fast" in r for r in plan)
 
 
-def test_a_group_is_timed_in_rounds_with_the_reference_in_each():
+def test_a_group_is_timed_in_rounds_with_the_reference_between_them():
     spec = SweepSpec(**SPEC)
     rows = measure_group(spec, [Variant("full", {}), Variant("linear", {}), Variant("naive", {})], 64)
     assert [r["status"] for r in rows] == ["ok"] * 3
@@ -68,8 +68,9 @@ def _scripted_reference(monkeypatch, rates):
 
 
 def test_loaded_rounds_are_set_aside_and_measured_again(monkeypatch):
-    # 10 rounds x 2 brackets: rounds 2-5 run at half speed (a burst of load)
-    rates = [100.0] * 4 + [50.0] * 8 + [100.0] * 100
+    # one reference before round 0 and one after each round (round r is bracketed by readings r
+    # and r + 1): readings 3-5 at half speed put rounds 2-5 under load
+    rates = [100.0] * 3 + [50.0] * 3 + [100.0] * 100
     _scripted_reference(monkeypatch, rates)
     row = measure_group(SweepSpec(**LOAD_SPEC), [Variant("full", {})], 64)[0]
     assert row["loaded_rounds"] == 4 and row["loaded_rounds_total"] == 4
@@ -86,7 +87,7 @@ def test_a_load_that_does_not_leave_flags_the_point(monkeypatch):
 
 
 def test_a_load_present_from_the_start_is_found_once_a_quiet_round_sets_the_bar(monkeypatch):
-    _scripted_reference(monkeypatch, [40.0] * 9 + [100.0] * 1000)  # quiet only from round 5 on
+    _scripted_reference(monkeypatch, [40.0] * 5 + [100.0] * 1000)  # quiet only from round 5 on
     row = measure_group(SweepSpec(**LOAD_SPEC), [Variant("full", {})], 64)[0]
     assert row["loaded_rounds"] == 5 and row["loaded"] is False
     assert row["rounds"] == 10  # five extra rounds, once the quiet ones showed what quiet is

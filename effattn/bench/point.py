@@ -249,6 +249,15 @@ class InputSet:
             self._pristine = [t.detach().clone() for t in self.tensors]
         return self.tensors
 
+    def reference(self, key, compute):
+        """A reference output on these inputs (`full`'s, a dense pattern's), computed once and
+        shared by the variants of the length."""
+        if not hasattr(self, "_references"):
+            self._references = {}
+        if key not in self._references:
+            self._references[key] = compute()
+        return self._references[key]
+
     def intact(self) -> bool:
         """True when no plugin has changed the inputs; else restore them and say False."""
         if self.tensors is None:
@@ -352,11 +361,14 @@ def prepare_point(spec: SweepSpec, variant: Variant, n: int, inputs: InputSet, t
         row["backend"] = getattr(core, "last_backend", None)
         # 3. the steady-state peak of two more calls; what they too create and keep counts (a cache
         #    built on the second or third call is no less kept than one built on the first)
-        steady_peak = 0
+        steady_peak, per_call, last_out = 0, float("inf"), None
         for _ in range(2):
+            t0 = time.perf_counter()
             out, peak, net, _ = measure.profile_memory(clean_step, spec.device, with_events=True)
+            per_call = min(per_call, time.perf_counter() - t0)  # sizes the rounds' blocks (an upper bound)
             steady_peak = max(steady_peak, peak)
             retained += max(0, net - measure.storage_bytes([out]))
+            last_out = out.detach() if not fwdbwd and spec.level == "attention" else None
             del out
         row["first_call_peak_mem_bytes"] = first_peak
         row["retained_bytes"] = retained
@@ -376,19 +388,14 @@ def prepare_point(spec: SweepSpec, variant: Variant, n: int, inputs: InputSet, t
         row["exact"] = bool(getattr(core, "exact", False))
         if spec.error and spec.level == "attention":
             beat()
-            errs, problem = _errors(spec, core, tensors, n)
+            errs, problem = _errors(spec, core, tensors, n, inputs, last_out)
             if problem:
                 return Prepared(variant, {**row, "status": "error", "reason": problem})
             row.update(errs)
+        del last_out
         if not inputs.intact():
             return Prepared(variant, {**row, "status": "error",
                                       "reason": f"{variant.label} modified its inputs in place"})
-        # 5. one warm call, timed, to size the blocks of the timing rounds
-        t0 = time.perf_counter()
-        clean_step()
-        if spec.device == "cuda":
-            torch.cuda.synchronize()
-        per_call = time.perf_counter() - t0
         return Prepared(variant, row, clean_step, per_call, cores)
     except torch.cuda.OutOfMemoryError as e:
         row.update(status="oom", reason=str(e).splitlines()[0])
@@ -419,31 +426,46 @@ def measure_point(spec: SweepSpec, variant: Variant, n: int, tick=None) -> dict:
     return measure_group(spec, [variant], n, tick=tick)[0]
 
 
+def _fingerprint(mask: torch.Tensor) -> tuple:
+    """Which dense pattern this is, cheaply: all pairs, j <= i, or its exact bytes' hash."""
+    n_q, n_k = mask.shape
+    if bool(mask.all()):
+        return ("all", n_q, n_k)
+    import hashlib
+
+    return ("bytes", n_q, n_k, hashlib.sha1(mask.cpu().numpy().tobytes()).hexdigest())
+
+
 def _failed(row, watch, reason):
     """An exception: when the watch saw a bad output first, that is the real reason."""
     problem = watch.problem if watch is not None else None
     row.update(status="error", reason=problem or reason, traceback=traceback.format_exc(limit=6)[-MAX_TRACEBACK:])
 
 
-def _errors(spec, core, inputs, n) -> tuple[dict, str | None]:
+def _errors(spec, core, tensors, n, inputs: "InputSet", out=None) -> tuple[dict, str | None]:
     """Error of this variant against exact softmax (`full`) and, for exact pattern plugins,
-    against its own dense masked reference (a bug detector: should be ~1e-6). Returns the
-    columns, or the reason the output of this extra call is invalid."""
+    against its own dense masked reference (a bug detector: should be ~1e-6). `out` is the
+    output of a forward call already made on these inputs (fwd mode); otherwise one more call,
+    without gradients, makes it. The references are computed once per length and shared by the
+    variants (`InputSet.reference`). Returns the columns, or the reason the output is invalid."""
     from ..attention.full import dense_attention
     from ..registry import create_attention
 
-    q, k, v = (t.detach() for t in inputs)
+    q, k, v = (t.detach() for t in tensors)
     with torch.no_grad():
-        out = core(q, k, v, causal=spec.causal)
+        if out is None:
+            out = core(q, k, v, causal=spec.causal)
         problem = check_output(out, q, v, "output (error check)")
         if problem:
             return {}, problem
-        ref = create_attention("full")(q, k, v, causal=spec.causal)
+        ref = inputs.reference(("full", spec.causal), lambda: create_attention("full")(q, k, v, causal=spec.causal))
         rel, cos = measure.output_errors(out, ref)
         res = {"rel_err_vs_full": rel, "cosine_vs_full": cos, "rel_err_vs_own_dense": None}
         mask = getattr(core, "dense_mask", None)
         if getattr(core, "exact", False) and callable(mask) and n <= DENSE_REF_MAX_N:
-            own = dense_attention(q.double(), k.double(), v.double(), mask(n, n, spec.causal).to(q.device))
+            m = mask(n, n, spec.causal)
+            key = ("dense", _fingerprint(m))
+            own = inputs.reference(key, lambda: dense_attention(q.double(), k.double(), v.double(), m.to(q.device)))
             res["rel_err_vs_own_dense"] = measure.output_errors(out, own)[0]
     bad = [k for k, x in res.items() if isinstance(x, float) and not math.isfinite(x)]
     if bad:

@@ -20,7 +20,6 @@ import random
 import time
 
 import torch
-import torch.utils.benchmark as tbench
 
 from ..spec import Variant
 from ..stats import median_ci
@@ -34,8 +33,9 @@ ROUNDS, MIN_ROUNDS = 10, 3
 #: a round whose reference kernel ran this much slower than the run's best is a loaded round
 LOAD_TOLERANCE = 0.20
 #: seconds a group may spend on extra rounds while the machine is busy, before it gives up and
-#: flags its points `loaded`
-LOAD_WAIT_S = 20.0
+#: flags its points `loaded` (a load that works 10 s and idles 10 s leaves a quiet stretch in most
+#: such windows)
+LOAD_WAIT_S = 10.0
 #: the reference kernel: a square fp32 matmul of this size (2 n^3 FLOPs)
 PROBE_N = {"cpu": 1024, "cuda": 8192}
 
@@ -59,24 +59,40 @@ def schedule(rounds_wanted: dict[str, int], total: int, seed: int) -> list[list[
 
 
 class Reference:
-    """The reference kernel: a preallocated matmul, timed as the rounds' brackets."""
+    """The reference kernel: a preallocated matmul, timed between rounds."""
 
     def __init__(self, device: str, dtype=torch.float32):
         n = PROBE_N.get(device, 1024)
         self.device, self.flops = device, 2 * n**3
         self.a, self.b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
         self.c = torch.empty(n, n, device=device, dtype=dtype)
-        self.timer = _timer(lambda: torch.mm(self.a, self.b, out=self.c))
-        self.timer.timeit(1)  # warm
+        self.block = _Block(lambda: torch.mm(self.a, self.b, out=self.c), device)
+        self.block(1)  # warm
 
     def gflops(self) -> float:
-        return self.flops / self.timer.timeit(1).median / 1e9
+        return self.flops / self.block(1) / 1e9
 
 
-def _timer(fn):
-    # torch.utils.benchmark handles CUDA synchronisation and the thread count; one Timer per
-    # callable, so its statement is compiled once
-    return tbench.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+class _Block:
+    """Seconds per call of `fn`, over a block of k calls, CUDA synchronised at both ends.
+
+    (torch.utils.benchmark's Timer.timeit runs at least two warm-up calls every time it is
+    called: for a block of one or two slow calls that triples the cost of every round. The calls
+    here are warm already - each point's first calls were made while it was prepared.)"""
+
+    def __init__(self, fn, device: str):
+        self.fn, self.sync = fn, device == "cuda"
+
+    def __call__(self, k: int) -> float:
+        fn = self.fn
+        if self.sync:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(k):
+            fn()
+        if self.sync:
+            torch.cuda.synchronize()
+        return (time.perf_counter() - t0) / k
 
 
 def measure_group(spec: SweepSpec, variants: list[Variant], n: int, tick=None,
@@ -187,10 +203,10 @@ def _rounds(spec: SweepSpec, ready, ref: Reference, n: int, tick, baseline_gflop
     want, calls, timers = {}, {}, {}
     for p in ready:
         label = p.variant.label
-        timers[label] = _timer(p.step)
+        timers[label] = _Block(p.step, spec.device)
         t = p.per_call_s
         if t < block_s:  # one call is a poor clock for short calls: time a block's worth to size the blocks
-            t = timers[label].timeit(max(1, min(1000, round(block_s / max(t, 1e-7))))).median
+            t = timers[label](max(1, min(1000, round(block_s / max(t, 1e-7)))))
         t = max(t, 1e-7)
         calls[label] = max(1, round(block_s / t))
         # a slow point takes part in as many rounds as its share of --min-run-time buys, >= MIN_ROUNDS
@@ -228,14 +244,15 @@ def _rounds(spec: SweepSpec, ready, ref: Reference, n: int, tick, baseline_gflop
             order = random.Random(seed + r).sample(short, len(short))
         if tick is not None:
             tick("")
-        before = ref.gflops()
+        # one reference between consecutive rounds: the end of round r is the start of round r + 1
+        before = after if r else ref.gflops()
         for label in order:
             if label in failed:
                 continue
             if tick is not None:
                 tick(label)
             try:
-                samples[label].append((timers[label].timeit(calls[label]).median, r))
+                samples[label].append((timers[label](calls[label]), r))
             except (Exception, SystemExit) as e:  # noqa: BLE001 - a call that fails in the rounds ends the point
                 failed[label] = f"a timed call raised {type(e).__name__}: {e}"
         if tick is not None:
