@@ -42,20 +42,32 @@ while True:
 
 
 def run_bench(src: str, out: str, args: list[str]) -> float:
-    env = dict(os.environ, PYTHONPATH=src)
+    import tempfile
+
+    env = dict(os.environ, PYTHONPATH=os.path.abspath(src))
     t0 = time.time()
-    subprocess.run([sys.executable, "-m", "effattn.cli", "bench", "--out", out, "--overwrite", *args], env=env,
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # from a neutral folder: `python -m` puts the working directory ahead of PYTHONPATH, so run
+    # from a checkout it would measure that checkout's code whatever --src says
+    with tempfile.TemporaryDirectory() as cwd:
+        subprocess.run([sys.executable, "-m", "effattn.cli", "bench", "--out", os.path.abspath(out), "--overwrite",
+                        *args], env=env, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.time() - t0
 
 
 def ratios(df) -> dict:
+    """Each variant's time over full's at each length: round by round where the two were timed
+    in the same rounds (`effattn.results.paired_ratio`), else the ratio of their medians (rows of
+    older versions)."""
+    from effattn.results import paired_ratio
+
     ok = df[df["status"] == "ok"]
-    full = ok[ok["label"] == "full"].set_index("seq_len")["time_ms"]
+    full = {int(r["seq_len"]): r for r in ok[ok["label"] == "full"].to_dict("records")}
     out = {}
     for r in ok.to_dict("records"):
-        if r["label"] != "full" and r["seq_len"] in full.index:
-            out[(r["label"], int(r["seq_len"]))] = r["time_ms"] / full[r["seq_len"]]
+        n = int(r["seq_len"])
+        if r["label"] != "full" and n in full:
+            pr = paired_ratio(r, full[n])
+            out[(r["label"], n)] = pr[0] if pr else r["time_ms"] / full[n]["time_ms"]
     return out
 
 
@@ -114,6 +126,11 @@ def compare(quiet_path: str, loaded_path: str) -> dict:
     }
 
 
+def _commit(src: str) -> str | None:
+    r = subprocess.run(["git", "-C", src, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return r.stdout.strip() or None
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--src", default=ROOT, help="the effattn checkout whose sweep is measured")
@@ -138,8 +155,8 @@ def main() -> int:
         load.wait()
     print(f"  {t_loaded:.0f} s", flush=True)
     res = compare(quiet, loaded)
-    res.update(src=a.src, quiet_s=t_quiet, loaded_s=t_loaded, load={"on_s": a.on, "off_s": a.off},
-               bench_args=a.bench_args)
+    res.update(src=a.src, src_commit=_commit(a.src), quiet_s=t_quiet, loaded_s=t_loaded,
+               load={"on_s": a.on, "off_s": a.off}, bench_args=a.bench_args)
     print(f"\nratios to full within 10%: {res['ratios_within_10pct']:.0%}, within 25%: "
           f"{res['ratios_within_25pct']:.0%} ({res['points_compared']} points; target >= 80% within 10%)")
     print(f"exponents: largest difference {res['exponent_diff_max']:.2f} (target <= 0.15)")

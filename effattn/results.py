@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from .stats import crossover, exponent_ci, fit_loglog, verdict
+from .stats import crossover, exponent_ci, fit_loglog, median_ci, verdict
 from .store import CONFIG_FIELDS, FIELD_DEFAULTS, describe_problems, point_key, read_results
 
 COLUMNS = ["run_id", "label", "variant", "seq_len", "status", "reason", "time_ms", "time_iqr_ms", "time_ci_ms",
@@ -81,18 +81,52 @@ def _ci(r) -> tuple[float, float]:
     return t, t
 
 
+def paired_ratio(row, base) -> tuple[float, float, float] | None:
+    """(median, lower, upper) of `row`'s time over `base`'s, round by round: the two points were
+    timed in the same rounds of one group (same `group_id`), so each round gives one ratio in
+    which a load that slowed that round cancels. A 95% interval for the median ratio. None when
+    the rows were not measured together."""
+    gid = row.get("group_id")
+    if not isinstance(gid, str) or gid != base.get("group_id"):
+        return None
+    ids_a, ids_b = row.get("time_round_ids"), base.get("time_round_ids")
+    ta, tb = row.get("time_raw_ms"), base.get("time_raw_ms")
+    if not all(isinstance(x, (list, tuple)) for x in (ids_a, ids_b, ta, tb)):
+        return None
+    by_round = dict(zip(ids_b, tb))
+    ratios = sorted(t / by_round[i] for i, t in zip(ids_a, ta) if i in by_round and by_round[i] > 0)
+    if len(ratios) < 2:
+        return None
+    m = len(ratios)
+    med = ratios[m // 2] if m % 2 else (ratios[m // 2 - 1] + ratios[m // 2]) / 2
+    lo, hi, _ = median_ci(ratios)
+    return med, lo, hi
+
+
+def _scaled_samples(r, ref: float | None) -> list[float]:
+    """A row's samples in the units of its length's reference: what they would have been had the
+    machine run at `ref` GFLOP/s instead of the rate measured in the same rounds."""
+    peak = r.get("matmul_peak_gflops")
+    scale = peak / ref if ref and isinstance(peak, (int, float)) and peak == peak and peak > 0 else 1.0
+    return [t * scale for t in _samples(r)]
+
+
 def summary(df: pd.DataFrame, baseline: str = "full", min_fit_len: int = 1024) -> pd.DataFrame:
     """Per variant and configuration: fitted time and memory exponents (lengths >= min_fit_len
     where there are at least 3 such, else all) with an interval for the time exponent, and where
     the variant becomes faster than `baseline` of the same configuration.
 
-    The crossover is decided per length from the two points' intervals (faster, slower or
-    unresolved when they overlap): `faster_than_<baseline>_from` is the length from which the
+    The crossover is decided per length: from the round-by-round ratio to the baseline and its
+    95% interval where the two points were timed in the same rounds (faster when the interval is
+    below 1, slower when above, else unresolved), else from the two points' own intervals
+    (overlapping: unresolved). `faster_than_<baseline>_from` is the length from which the
     variant is faster at every longer length, set only where the data resolves it;
     `crossover` says it in words, as a range ("between 512 and 1024") where it does not. Rows of
     different configurations (heads, batch, mode, ...) are never fitted together: their labels are
     told apart first (`label_series`). Points measured while the machine was busy are counted in
-    `loaded`."""
+    `loaded`. The time exponent is fitted to times scaled by each length's reference rate (the
+    matmul timed in the same rounds), so a length measured while the whole machine ran slower
+    does not bend the fit; `time_exponent_raw` is the fit to the unscaled medians."""
     df = label_series(latest(df))
     ok = df[df["status"] == "ok"]
 
@@ -111,15 +145,24 @@ def summary(df: pd.DataFrame, baseline: str = "full", min_fit_len: int = 1024) -
         pts = by_len(label)
         lens = sorted(pts)
         fit_lens = [n for n in lens if n >= min_fit_len] if sum(n >= min_fit_len for n in lens) >= 3 else lens
-        te, tse = fit_loglog(fit_lens, [pts[n]["time_ms"] for n in fit_lens])
-        lo_e, hi_e = exponent_ci(fit_lens, [_samples(pts[n]) for n in fit_lens])
+        raw_e, _ = fit_loglog(fit_lens, [pts[n]["time_ms"] for n in fit_lens])
+        peaks = [pts[n].get("matmul_peak_gflops") for n in fit_lens]
+        ref = float(np.median(peaks)) if peaks and all(isinstance(p, (int, float)) and p == p and p > 0
+                                                      for p in peaks) else None
+        scaled = [_scaled_samples(pts[n], ref) for n in fit_lens]
+        te, tse = fit_loglog(fit_lens, [float(np.median(x)) if x else math.nan for x in scaled])
+        lo_e, hi_e = exponent_ci(fit_lens, scaled)
         me, mse = fit_loglog(fit_lens, [pts[n]["peak_mem_bytes"] for n in fit_lens])
         cross, text = None, "-"
         base = base_for(label)
         is_base = label == baseline or label.startswith(baseline + " [")
         if base and not is_base:
             common = [n for n in lens if n in base]
-            verdicts = [verdict(_ci(pts[n]), _ci(base[n])) for n in common]
+            verdicts = []
+            for n in common:
+                pr = paired_ratio(pts[n], base[n])
+                verdicts.append(verdict(_ci(pts[n]), _ci(base[n])) if pr is None else
+                                "faster" if pr[2] < 1 else "slower" if pr[1] > 1 else "unresolved")
             lo, hi = crossover(common, verdicts)
             if hi is not None:
                 i = common.index(hi)
@@ -137,7 +180,7 @@ def summary(df: pd.DataFrame, baseline: str = "full", min_fit_len: int = 1024) -
         statuses = g["status"].value_counts().to_dict()
         loaded = int(pd.Series(g.get("loaded", pd.Series(dtype=object))).fillna(False).astype(bool).sum())
         out.append({"label": label, "time_exponent": te, "time_exponent_se": tse, "time_exponent_lo": lo_e,
-                    "time_exponent_hi": hi_e, "mem_exponent": me, "mem_exponent_se": mse,
+                    "time_exponent_hi": hi_e, "time_exponent_raw": raw_e, "mem_exponent": me, "mem_exponent_se": mse,
                     "fit_from": int(min(fit_lens)) if fit_lens else None, cross_col: cross, "crossover": text,
                     "loaded": loaded, "points": ", ".join(f"{k} {v}" for k, v in statuses.items())})
     return pd.DataFrame(out)

@@ -14,7 +14,6 @@ every round and is flagged `loaded`.
 """
 from __future__ import annotations
 
-import math
 import os
 import random
 import time
@@ -26,9 +25,8 @@ from ..stats import median_ci
 from . import measure
 from .point import MAX_REASON, MAX_TRACEBACK, InputSet, Prepared, SweepSpec, prepare_point
 
-#: rounds a point takes when its calls are short; a slow point (one call longer than its share of
-#: --min-run-time) takes part in fewer, spread over the group's rounds, but never fewer than
-#: MIN_ROUNDS
+#: rounds a length takes when its calls are short; a length of slow points (whose rounds would
+#: outlast the points' --min-run-time) takes fewer, never fewer than MIN_ROUNDS
 ROUNDS, MIN_ROUNDS = 10, 3
 #: a round whose reference kernel ran this much slower than the run's best is a loaded round
 LOAD_TOLERANCE = 0.20
@@ -43,19 +41,28 @@ PROBE_N = {"cpu": 1024, "cuda": 8192}
 _BEST_PROBE: dict = {}
 
 
-def schedule(rounds_wanted: dict[str, int], total: int, seed: int) -> list[list[str]]:
-    """The order of each round: every label in the rounds it takes part in (spread evenly over
-    `total` rounds when it takes fewer), shuffled per round by a seeded generator."""
+def schedule(labels: list[str], rounds: int, seed: int) -> list[list[str]]:
+    """The order of each round: every label in every round (so that any two points of a length
+    can be compared round by round), shuffled per round by a seeded generator."""
     rng = random.Random(seed)
-    plan = [[] for _ in range(total)]
-    for label, want in rounds_wanted.items():
-        want = min(want, total)
-        picks = sorted({round(i * (total - 1) / max(1, want - 1)) for i in range(want)}) if want > 1 else [0]
-        for r in picks:
-            plan[r].append(label)
-    for r in plan:
-        rng.shuffle(r)
+    plan = []
+    for _ in range(rounds):
+        order = list(labels)
+        rng.shuffle(order)
+        plan.append(order)
     return plan
+
+
+def rounds_for(per_call_s: dict[str, float], min_run_time_s: float) -> tuple[int, dict[str, int]]:
+    """How many rounds a length gets, and each point's calls per block. A block is a tenth of
+    --min-run-time (at least one call); a length whose rounds take longer than the points' total
+    budget (slow points) gets fewer rounds, never fewer than MIN_ROUNDS."""
+    block_s = min_run_time_s / ROUNDS
+    calls = {label: max(1, round(block_s / max(t, 1e-7))) for label, t in per_call_s.items()}
+    per_round = sum(calls[label] * t for label, t in per_call_s.items())
+    budget = len(per_call_s) * min_run_time_s
+    rounds = ROUNDS if per_round <= 0 else max(MIN_ROUNDS, min(ROUNDS, round(budget / per_round)))
+    return rounds, calls
 
 
 class Reference:
@@ -200,55 +207,43 @@ def _last_call(ready, timing, guard, tick) -> None:
 
 def _rounds(spec: SweepSpec, ready, ref: Reference, n: int, tick, baseline_gflops) -> dict:
     block_s = spec.min_run_time_s / ROUNDS
-    want, calls, timers = {}, {}, {}
+    timers, per_call = {}, {}
     for p in ready:
         label = p.variant.label
         timers[label] = _Block(p.step, spec.device)
         t = p.per_call_s
         if t < block_s:  # one call is a poor clock for short calls: time a block's worth to size the blocks
             t = timers[label](max(1, min(1000, round(block_s / max(t, 1e-7)))))
-        t = max(t, 1e-7)
-        calls[label] = max(1, round(block_s / t))
-        # a slow point takes part in as many rounds as its share of --min-run-time buys, >= MIN_ROUNDS
-        want[label] = ROUNDS if t <= block_s else max(MIN_ROUNDS, min(ROUNDS, math.ceil(spec.min_run_time_s / t)))
+        per_call[label] = max(t, 1e-7)
+    planned, calls = rounds_for(per_call, spec.min_run_time_s)
     key = (spec.device,)
     best = max(_BEST_PROBE.get(key, 0.0), baseline_gflops or 0.0)
-    samples = {label: [] for label in want}        # (per-call seconds, round index)
+    samples = {label: [] for label in per_call}        # (per-call seconds, round index)
     failed: dict[str, str] = {}
-    probes, brackets, members, loadavg = [], [], [], []
+    probes, brackets, loadavg = [], [], []
     seed = hash((spec.seed, n)) & 0xFFFFFFFF
-    plan = schedule(want, ROUNDS, seed)
+    labels = list(per_call)
 
-    def clean_counts():
+    def quiet_rounds() -> int:
         # judged against the best reference rate seen by now: a load present from the group's
         # start shows as soon as one quiet round has set the bar, and more rounds are run
-        bar = (1 - LOAD_TOLERANCE) * best
-        cnt = {label: 0 for label in want}
-        for rate, labels in zip(probes, members):
-            if rate >= bar:
-                for label in labels:
-                    cnt[label] += 1
-        return cnt
+        return sum(rate >= (1 - LOAD_TOLERANCE) * best for rate in probes)
 
-    r, started, extra_deadline = 0, time.monotonic(), None
+    r, started, extra_deadline, after = 0, time.monotonic(), None, None
     while True:
-        if r < len(plan):
-            order = plan[r]
-        else:  # extra rounds for the points still short of clean samples, while the budget lasts
+        if r >= planned:  # extra rounds while too few were quiet, as long as the budget lasts
             if extra_deadline is None:
                 extra_deadline = time.monotonic() + LOAD_WAIT_S
-            clean = clean_counts()
-            short = [lb for lb in want if clean[lb] < want[lb] and lb not in failed]
-            if not short or time.monotonic() > extra_deadline:
+            if quiet_rounds() >= planned or time.monotonic() > extra_deadline:
                 break
-            order = random.Random(seed + r).sample(short, len(short))
+        order = [lb for lb in schedule(labels, 1, seed + r)[0] if lb not in failed]
+        if not order:
+            break
         if tick is not None:
             tick("")
         # one reference between consecutive rounds: the end of round r is the start of round r + 1
         before = after if r else ref.gflops()
         for label in order:
-            if label in failed:
-                continue
             if tick is not None:
                 tick(label)
             try:
@@ -261,41 +256,46 @@ def _rounds(spec: SweepSpec, ready, ref: Reference, n: int, tick, baseline_gflop
         best = max(best, before, after)
         probes.append(min(before, after))  # both brackets must be quiet for the round to be
         brackets.append((before + after) / 2)
-        members.append(order)
         try:
             loadavg.append(os.getloadavg()[0])
         except OSError:
             pass
         r += 1
     _BEST_PROBE[key] = max(_BEST_PROBE.get(key, 0.0), best)
-    # Judge every round again against the best rate of the whole group: a load present from the
-    # group's start only shows once a quiet round has set the bar.
+    # Judge every round again against the best rate of the whole group.
     loaded_rounds = {i for i, rate in enumerate(probes) if rate < (1 - LOAD_TOLERANCE) * best}
     quiet = [rate for i, rate in enumerate(brackets) if i not in loaded_rounds] or brackets
     peak = sorted(quiet)[len(quiet) // 2]
+    group_loaded = len(probes) - len(loaded_rounds) < MIN_ROUNDS
     points = {}
     for label, got in samples.items():
         if label in failed or not got:
             points[label] = {"status": "error", "reason": failed.get(label, "no timed round")}
             continue
-        good = [t for t, i in got if i not in loaded_rounds]
-        loaded = len(good) < min(MIN_ROUNDS, len(got))
-        use = [t for t, _ in got] if loaded else good
-        points[label] = _stats(use, len(got) - len(good), loaded)
-    group = {"matmul_peak_gflops": peak, "probe_gflops_raw": probes, "rounds_total": len(probes),
+        use = got if group_loaded else [(t, i) for t, i in got if i not in loaded_rounds]
+        points[label] = _stats(use, len(got) - len(use), group_loaded)
+    import uuid
+
+    group = {"group_id": uuid.uuid4().hex[:12], "matmul_peak_gflops": peak, "probe_gflops_raw": probes,
+             "rounds_total": len(probes),
              "loaded_rounds_total": len(loaded_rounds), "probe_best_gflops": best,
              "loadavg_1m": (max(loadavg) if loadavg else None), "rounds_s": time.monotonic() - started}
     return {"points": points, "group": group}
 
 
-def _stats(per_call_s: list[float], set_aside: int, loaded: bool) -> dict:
-    ms = sorted(t * 1e3 for t in per_call_s)
+def _stats(samples: list[tuple[float, int]], set_aside: int, loaded: bool) -> dict:
+    """A point's statistics from its (seconds per call, round index) samples. The samples are kept
+    in round order with their round ids (`time_raw_ms`, `time_round_ids`), so that two points of
+    one length can be compared round by round (`effattn.results.paired_ratio`)."""
+    in_order = sorted(samples, key=lambda s: s[1])
+    ms = sorted(t * 1e3 for t, _ in in_order)
     m = len(ms)
     med = ms[m // 2] if m % 2 else (ms[m // 2 - 1] + ms[m // 2]) / 2
     q1, q3 = ms[max(0, (m - 1) // 4)], ms[min(m - 1, (3 * (m - 1) + 3) // 4)]
     lo, hi, cov = median_ci(ms)
-    return {"time_ms": med, "time_iqr_ms": q3 - q1, "time_raw_ms": ms, "time_ci_ms": [lo, hi],
-            "time_ci_coverage": cov, "rounds": m, "loaded_rounds": set_aside, "loaded": loaded,
+    return {"time_ms": med, "time_iqr_ms": q3 - q1, "time_raw_ms": [t * 1e3 for t, _ in in_order],
+            "time_round_ids": [i for _, i in in_order], "time_ci_ms": [lo, hi], "time_ci_coverage": cov,
+            "rounds": m, "loaded_rounds": set_aside, "loaded": loaded,
             "noisy": bool(med > 0 and (q3 - q1) / med > measure.NOISY_IQR_RATIO)}
 
 
