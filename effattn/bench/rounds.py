@@ -233,7 +233,9 @@ def _rounds(spec: SweepSpec, ready, ref: Reference, n: int, tick, baseline_gflop
     while True:
         if r >= planned:  # extra rounds while too few were quiet, as long as the budget lasts
             if extra_deadline is None:
-                extra_deadline = time.monotonic() + LOAD_WAIT_S
+                # at least LOAD_WAIT_S, and twice the planned rounds' own time: a length whose
+                # rounds take seconds needs that long to meet a quiet stretch
+                extra_deadline = time.monotonic() + max(LOAD_WAIT_S, 2 * (time.monotonic() - started))
             if quiet_rounds() >= planned or time.monotonic() > extra_deadline:
                 break
         order = [lb for lb in schedule(labels, 1, seed + r)[0] if lb not in failed]
@@ -262,17 +264,22 @@ def _rounds(spec: SweepSpec, ready, ref: Reference, n: int, tick, baseline_gflop
             pass
         r += 1
     _BEST_PROBE[key] = max(_BEST_PROBE.get(key, 0.0), best)
-    # Judge every round again against the best rate of the whole group.
+    # Judge every round again against the best rate of the whole group. With too few quiet
+    # rounds, the least loaded ones (the highest reference rates) are used, and the points say so.
     loaded_rounds = {i for i, rate in enumerate(probes) if rate < (1 - LOAD_TOLERANCE) * best}
-    quiet = [rate for i, rate in enumerate(brackets) if i not in loaded_rounds] or brackets
-    peak = sorted(quiet)[len(quiet) // 2]
-    group_loaded = len(probes) - len(loaded_rounds) < MIN_ROUNDS
+    used = [i for i in range(len(probes)) if i not in loaded_rounds]
+    group_loaded = len(used) < MIN_ROUNDS
+    if group_loaded:
+        used = sorted(range(len(probes)), key=lambda i: -probes[i])[:MIN_ROUNDS]
+    used = set(used)
+    quiet = sorted(brackets[i] for i in used) or brackets
+    peak = quiet[len(quiet) // 2]
     points = {}
     for label, got in samples.items():
         if label in failed or not got:
             points[label] = {"status": "error", "reason": failed.get(label, "no timed round")}
             continue
-        use = got if group_loaded else [(t, i) for t, i in got if i not in loaded_rounds]
+        use = [(t, i) for t, i in got if i in used] or got
         points[label] = _stats(use, len(got) - len(use), group_loaded)
     import uuid
 
