@@ -71,6 +71,18 @@ def ratios(df) -> dict:
     return out
 
 
+def by_length(quiet_path: str, loaded_path: str) -> dict:
+    """Share of ratios within 10%, per length (short lengths are the noisiest)."""
+    from effattn.results import load
+
+    rq, rl = ratios(load(quiet_path)), ratios(load(loaded_path))
+    out = {}
+    for (label, n), v in rq.items():
+        if (label, n) in rl:
+            out.setdefault(n, []).append(abs(rl[(label, n)] / v - 1) <= 0.10)
+    return {n: f"{sum(v)}/{len(v)}" for n, v in sorted(out.items())}
+
+
 def crossover_of(row) -> tuple:
     """(lo, hi) of the crossover as the summary states it: '1024' -> (1024, 1024); 'between 512
     and 1024' -> (512, 1024); '<= 1024' -> (0, 1024); '-' -> (None, None)."""
@@ -138,6 +150,8 @@ def main() -> int:
     p.add_argument("--label", default="run", help="a name for this measurement's files")
     p.add_argument("--on", type=float, default=10.0, help="seconds the load works")
     p.add_argument("--off", type=float, default=10.0, help="seconds the load idles")
+    p.add_argument("--no-load", action="store_true",
+                   help="run the second sweep quiet too: the agreement two quiet runs reach (the floor)")
     p.add_argument("bench_args", nargs="*", help="arguments for effattn bench (after --)")
     a = p.parse_args()
     os.makedirs(a.out_dir, exist_ok=True)
@@ -146,19 +160,25 @@ def main() -> int:
     print(f"quiet sweep from {a.src} ...", flush=True)
     t_quiet = run_bench(a.src, quiet, a.bench_args)
     print(f"  {t_quiet:.0f} s", flush=True)
-    print(f"loaded sweep (one busy core, {a.on:g} s on / {a.off:g} s off) ...", flush=True)
-    load = subprocess.Popen([sys.executable, "-c", LOAD.format(on=a.on, off=a.off)])
-    try:
+    if a.no_load:
+        print("second quiet sweep ...", flush=True)
         t_loaded = run_bench(a.src, loaded, a.bench_args)
-    finally:
-        load.kill()
-        load.wait()
+    else:
+        print(f"loaded sweep (one busy core, {a.on:g} s on / {a.off:g} s off) ...", flush=True)
+        load = subprocess.Popen([sys.executable, "-c", LOAD.format(on=a.on, off=a.off)])
+        try:
+            t_loaded = run_bench(a.src, loaded, a.bench_args)
+        finally:
+            load.kill()
+            load.wait()
     print(f"  {t_loaded:.0f} s", flush=True)
     res = compare(quiet, loaded)
     res.update(src=a.src, src_commit=_commit(a.src), quiet_s=t_quiet, loaded_s=t_loaded,
-               load={"on_s": a.on, "off_s": a.off}, bench_args=a.bench_args)
+               load=None if a.no_load else {"on_s": a.on, "off_s": a.off}, bench_args=a.bench_args,
+               by_length=by_length(quiet, loaded))
     print(f"\nratios to full within 10%: {res['ratios_within_10pct']:.0%}, within 25%: "
           f"{res['ratios_within_25pct']:.0%} ({res['points_compared']} points; target >= 80% within 10%)")
+    print("  per length: " + ", ".join(f"{n}: {v}" for n, v in res["by_length"].items()))
     print(f"exponents: largest difference {res['exponent_diff_max']:.2f} (target <= 0.15)")
     for k, d in sorted(res["exponent_diff"].items(), key=lambda kv: -kv[1]):
         print(f"  {k:24s} {d:.2f}")
