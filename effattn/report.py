@@ -239,9 +239,11 @@ def build_report(paths: list[str], out_dir: str, formats=("md",), on_problem=Non
     if pd.to_numeric(df["rel_err_vs_full"], errors="coerce").notna().any():
         md.append(table_md(pivot(df, "rel_err_vs_full"), "Relative error against full", "‖out−ref‖/‖ref‖"))
     md += ["### Scaling (least-squares fit of log time and log memory against log n)", "",
-           "Time exponents with a 95% interval (a bootstrap over the rounds: how far the exponent could move if the sweep were measured again). "
-           "\"Faster than full from\" is decided per length by the two points' 95% intervals; where they "
-           "overlap the crossover is given as a range.", "",
+           "Time exponents are fitted to times scaled by each length's reference rate (the matmul timed in the "
+           "same rounds), with a 95% interval (a bootstrap over the rounds: how far the exponent could move if "
+           "the sweep were measured again). \"Faster than full from\" is decided per length by the 95% interval "
+           "of the round-by-round ratio to full (of the two points' own intervals for rows without rounds); "
+           "where the data cannot place the crossover it is given as a range.", "",
            "| variant | time exponent [95%] | memory exponent | fitted from n | faster than full from n | points |",
            "| --- | --- | --- | --- | --- | --- |"]
     for _, r in summ.iterrows():

@@ -274,24 +274,39 @@ class MeasuringProcess:
         kept = [ln.strip() for ln in text.splitlines() if ln.strip()]
         return " | ".join(kept[-lines:])
 
-    def check(self, variants: list[dict], timeout_s: float) -> list[str | None]:
-        """Build each variant in the child (a plugin's own option checks, run away from effattn's
-        process): None per variant that builds, or why it does not. A child that hangs, exits or
-        crashes while building is reported against the variant it was building."""
-        if not self.alive():
-            self._cleanup()
-            why = self._start()
-            if why:
-                return [why] * len(variants)
+    def _ensure_started(self) -> str | None:
+        """A live child, started if need be; None, or why none could be started."""
+        if self.alive():
+            return None
+        self._cleanup()
+        return self._start()
+
+    def _exchange(self, job: dict, timeout_s: float):
+        """Send one job and wait for its answer: (message or "timeout"/"eof"/"garbled"/"broken",
+        the label of the last tick). The child ticks as each call of the attention starts, naming
+        the variant, so the timeout bounds one call (and any stretch of work between calls), as it
+        does for a point measured in-process, and a crash or overrun is pinned on its variant."""
         current = None
-        self._jobs.write(json.dumps({"check": variants}) + "\n")
-        self._jobs.flush()
+        try:
+            self._jobs.write(json.dumps(job, default=str) + "\n")
+            self._jobs.flush()
+        except (BrokenPipeError, OSError):
+            return "broken", current
         while True:
             msg = self._read_line(timeout_s)
             if isinstance(msg, dict) and "tick" in msg:
                 current = msg["tick"]
                 continue
-            break
+            return msg, current
+
+    def check(self, variants: list[dict], timeout_s: float) -> list[str | None]:
+        """Build each variant in the child (a plugin's own option checks, run away from effattn's
+        process): None per variant that builds, or why it does not. A child that hangs, exits or
+        crashes while building is reported against the variant it was building."""
+        why = self._ensure_started()
+        if why:
+            return [why] * len(variants)
+        msg, current = self._exchange({"check": variants}, timeout_s)
         if isinstance(msg, dict) and "checked" in msg:
             return msg["checked"]
         what = (f"building it took longer than {timeout_s:g} s" if msg == "timeout" else
@@ -305,29 +320,15 @@ class MeasuringProcess:
         crashed or hung the process (the caller runs them again without it). A failure is the
         failing variant's status, never an exception."""
         labels = list(base_rows)
-        if not self.alive():
-            self._cleanup()
-            why = self._start()
-            if why:
-                return [{**base_rows[lb], "status": "error", "reason": why} for lb in labels], []
+        why = self._ensure_started()
+        if why:
+            return [{**base_rows[lb], "status": "error", "reason": why} for lb in labels], []
         if self._log is not None:
             os.ftruncate(self._log, 0)  # so that a crash's tail is this group's
         kills_before = _oom_kills()
-        current = None
-        try:
-            self._jobs.write(json.dumps(job, default=str) + "\n")
-            self._jobs.flush()
-        except (BrokenPipeError, OSError):
+        msg, current = self._exchange(job, timeout_s)
+        if msg == "broken":
             return self._died(base_rows, current, kills_before)
-        # The child ticks as each call of the attention starts, naming the variant: the timeout
-        # bounds one call (and any stretch of the work between calls), as it does for a point
-        # measured in-process, and a crash or overrun is pinned on the variant that caused it.
-        while True:
-            msg = self._read_line(timeout_s)
-            if isinstance(msg, dict) and "tick" in msg:
-                current = msg["tick"]
-                continue
-            break
         if isinstance(msg, dict) and "rows" in msg:
             return msg["rows"], []
         if isinstance(msg, dict) and "failed" in msg:  # the group failed outside any point's own handling
