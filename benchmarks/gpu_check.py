@@ -92,10 +92,13 @@ def main(out_dir: str) -> int:
     sweep = os.path.join(out_dir, "sweep.jsonl")
     from effattn.cli import main as cli_main
 
-    for argv in (["bench", "--device", "cuda", "--seq-lens", "1k,4k,16k,32k", "--attn",
+    sweep_bf16 = os.path.join(out_dir, "sweep-bf16.jsonl")
+    for argv in (["bench", "--device", "cuda", "--seq-lens", "1k,4k,16k", "--attn",
                   "full,naive,sliding_window,bigbird,linear,performer,xformers" if effattn.get_entry("xformers").availability("cuda") is None
                   else "full,naive,sliding_window,bigbird,linear,performer", "--mode", "fwdbwd", "--timeout", "60",
                   "--out", sweep, "--overwrite"],
+                 ["bench", "--device", "cuda", "--dtype", "bfloat16", "--seq-lens", "4k,16k", "--attn", "full,naive",
+                  "--out", sweep_bf16, "--overwrite"],
                  ["report", sweep, "--out", os.path.join(out_dir, "report"), "--format", "md,html"]):
         try:
             cli_main(argv)
@@ -103,6 +106,17 @@ def main(out_dir: str) -> int:
             record(" ".join(argv[:1]), e.code in (0, None), f"exit {e.code}")
         except Exception:  # noqa: BLE001
             record(" ".join(argv[:1]), False, traceback.format_exc(limit=3))
+    for path in (sweep, sweep_bf16):  # every point measured or failed for a stated reason; no false faults
+        try:
+            rows = [json.loads(line) for line in open(path)]
+            faults = [f"{r['label']}@{r['seq_len']}" for r in rows if r.get("fault")]
+            bad = [f"{r['label']}@{r['seq_len']}: {r['status']} {r.get('reason')}" for r in rows
+                   if r["status"] not in ("ok", "oom", "skipped")]
+            record(f"rows of {os.path.basename(path)}", not faults and not bad,
+                   f"{len(rows)} rows; faults: {faults or 'none'}; not ok: {bad or 'none'}; peaks "
+                   + ", ".join(sorted({f"{r['seq_len']}:{r.get('matmul_peak_gflops') or 0:.0f}" for r in rows})))
+        except Exception:  # noqa: BLE001
+            record(f"rows of {os.path.basename(path)}", False, traceback.format_exc(limit=3))
     _ray_leg(out_dir, record, cli_main)
     failed = [c for c in result["checks"] if not c["ok"]]
     result["summary"] = f"{len(result['checks']) - len(failed)} passed, {len(failed)} failed"

@@ -108,10 +108,11 @@ def storage_bytes(tensors) -> int:
 
 
 def available_memory_bytes(device: str) -> int:
-    """Memory a point may still take: free GPU memory, or MemAvailable on Linux."""
+    """Memory a point may still take: free GPU memory plus what PyTorch's allocator holds in its
+    cache unused (free to the point, though not to the driver), or MemAvailable on Linux."""
     if device == "cuda":
         free, _ = torch.cuda.mem_get_info()
-        return int(free)
+        return int(free + torch.cuda.memory_reserved() - torch.cuda.memory_allocated())
     try:
         with open("/proc/meminfo") as f:
             for line in f:

@@ -258,6 +258,9 @@ class InputSet:
             self._references[key] = compute()
         return self._references[key]
 
+    def drop_references(self) -> None:
+        self._references = {}
+
     def intact(self) -> bool:
         """True when no plugin has changed the inputs; else restore them and say False."""
         if self.tensors is None:
@@ -289,6 +292,8 @@ def prepare_point(spec: SweepSpec, variant: Variant, n: int, inputs: InputSet, t
             raise UnsupportedError(f"{variant.label} does not support causal attention")
         # 1. the budget, before the inputs are allocated
         est, parts = estimate_bytes(spec, core, n)
+        if inputs.tensors is not None:  # allocated for an earlier variant of this length: not needed again
+            est = max(0, est - measure.storage_bytes(inputs.tensors))
         budget = spec.memory_budget_bytes
         limit = budget if budget else measure.available_memory_bytes(spec.device)
         row["estimated_bytes"] = est

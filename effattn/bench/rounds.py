@@ -23,7 +23,7 @@ import torch
 from ..spec import Variant
 from ..stats import median_ci
 from . import measure
-from .point import MAX_REASON, MAX_TRACEBACK, InputSet, Prepared, SweepSpec, prepare_point
+from .point import MAX_REASON, MAX_TRACEBACK, InputSet, Prepared, SweepSpec, base_row, prepare_point
 
 #: rounds a length takes when its calls are short; a length of slow points (whose rounds would
 #: outlast the points' --min-run-time) takes fewer, never fewer than MIN_ROUNDS
@@ -34,7 +34,8 @@ LOAD_TOLERANCE = 0.20
 #: flags its points `loaded` (a load that works 10 s and idles 10 s leaves a quiet stretch in most
 #: such windows)
 LOAD_WAIT_S = 10.0
-#: the reference kernel: a square fp32 matmul of this size (2 n^3 FLOPs)
+#: the reference kernel: a square matmul of this size (2 n^3 FLOPs), in the sweep's dtype, so that
+#: a bf16 point's fraction of the peak is a fraction of what bf16 matmuls reach
 PROBE_N = {"cpu": 1024, "cuda": 8192}
 
 #: the best reference rate seen by this process (a measuring process serves many groups)
@@ -112,6 +113,18 @@ def measure_group(spec: SweepSpec, variants: list[Variant], n: int, tick=None,
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise EffattnError(f"sequence length must be an integer > 0, got {n!r}")
+    if spec.device == "cuda":
+        torch.cuda.empty_cache()  # what earlier lengths left in the allocator's cache is free again
+    env = environment()
+    try:
+        # first: its memory is taken before any point's budget is checked, and a device that
+        # cannot run it fails here, for every point alike
+        ref = Reference(spec.device, getattr(torch, spec.dtype))
+    except Exception as e:  # noqa: BLE001
+        status = "oom" if _is_oom(e) else "error"
+        return [{**base_row(spec, v, n), "status": status, "env": env, "matmul_peak_gflops": None,
+                 "reason": f"cannot run the reference matmul on {spec.device}: {type(e).__name__}: {e}"}
+                for v in variants]
     inputs = InputSet(spec, n)
     guard = _TorchState()
     prepared = []
@@ -123,18 +136,8 @@ def measure_group(spec: SweepSpec, variants: list[Variant], n: int, tick=None,
         prepared.append(p)
     ready = [p for p in prepared if p.ready]
     if tick is not None:
-        tick("")  # the group's own work (environment, reference), no variant's
-    env = environment()
-    try:
-        ref = Reference(spec.device)
-    except Exception as e:  # noqa: BLE001 - e.g. a node without the device: every point says why
-        rows = []
-        for p in prepared:
-            row = {**p.row, "env": env, "matmul_peak_gflops": None}
-            if row["status"] == "ok":
-                row.update(status="error", reason=f"cannot run the reference matmul on {spec.device}: {e}")
-            rows.append(row)
-        return rows
+        tick("")  # the group's own work, no variant's
+    inputs.drop_references()  # the error columns are done: their references are not timed
     if ready:
         timing = _rounds(spec, ready, ref, n, tick, baseline_gflops)
         _last_call(ready, timing, guard, tick)
@@ -153,6 +156,15 @@ def measure_group(spec: SweepSpec, variants: list[Variant], n: int, tick=None,
                 row[key] = row[key][:most] + f"... ({len(row[key]) - most} more characters)"
         rows.append(row)
     return rows
+
+
+def _is_oom(e: BaseException) -> bool:
+    """Evidence of memory exhaustion (never a message that merely mentions memory)."""
+    if isinstance(e, (MemoryError, torch.cuda.OutOfMemoryError)):
+        return True
+    msg = str(e)
+    return isinstance(e, RuntimeError) and ("DefaultCPUAllocator: can't allocate memory" in msg
+                                            or msg.startswith("CUDA out of memory"))
 
 
 class _TorchState:
@@ -251,7 +263,7 @@ def _rounds(spec: SweepSpec, ready, ref: Reference, n: int, tick, baseline_gflop
             try:
                 samples[label].append((timers[label](calls[label]), r))
             except (Exception, SystemExit) as e:  # noqa: BLE001 - a call that fails in the rounds ends the point
-                failed[label] = f"a timed call raised {type(e).__name__}: {e}"
+                failed[label] = ("oom" if _is_oom(e) else "error", f"a timed call raised {type(e).__name__}: {e}")
         if tick is not None:
             tick("")
         after = ref.gflops()
@@ -277,7 +289,8 @@ def _rounds(spec: SweepSpec, ready, ref: Reference, n: int, tick, baseline_gflop
     points = {}
     for label, got in samples.items():
         if label in failed or not got:
-            points[label] = {"status": "error", "reason": failed.get(label, "no timed round")}
+            status, reason = failed.get(label, ("error", "no timed round"))
+            points[label] = {"status": status, "reason": reason}
             continue
         use = [(t, i) for t, i in got if i in used] or got
         points[label] = _stats(use, len(got) - len(use), group_loaded)
