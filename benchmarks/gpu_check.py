@@ -2,8 +2,8 @@
 
     PYTHONPATH=. python3 benchmarks/gpu_check.py OUT_DIR
 
-1. the conformance suite on CUDA for every plugin, fp32; a bf16 run of each (shape, finiteness and
-   error against float64 attention over the same pattern);
+1. the conformance suite on CUDA for every plugin, fp32; a bf16 run of each (finite, and close to
+   the same plugin run in float64);
 2. the xFormers plugin, and the FlexAttention backend forward and backward against the chunked path;
 3. a short sweep with memory (max_memory_allocated) and its report;
 4. where Ray is installed, a short sweep through `--executor ray` (one GPU per point).
@@ -13,6 +13,7 @@ it writes that it skipped and exits 0, so the CPU paths never depend on it.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import sys
@@ -32,7 +33,7 @@ def main(out_dir: str) -> int:
         return 0
     import effattn
     from effattn.env import environment
-    from effattn.testing import reference_attention, run_checks
+    from effattn.testing import run_checks
 
     result["env"] = environment()
     small = {"sliding_window": dict(window=8, global_tokens=2), "bigbird": dict(block_size=8, num_random_blocks=2),
@@ -56,16 +57,19 @@ def main(out_dir: str) -> int:
                 record(f"conformance {name} {opts}", not bad, "; ".join(bad) or "all passed")
             except Exception as e:  # noqa: BLE001
                 record(f"conformance {name} {opts}", False, f"{type(e).__name__}: {e}")
-        try:  # bf16: runs, finite, close to float64 attention over the same pattern
+        try:  # bf16: runs, finite, close to the same plugin (same features/projections) in float64
             attn = effattn.create_attention(name, **small.get(name, {})).cuda()
             g = torch.Generator(device="cuda").manual_seed(0)
-            q, k, v = (torch.randn(2, 4, 300, 64, device="cuda", generator=g) for _ in range(3))
-            out = attn(q.bfloat16(), k.bfloat16(), v.bfloat16()).float()
-            mask = attn.dense_mask(300, 300).cuda() if hasattr(attn, "dense_mask") else torch.ones(300, 300, dtype=torch.bool, device="cuda")
-            ref = reference_attention(q, k, v, mask).float()
+            n = 256  # within every plugin's default limits (linformer: max_len=256)
+            q, k, v = (torch.randn(2, 4, n, 64, device="cuda", generator=g) for _ in range(3))
+            with torch.no_grad():
+                out = attn(q.bfloat16(), k.bfloat16(), v.bfloat16()).double()
+                ref = copy.deepcopy(attn).double()(q.double(), k.double(), v.double())
             err = float((out - ref).norm() / ref.norm())
-            limit = 3e-2 if getattr(attn, "exact", False) else 1.0
-            record(f"bf16 {name}", torch.isfinite(out).all().item() and err < limit, f"rel err vs fp64 {err:.2e}")
+            # bf16 keeps 8 bits of mantissa; random-feature maps (exp) amplify it (CPU: performer 2.7e-2)
+            limit = 3e-2 if getattr(attn, "exact", False) else 6e-2
+            record(f"bf16 {name}", bool(torch.isfinite(out).all().item()) and err < limit,
+                   f"rel err vs its own float64 {err:.2e} (limit {limit:.0e})")
         except Exception as e:  # noqa: BLE001
             record(f"bf16 {name}", False, f"{type(e).__name__}: {e}")
 
@@ -117,6 +121,21 @@ def main(out_dir: str) -> int:
                    + ", ".join(sorted({f"{r['seq_len']}:{r.get('matmul_peak_gflops') or 0:.0f}" for r in rows})))
         except Exception:  # noqa: BLE001
             record(f"rows of {os.path.basename(path)}", False, traceback.format_exc(limit=3))
+    try:  # the sparse patterns at the longest length take sparse memory (an eager FlexAttention
+        # fallback builds every n x n score: 60 GB at 16k fwd+bwd, found on the first H200 run)
+        rows = [json.loads(line) for line in open(sweep)]
+        top = max(r["seq_len"] for r in rows)
+        at = {r["label"]: r for r in rows if r["seq_len"] == top and r["status"] == "ok"}
+        dense = at["naive"]["peak_mem_bytes"]
+        parts, ok = [], True
+        for label in ("sliding_window", "bigbird"):
+            r = at[label]
+            ok &= r["peak_mem_bytes"] < 0.1 * dense
+            parts.append(f"{label} [{r.get('backend')}] {r['peak_mem_bytes'] / 2**20:.0f} MiB, "
+                         f"{r['time_ms'] / at['full']['time_ms']:.2f}x full's time")
+        record(f"sparse memory at {top}", ok, "; ".join(parts) + f"; naive {dense / 2**20:.0f} MiB")
+    except Exception:  # noqa: BLE001
+        record("sparse memory", False, traceback.format_exc(limit=3))
     _ray_leg(out_dir, record, cli_main)
     failed = [c for c in result["checks"] if not c["ok"]]
     result["summary"] = f"{len(result['checks']) - len(failed)} passed, {len(failed)} failed"

@@ -43,3 +43,16 @@ def test_auto_picks_chunked_on_cpu():
     attn = effattn.create_attention("sliding_window", window=4)
     attn(*(torch.randn(1, 1, 32, 8),) * 3)
     assert attn.last_backend == "chunked-sdpa"
+
+
+@pytest.mark.slow
+def test_past_the_recompile_limit_flex_fails_instead_of_running_dense(monkeypatch):
+    """Dynamo's own fallback at its recompile limit runs flex_attention eagerly, which builds every
+    n x n score: a 'flex' row would then measure dense work. It must fail, saying why."""
+    import effattn.attention._flex as flex_mod
+
+    monkeypatch.setattr(flex_mod, "RECOMPILE_LIMIT", 1)
+    attn = effattn.create_attention("sliding_window", window=8, backend="flex")
+    with torch.no_grad(), pytest.raises(effattn.UnsupportedError, match="compiled 1 times"):
+        for n in (136, 152):  # two shapes no other test uses: at most one compiles under the limit
+            attn(*(torch.randn(1, 1, n, 8),) * 3)

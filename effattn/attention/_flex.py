@@ -23,11 +23,35 @@ def flex_available() -> str | None:
     return None
 
 
+#: compiled variants of flex_attention one process may hold. Each (shape, pattern, gradient
+#: mode) compiles once; a sweep of many lengths and patterns needs dozens. Past torch's default
+#: limit (8) Dynamo silently runs flex_attention eagerly, which materialises every n x n score
+#: (measured on an H200: sliding_window at 16k fwd+bwd took 60 GB and ran 3x slower than full).
+#: Past this limit the call fails instead, saying why.
+RECOMPILE_LIMIT = 512
+
+
 @lru_cache(maxsize=1)
 def _compiled():
     from torch.nn.attention.flex_attention import flex_attention
 
-    return torch.compile(flex_attention, dynamic=False)
+    # fullgraph: a graph break would also fall back to the eager, dense path; fail instead
+    return torch.compile(flex_attention, dynamic=False, fullgraph=True)
+
+
+def _run_compiled(q, k, v, block_mask):
+    import torch._dynamo
+
+    limit = RECOMPILE_LIMIT
+    try:
+        with torch._dynamo.config.patch(recompile_limit=limit, fail_on_recompile_limit_hit=True,
+                                        accumulated_recompile_limit=max(limit, torch._dynamo.config.accumulated_recompile_limit)):
+            return _compiled()(q, k, v, block_mask=block_mask)
+    except torch._dynamo.exc.FailOnRecompileLimitHit:
+        raise UnsupportedError(
+            f"backend 'flex': FlexAttention was compiled {limit} times in this process; rather than "
+            "fall back to eager FlexAttention (which materialises every n x n score) this call fails. "
+            "Measure fewer lengths or patterns per process, or use backend='chunked'") from None
 
 
 def flex_forward(pair_mask, q, k, v, causal: bool, key_padding_mask, cache: dict):
@@ -57,7 +81,7 @@ def flex_forward(pair_mask, q, k, v, causal: bool, key_padding_mask, cache: dict
         block_mask = create_block_mask(mask_mod, mask_b, None, n_q, n_k, device=q.device)
         if key is not None:
             cache[key] = block_mask
-    out = _compiled()(q, k, v, block_mask=block_mask)
+    out = _run_compiled(q, k, v, block_mask)
     if key_padding_mask is not None:  # rows left with no key: zeros, as everywhere in effattn
         pattern_rows = keep.any(-1)[:, None, None, None].to(out.dtype)
         out = out * pattern_rows
