@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from .stats import crossover, exponent_ci, fit_loglog, median_ci, verdict
+from .stats import CONFIDENCE, crossover, exponent_ci, fit_loglog, median_ci, verdict
 from .store import CONFIG_FIELDS, FIELD_DEFAULTS, describe_problems, point_key, read_results
 
 COLUMNS = ["run_id", "label", "variant", "seq_len", "status", "reason", "time_ms", "time_iqr_ms", "time_ci_ms",
@@ -73,7 +73,11 @@ def _samples(r) -> list[float]:
 
 
 def _ci(r) -> tuple[float, float]:
-    """A row's interval for its median time; a row without one (older files) is its median."""
+    """A row's interval for its median time; a row without one (older files) is its median. An
+    interval of less than 95% coverage (too few rounds) cannot resolve a comparison: infinite."""
+    cov = r.get("time_ci_coverage")
+    if isinstance(cov, (int, float)) and cov < CONFIDENCE:
+        return -math.inf, math.inf
     ci = r.get("time_ci_ms")
     if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(x is not None for x in ci):
         return float(ci[0]), float(ci[1])
@@ -81,11 +85,12 @@ def _ci(r) -> tuple[float, float]:
     return t, t
 
 
-def paired_ratio(row, base) -> tuple[float, float, float] | None:
-    """(median, lower, upper) of `row`'s time over `base`'s, round by round: the two points were
-    timed in the same rounds of one group (same `group_id`), so each round gives one ratio in
-    which a load that slowed that round cancels. A 95% interval for the median ratio. None when
-    the rows were not measured together."""
+def paired_ratio(row, base) -> tuple[float, float, float, float] | None:
+    """(median, lower, upper, coverage) of `row`'s time over `base`'s, round by round: the two
+    points were timed in the same rounds of one group (same `group_id`), so each round gives one
+    ratio in which a load that slowed that round cancels. An interval for the median ratio of
+    95% coverage where there are 6 or more rounds; with fewer, [min, max] and its real coverage
+    (below 95%: such an interval decides nothing). None when the rows were not measured together."""
     gid = row.get("group_id")
     if not isinstance(gid, str) or gid != base.get("group_id"):
         return None
@@ -99,8 +104,8 @@ def paired_ratio(row, base) -> tuple[float, float, float] | None:
         return None
     m = len(ratios)
     med = ratios[m // 2] if m % 2 else (ratios[m // 2 - 1] + ratios[m // 2]) / 2
-    lo, hi, _ = median_ci(ratios)
-    return med, lo, hi
+    lo, hi, cov = median_ci(ratios)
+    return med, lo, hi, cov
 
 
 def _scaled_samples(r, ref: float | None) -> list[float]:
@@ -161,8 +166,12 @@ def summary(df: pd.DataFrame, baseline: str = "full", min_fit_len: int = 1024) -
             verdicts = []
             for n in common:
                 pr = paired_ratio(pts[n], base[n])
-                verdicts.append(verdict(_ci(pts[n]), _ci(base[n])) if pr is None else
-                                "faster" if pr[2] < 1 else "slower" if pr[1] > 1 else "unresolved")
+                if pr is None:
+                    verdicts.append(verdict(_ci(pts[n]), _ci(base[n])))
+                else:
+                    med, lo_r, hi_r, cov = pr
+                    verdicts.append("unresolved" if cov < CONFIDENCE else
+                                    "faster" if hi_r < 1 else "slower" if lo_r > 1 else "unresolved")
             lo, hi = crossover(common, verdicts)
             if hi is not None:
                 i = common.index(hi)

@@ -109,7 +109,8 @@ def crossover(lengths: Sequence[int], verdicts: Sequence[str]) -> tuple[int | No
     after lo (None: at or before the first length). lo == None and hi == first length: faster
     everywhere measured. hi == None: not faster at the longest length (no crossover). When the
     lengths between the last resolved "slower" and hi are unresolved, lo < the length before hi:
-    the data cannot place the crossover more precisely than (lo, hi]."""
+    the data cannot place the crossover more precisely than (lo, hi]. lo is always the last
+    resolved "slower" before hi."""
     lengths, verdicts = list(lengths), list(verdicts)
     if not lengths or verdicts[-1] != "faster":
         return None, None
@@ -119,7 +120,9 @@ def crossover(lengths: Sequence[int], verdicts: Sequence[str]) -> tuple[int | No
     if b == 0:
         return None, lengths[0]
     a = b - 1
-    while a >= 0 and verdicts[a] == "unresolved":
+    # back to the last resolved "slower": a "faster" before an unresolved length does not place
+    # the crossover (the unresolved one may be slower)
+    while a >= 0 and verdicts[a] != "slower":
         a -= 1
     return (lengths[a] if a >= 0 else None), lengths[b]
 

@@ -30,15 +30,17 @@ def test_every_round_holds_every_variant_in_a_varying_order():
     assert schedule(["a", "b"], 10, seed=1) == schedule(["a", "b"], 10, seed=1)  # reproducible
 
 
-def test_a_length_of_slow_points_takes_fewer_rounds_but_at_least_three():
+def test_a_length_of_slow_points_takes_fewer_rounds_but_at_least_six():
     from effattn.bench.rounds import rounds_for
 
     rounds, calls = rounds_for({"fast": 1e-4, "also_fast": 2e-4}, 0.2)
     assert rounds == 10 and calls == {"fast": 200, "also_fast": 100}   # blocks of a tenth of 0.2 s
-    rounds, calls = rounds_for({"fast": 1e-4, "slow": 0.09}, 0.2)       # a round: 20 ms + 90 ms
-    assert rounds == 4 and calls["slow"] == 1                         # 0.4 s of budget / 0.11 s
+    rounds, calls = rounds_for({"fast": 1e-4, "slow": 0.03}, 0.2)       # a round: 20 ms + 30 ms
+    assert rounds == 8 and calls["slow"] == 1                         # 0.4 s of budget / 0.05 s
+    rounds, calls = rounds_for({"fast": 1e-4, "slow": 0.09}, 0.2)       # 0.4 s / 0.11 s: 4, raised
+    assert rounds == 6 and calls["slow"] == 1   # 6 rounds: the fewest whose median has a 95% interval
     rounds, _ = rounds_for({"very_slow": 5.0}, 0.2)
-    assert rounds == 3
+    assert rounds == 6
 
 
 def test_a_group_is_timed_in_rounds_with_the_reference_between_them():
@@ -46,7 +48,7 @@ def test_a_group_is_timed_in_rounds_with_the_reference_between_them():
     rows = measure_group(spec, [Variant("full", {}), Variant("linear", {}), Variant("naive", {})], 64)
     assert [r["status"] for r in rows] == ["ok"] * 3
     for r in rows:
-        assert r["rounds"] == len(r["time_raw_ms"]) >= 3
+        assert r["rounds"] == len(r["time_raw_ms"]) >= 6 and r["time_ci_coverage"] >= 0.95
         lo, hi = r["time_ci_ms"]
         assert lo <= r["time_ms"] <= hi
         assert r["rounds_total"] == len(r["probe_gflops_raw"]) >= r["rounds"]
@@ -60,8 +62,9 @@ def test_ratios_are_paired_round_by_round_within_one_group_only():
     # the load doubled rounds 1 and 2 for both points: round by round the ratio stays 0.5
     a = {"group_id": "g", "time_round_ids": [0, 1, 2, 3], "time_raw_ms": [1.0, 2.0, 2.0, 1.0]}
     full = {"group_id": "g", "time_round_ids": [0, 1, 2, 3], "time_raw_ms": [2.0, 4.0, 4.0, 2.0]}
-    med, lo, hi = paired_ratio(a, full)
+    med, lo, hi, cov = paired_ratio(a, full)
     assert med == lo == hi == 0.5
+    assert cov == pytest.approx(1 - 2 / 2**4)  # 4 rounds: [min, max] covers the median 87.5% of the time
     assert paired_ratio({**a, "group_id": "other"}, full) is None  # another process's round 0 is no pair
     assert paired_ratio({"time_ms": 1.0}, full) is None
 
@@ -98,9 +101,9 @@ def test_a_load_that_does_not_leave_flags_the_point(monkeypatch):
     monkeypatch.setattr(rounds, "LOAD_WAIT_S", 0.3)
     row = measure_group(SweepSpec(**LOAD_SPEC), [Variant("full", {})], 64)[0]
     assert row["loaded"] is True and row["status"] == "ok"
-    # the least loaded rounds are used (the two quiet ones and the best of the rest), and it says so
-    assert row["rounds"] == 3 and row["rounds_total"] >= 10
-    assert sorted(row["time_round_ids"])[:2] == [0, 1]
+    # the least loaded rounds are used (the three quiet ones and the best of the rest), and it says so
+    assert row["rounds"] == 6 and row["rounds_total"] >= 10
+    assert sorted(row["time_round_ids"])[:3] == [0, 1, 2]
 
 
 def test_a_load_present_from_the_start_is_found_once_a_quiet_round_sets_the_bar(monkeypatch):
@@ -137,6 +140,8 @@ def test_exponent_interval_covers_the_true_slope():
     (["unresolved", "unresolved", "faster", "faster"], (None, 1024)),  # at most 1024
     (["faster", "slower", "faster", "unresolved"], (None, None)),   # not faster at the longest
     (["slower"] * 4, (None, None)),
+    (["slower", "faster", "unresolved", "faster"], (256, 2048)),   # the unresolved 1024 may be slower
+    (["faster", "unresolved", "faster", "faster"], (None, 1024)),  # no resolved slower: at most 1024
 ])
 def test_crossover_from_verdicts(verdicts, expected):
     assert crossover([256, 512, 1024, 2048], verdicts) == expected
@@ -170,6 +175,25 @@ def test_an_unresolved_crossover_is_a_range_and_a_resolved_one_a_number():
     assert s.loc["fuzzy", "crossover"] == "between 256 and 1024"
     assert pd.isna(s.loc["fuzzy", "faster_than_full_from"])  # no single number where the data cannot say
     assert s.loc["crisp", "crossover"] == "1024" and s.loc["crisp", "faster_than_full_from"] == 1024
+
+
+@pytest.mark.parametrize("rounds,expected", [(4, "-"), (6, "256")])
+def test_a_paired_ratio_of_too_few_rounds_decides_nothing(rounds, expected):
+    """Two points timed in the same rounds, the variant half of full's time in every round: with 4
+    rounds [min, max] covers the median ratio only 87.5% of the time, so no length is resolved (no
+    crossover is claimed); with 6 the interval is a 95% one and decides."""
+    import pandas as pd
+
+    rows = []
+    for n in (256, 512, 1024):
+        ids = list(range(rounds))
+        base = [float(n) * (1 + 0.01 * i) for i in ids]
+        for label, ts in (("full", base), ("half", [t / 2 for t in base])):
+            lo, hi, cov = median_ci(ts)
+            rows.append(_row(label, n, ts, group_id=f"g{n}", time_round_ids=ids, time_raw_ms=ts,
+                             time_ci_ms=[lo, hi], time_ci_coverage=cov))
+    s = summary(pd.DataFrame(rows)).set_index("label")
+    assert s.loc["half", "crossover"] == expected
 
 
 # ------------------------------------------------------------------------------- the compare test

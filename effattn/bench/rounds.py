@@ -9,8 +9,8 @@ variant alike. Each round is bracketed by a reference kernel (a matmul) timed at
 end: the reference is the matmul peak that `peak_fraction` divides by, measured under the same
 conditions as the points, and it is the load probe - a round whose reference ran slower than the
 best seen in this run by more than LOAD_TOLERANCE is a loaded round, its samples are set aside
-and more rounds are run, within a time budget. A point that still has too few clean rounds uses
-every round and is flagged `loaded`.
+and more rounds are run, within a time budget. A group that still has fewer than MIN_ROUNDS clean
+rounds uses its MIN_ROUNDS least loaded rounds and flags its points `loaded`.
 """
 from __future__ import annotations
 
@@ -26,8 +26,9 @@ from . import measure
 from .point import MAX_REASON, MAX_TRACEBACK, InputSet, Prepared, SweepSpec, base_row, prepare_point
 
 #: rounds a length takes when its calls are short; a length of slow points (whose rounds would
-#: outlast the points' --min-run-time) takes fewer, never fewer than MIN_ROUNDS
-ROUNDS, MIN_ROUNDS = 10, 3
+#: outlast the points' --min-run-time) takes fewer, never fewer than MIN_ROUNDS: 6 is the fewest
+#: samples whose median has a 95% interval (with 5, [min, max] covers it 94%, with 3 only 75%)
+ROUNDS, MIN_ROUNDS = 10, 6
 #: a round whose reference kernel ran this much slower than the run's best is a loaded round
 LOAD_TOLERANCE = 0.20
 #: seconds a group may spend on extra rounds while the machine is busy, before it gives up and
