@@ -105,7 +105,7 @@ def test_a_rate_above_the_peak_is_flagged_a_fault(monkeypatch):
     from effattn.bench import rounds
 
     monkeypatch.setattr(rounds.Reference, "gflops", lambda self: 1e-3)
-    monkeypatch.setattr(rounds, "_BEST_PROBE", {})  # no real rate seen before: 1e-3 is this run's quiet
+    monkeypatch.setattr(rounds, "_PROBE_HISTORY", {})  # no real rate seen before: 1e-3 is this run's quiet
     spec = SweepSpec(seq_lens=[64], variants=[], heads=2, head_dim=8, min_run_time_s=0.01, error=False)
     row = measure_point(spec, Variant("full", {}), 64)
     assert row["status"] == "ok" and row["peak_fraction"] > 1 and "matmul peak" in row["fault"]

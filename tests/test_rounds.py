@@ -82,7 +82,7 @@ def _scripted_reference(monkeypatch, rates):
             pass
         return last[0]
     monkeypatch.setattr(rounds.Reference, "gflops", gflops)
-    monkeypatch.setattr(rounds, "_BEST_PROBE", {})
+    monkeypatch.setattr(rounds, "_PROBE_HISTORY", {})
 
 
 def test_loaded_rounds_are_set_aside_and_measured_again(monkeypatch):
@@ -232,3 +232,13 @@ def test_two_runs_of_one_sample_each_are_never_a_regression(cli_here, tmp_path):
     _write(tmp_path / "b.jsonl", b)
     got, out, _ = cli_here("compare", "a.jsonl", "b.jsonl")
     assert got == 0 and "0 regressions" in out and "2 inconclusive" in out
+
+
+def test_one_burst_of_turbo_clock_does_not_make_every_round_loaded(monkeypatch):
+    """The bar is the third-highest reading: one or two readings far above the rest (a turbo
+    burst) are passed over, where the maximum would have called every later round loaded."""
+    assert rounds.quiet_rate([100.0] * 10 + [300.0, 280.0]) == 100.0
+    assert rounds.quiet_rate([50.0]) == 50.0 and rounds.quiet_rate([]) == 0.0
+    _scripted_reference(monkeypatch, [300.0, 100.0, 290.0] + [100.0] * 1000)
+    row = measure_group(SweepSpec(**LOAD_SPEC), [Variant("full", {})], 64)[0]
+    assert row["loaded"] is False and row["loaded_rounds_total"] == 0 and row["rounds_total"] == 10

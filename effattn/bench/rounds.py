@@ -8,7 +8,7 @@ short block of calls, in an order shuffled per round, so a slow change in load l
 variant alike. Each round is bracketed by a reference kernel (a matmul) timed at its start and
 end: the reference is the matmul peak that `peak_fraction` divides by, measured under the same
 conditions as the points, and it is the load probe - a round whose reference ran slower than the
-best seen in this run by more than LOAD_TOLERANCE is a loaded round, its samples are set aside
+quiet rate (`quiet_rate`: the third-highest of this process's readings) by more than LOAD_TOLERANCE is a loaded round, its samples are set aside
 and more rounds are run, within a time budget. A group that still has fewer than MIN_ROUNDS clean
 rounds uses its MIN_ROUNDS least loaded rounds and flags its points `loaded`.
 """
@@ -29,7 +29,7 @@ from .point import MAX_REASON, MAX_TRACEBACK, InputSet, Prepared, SweepSpec, bas
 #: outlast the points' --min-run-time) takes fewer, never fewer than MIN_ROUNDS: 6 is the fewest
 #: samples whose median has a 95% interval (with 5, [min, max] covers it 94%, with 3 only 75%)
 ROUNDS, MIN_ROUNDS = 10, 6
-#: a round whose reference kernel ran this much slower than the run's best is a loaded round
+#: a round whose reference kernel ran this much slower than the quiet rate is a loaded round
 LOAD_TOLERANCE = 0.20
 #: seconds a group may spend on extra rounds while the machine is busy, before it gives up and
 #: flags its points `loaded` (a load that works 10 s and idles 10 s leaves a quiet stretch in most
@@ -39,8 +39,21 @@ LOAD_WAIT_S = 10.0
 #: a bf16 point's fraction of the peak is a fraction of what bf16 matmuls reach
 PROBE_N = {"cpu": 1024, "cuda": 8192}
 
-#: the best reference rate seen by this process (a measuring process serves many groups)
-_BEST_PROBE: dict = {}
+#: the reference readings this process has taken, newest last (a measuring process serves many
+#: groups); the quiet rate is judged from the last HISTORY of them
+_PROBE_HISTORY: dict = {}
+HISTORY = 200
+#: the quiet rate is the BAR_RANK-th highest reading, not the highest: one or two readings taken
+#: in a burst of turbo clock must not make every later round look loaded. (Not a quantile: under a
+#: load that stays, a quantile sinks to the loaded rate and the load is no longer seen.)
+BAR_RANK = 3
+
+
+def quiet_rate(readings) -> float:
+    """The rate a round is judged against: the BAR_RANK-th highest reference reading (the
+    highest while there are fewer)."""
+    x = sorted(r for r in readings if r and r > 0)
+    return x[-min(len(x), BAR_RANK)] if x else 0.0
 
 
 def schedule(labels: list[str], rounds: int, seed: int) -> list[list[str]]:
@@ -107,8 +120,9 @@ class _Block:
 def measure_group(spec: SweepSpec, variants: list[Variant], n: int, tick=None,
                   baseline_gflops: float | None = None) -> list[dict]:
     """Measure every variant of one length, interleaved; one row per variant, in their order.
-    `baseline_gflops`: the best reference rate the caller has seen in this run (load detection
-    needs a quiet reference; the best of this process and of the caller is used)."""
+    `baseline_gflops`: the quiet reference rate the caller has seen in this run (the median of
+    its groups' quiet rates); load detection judges against the higher of it and this process's
+    own `quiet_rate`."""
     from ..env import environment
     from ..errors import EffattnError
 
@@ -229,8 +243,12 @@ def _rounds(spec: SweepSpec, ready, ref: Reference, n: int, tick, baseline_gflop
             t = timers[label](max(1, min(1000, round(block_s / max(t, 1e-7)))))
         per_call[label] = max(t, 1e-7)
     planned, calls = rounds_for(per_call, spec.min_run_time_s)
-    key = (spec.device,)
-    best = max(_BEST_PROBE.get(key, 0.0), baseline_gflops or 0.0)
+    key = (spec.device, spec.dtype)
+    history = _PROBE_HISTORY.setdefault(key, [])
+    readings: list[float] = []  # this group's reference readings, one per bracket
+
+    def bar() -> float:
+        return max(quiet_rate(history[-HISTORY:] + readings), baseline_gflops or 0.0)
     samples = {label: [] for label in per_call}        # (per-call seconds, round index)
     failed: dict[str, str] = {}
     probes, brackets, loadavg = [], [], []
@@ -238,8 +256,9 @@ def _rounds(spec: SweepSpec, ready, ref: Reference, n: int, tick, baseline_gflop
     labels = list(per_call)
 
     def quiet_rounds() -> int:
-        # judged against the best reference rate seen by now: a load present from the group's
-        # start shows as soon as one quiet round has set the bar, and more rounds are run
+        # judged against the quiet rate seen by now: a load present from the group's start shows
+        # once a few quiet readings have raised the bar, and more rounds are run
+        best = bar()
         return sum(rate >= (1 - LOAD_TOLERANCE) * best for rate in probes)
 
     r, started, extra_deadline, after = 0, time.monotonic(), None, None
@@ -257,7 +276,11 @@ def _rounds(spec: SweepSpec, ready, ref: Reference, n: int, tick, baseline_gflop
         if tick is not None:
             tick("")
         # one reference between consecutive rounds: the end of round r is the start of round r + 1
-        before = after if r else ref.gflops()
+        if r == 0:
+            before = ref.gflops()
+            readings.append(before)
+        else:
+            before = after
         for label in order:
             if tick is not None:
                 tick(label)
@@ -268,7 +291,7 @@ def _rounds(spec: SweepSpec, ready, ref: Reference, n: int, tick, baseline_gflop
         if tick is not None:
             tick("")
         after = ref.gflops()
-        best = max(best, before, after)
+        readings.append(after)
         probes.append(min(before, after))  # both brackets must be quiet for the round to be
         brackets.append((before + after) / 2)
         try:
@@ -276,8 +299,10 @@ def _rounds(spec: SweepSpec, ready, ref: Reference, n: int, tick, baseline_gflop
         except OSError:
             pass
         r += 1
-    _BEST_PROBE[key] = max(_BEST_PROBE.get(key, 0.0), best)
-    # Judge every round again against the best rate of the whole group. With too few quiet
+    best = bar()
+    history.extend(readings)
+    del history[:-HISTORY]
+    # Judge every round again against the quiet rate of the whole group. With too few quiet
     # rounds, the least loaded ones (the highest reference rates) are used, and the points say so.
     loaded_rounds = {i for i, rate in enumerate(probes) if rate < (1 - LOAD_TOLERANCE) * best}
     used = [i for i in range(len(probes)) if i not in loaded_rounds]

@@ -21,6 +21,7 @@ Where groups run (`isolation`):
 from __future__ import annotations
 
 import os
+import statistics
 import sys
 
 from ..env import environment
@@ -172,9 +173,11 @@ def run_sweep(spec: SweepSpec, out, *, resume: bool = False, overwrite: bool = F
             worker.kill()
         worker = (worker or MeasuringProcess()) if isolation == "worker" else None
         stopped: dict[str, tuple[str, int]] = {}  # label -> (status, n) that ends its chain
-        # the best reference rate seen in this run: a quiet bar for the next groups' load detection
+        # the quiet reference rates of this run's groups: their median is the bar for the next
+        # groups' load detection (a median, so one group measured in a burst cannot raise it)
         # (locally only: Ray's groups run on nodes of different speeds)
-        best = [0.0]
+        bars: list[float] = []
+        seen_groups: set = set()
 
         # What each length still needs: variants not done; a done oom/timeout stops the chain
         # (for longer lengths only). An oom or timeout recorded under another memory budget or
@@ -207,7 +210,9 @@ def run_sweep(spec: SweepSpec, out, *, resume: bool = False, overwrite: bool = F
             if not isinstance(row.get("env"), dict):
                 row["env"] = environment()  # a point that never reached its process: this machine's
             if not concurrent:
-                best[0] = max(best[0], row.get("probe_best_gflops") or 0.0)
+                if row.get("probe_best_gflops") and row.get("group_id") not in seen_groups:
+                    seen_groups.add(row.get("group_id"))
+                    bars.append(row["probe_best_gflops"])
             row = rf.append(row)
             rows.append(row)
             if bar:
@@ -230,7 +235,7 @@ def run_sweep(spec: SweepSpec, out, *, resume: bool = False, overwrite: bool = F
                     else:
                         group.append(v)
                 if group:
-                    executor.submit(Job(position[i], group_job, (spec, group, n, isolation, worker, best[0] or None),
+                    executor.submit(Job(position[i], group_job, (spec, group, n, isolation, worker, statistics.median(bars) if bars else None),
                                         base_row(spec, group[0], n), (i, n, group)))
                     if bar and concurrent:  # (a local executor says when each job starts, below)
                         bar.start(", ".join(v.label for v in group), n, running=executor.pending())
