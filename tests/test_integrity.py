@@ -432,8 +432,27 @@ def test_a_plugin_constructor_that_hangs_or_exits_is_bad_input_not_a_hang(adv, t
             "--out", "r.jsonl", timeout=120)
     _one_line_error(r, "adv_init: building it took longer than 3 s")
     r = adv("bench", *SMALL, "--seq-lens", "16", "--attn", "adv_init:what=exit", "--out", "r.jsonl", timeout=120)
-    _one_line_error(r, "adv_init: building it ended")
+    _one_line_error(r, "adv_init:what=exit: building it ended")
     assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_a_constructor_that_kills_the_check_is_pinned_on_its_variant_and_the_rest_are_still_checked(
+        plugin_site, monkeypatch):
+    """Two variants of one plugin, the first fine, the second ending the process, a third never
+    reached by that process: blame by position, and the third is checked in a fresh process."""
+    from effattn.bench.worker import MeasuringProcess
+
+    monkeypatch.setenv("PYTHONPATH", str(plugin_site))
+    mp = MeasuringProcess()
+    try:
+        why = mp.check([{"name": "adv_init", "options": {"what": "none"}, "label": "adv_init:what=none"},
+                        {"name": "adv_init", "options": {"what": "exit"}, "label": "adv_init:what=exit"},
+                        {"name": "adv_init", "options": {"what": "hang"}, "label": "adv_init"}], 5.0)
+    finally:
+        mp.kill()
+    assert why[0] is None
+    assert why[1].startswith("adv_init:what=exit: building it ended")
+    assert why[2] == "adv_init: building it took longer than 5 s"  # checked, not assumed fine
 
 
 def test_a_plugin_that_exits_at_import_is_listed_broken(adv):

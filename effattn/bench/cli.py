@@ -243,7 +243,7 @@ def _check_third_party(spec, isolation: str):
     if not theirs:
         return None
     mp = MeasuringProcess()
-    why = mp.check([{"name": v.name, "options": v.options} for v in theirs], min(spec.timeout_s, 120.0))
+    why = mp.check([{"name": v.name, "options": v.options, "label": v.label} for v in theirs], min(spec.timeout_s, 120.0))
     bad = [w for w in why if w]
     if bad or isolation != "worker":
         mp.kill()

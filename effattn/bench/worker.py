@@ -106,8 +106,8 @@ def check_variants(variants: list[dict], tick) -> list[str | None]:
     from ..registry import create_attention
 
     why = []
-    for v in variants:
-        tick(v["name"])
+    for i, v in enumerate(variants):
+        tick(str(i))  # by position: two variants may share a name (or a label)
         try:
             create_attention(v["name"], **v["options"])
             why.append(None)
@@ -306,13 +306,23 @@ class MeasuringProcess:
         why = self._ensure_started()
         if why:
             return [why] * len(variants)
+        if not variants:
+            return []
         msg, current = self._exchange({"check": variants}, timeout_s)
         if isinstance(msg, dict) and "checked" in msg:
             return msg["checked"]
         what = (f"building it took longer than {timeout_s:g} s" if msg == "timeout" else
                 f"building it ended {self.label} ({self._log_tail() or 'no output'})")
         self.kill()
-        return [f"{v['name']}: {what}" if v["name"] == current else None for v in variants]
+        try:
+            at = int(current)
+        except (TypeError, ValueError):
+            at = -1
+        if not 0 <= at < len(variants):  # before the first variant (importing, starting): none checked
+            return [f"{v.get('label', v['name'])}: could not be checked: {what}" for v in variants]
+        # those before it built; those after it were never tried: check them in a fresh process
+        return [None] * at + [f"{variants[at].get('label', variants[at]['name'])}: {what}"] + \
+            self.check(variants[at + 1:], timeout_s)
 
     def run(self, job: dict, timeout_s: float, base_rows: dict[str, dict]) -> tuple[list[dict], list[str]]:
         """Measure one group (`job["variants"]` at length `job["n"]`). Returns (rows, redo): the
