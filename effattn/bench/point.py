@@ -355,6 +355,8 @@ def prepare_point(spec: SweepSpec, variant: Variant, n: int, inputs: InputSet, t
             out, first_peak, net, seen = measure.profile_memory(step_of(again), spec.device, with_events=True)
             retained = max(0, net - measure.storage_bytes(_alive(again, [out])))
             del again
+        # events still lost: the memory is unknown, never 0 (None, and the row says why)
+        lost = not seen and bool(out.numel())
         del out
         if not inputs.intact():
             return Prepared(variant, {**row, "status": "error",
@@ -368,17 +370,25 @@ def prepare_point(spec: SweepSpec, variant: Variant, n: int, inputs: InputSet, t
         #    built on the second or third call is no less kept than one built on the first)
         steady_peak, per_call, last_out = 0, float("inf"), None
         for _ in range(2):
-            t0 = time.perf_counter()
-            out, peak, net, _ = measure.profile_memory(clean_step, spec.device, with_events=True)
-            per_call = min(per_call, time.perf_counter() - t0)  # sizes the rounds' blocks (an upper bound)
+            for _try in range(3):  # a profile that lost its events is taken again
+                t0 = time.perf_counter()
+                out, peak, net, seen = measure.profile_memory(clean_step, spec.device, with_events=True)
+                per_call = min(per_call, time.perf_counter() - t0)  # sizes the rounds' blocks (an upper bound)
+                if seen or not out.numel() or _try == 2:
+                    break
+                del out
+            lost |= not seen and bool(out.numel())
             steady_peak = max(steady_peak, peak)
             retained += max(0, net - measure.storage_bytes([out]))
             last_out = out.detach() if not fwdbwd and spec.level == "attention" else None
             del out
+        if lost:
+            row["memory_unmeasured"] = "the profiler recorded no allocator event for a call, three times"
+            first_peak = retained = None
         row["first_call_peak_mem_bytes"] = first_peak
         row["retained_bytes"] = retained
-        row["peak_mem_bytes"] = max(first_peak, retained + steady_peak)
-        if budget and row["input_bytes"] + row["peak_mem_bytes"] > budget:
+        row["peak_mem_bytes"] = None if lost else max(first_peak, retained + steady_peak)
+        if budget and not lost and row["input_bytes"] + row["peak_mem_bytes"] > budget:
             return Prepared(variant, {**row, "status": "oom", "reason": (
                 f"inputs {row['input_bytes']} + peak {row['peak_mem_bytes']} bytes exceed the memory budget {budget}")})
         # 4. useful FLOPs from the exact count of attended pairs
