@@ -269,3 +269,33 @@ def test_a_profile_that_lost_its_events_is_taken_again_and_never_reads_as_zero(m
         assert "no allocator event" in row["memory_unmeasured"]
         import pandas as pd
         summary(pd.DataFrame([{**row, "seq_len": n} for n in (64, 128)]))  # a row without memory is summarised
+
+
+def test_a_plugin_that_lowers_matmul_precision_is_caught_and_undone():
+    """Lowered precision (TF32, bf16 passes) would speed up every later point and the reference."""
+    import torch
+
+    before = torch.get_float32_matmul_precision()
+    guard = rounds._TorchState()
+    torch.set_float32_matmul_precision("medium" if before != "medium" else "high")
+    try:
+        assert "float32 matmul precision" in (guard.restore() or "")
+        assert torch.get_float32_matmul_precision() == before and guard.restore() is None
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def test_a_measuring_process_that_cannot_be_started_says_why_and_leaks_no_descriptor(monkeypatch):
+    import os
+    import subprocess
+
+    from effattn.bench import worker
+
+    def refuse(*a, **k):
+        raise OSError(11, "Resource temporarily unavailable")
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+    fds = set(os.listdir("/proc/self/fd"))
+    mp = worker.MeasuringProcess()
+    why = mp.check([{"name": "full", "options": {}, "label": "full"}], 5.0)
+    assert why == ["the measuring process could not be started: [Errno 11] Resource temporarily unavailable"]
+    assert set(os.listdir("/proc/self/fd")) <= fds

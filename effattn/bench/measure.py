@@ -1,8 +1,9 @@
-"""Measuring one point: time (torch.utils.benchmark), peak memory, FLOPs and output error.
+"""Measuring tools: peak memory (CUDA allocator stats, or the CPU profiler's allocator events),
+attended pairs and FLOPs, available memory, and `time_callable` for one-off timings (the matmul
+peak, benchmarks/peers.py) through `torch.utils.benchmark.Timer.blocked_autorange`.
 
-Timing uses `torch.utils.benchmark.Timer.blocked_autorange`, which picks the number of repeats
-itself, synchronises CUDA, and keeps raw times (median and IQR come from them). The first call
-(which includes any compilation or plan building) is timed apart and never mixed in.
+A sweep's points are not timed here: `rounds.py` times them in interleaved rounds of bare blocks,
+and `point.py` makes and checks their first calls.
 """
 from __future__ import annotations
 

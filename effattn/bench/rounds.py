@@ -184,7 +184,8 @@ def _is_oom(e: BaseException) -> bool:
 
 class _TorchState:
     """What a plugin must leave as it found it in a process that measures others after it: the
-    thread count, and the torch functions other plugins and the references call."""
+    thread count, the matmul precision settings (TF32 on CUDA, float32 matmul precision), and the
+    torch functions other plugins and the references call."""
 
     FUNCTIONS = [(torch.nn.functional, "scaled_dot_product_attention"), (torch.nn.functional, "softmax"),
                  (torch, "matmul"), (torch, "bmm"), (torch, "mm"), (torch, "softmax"), (torch, "einsum"),
@@ -193,6 +194,18 @@ class _TorchState:
     def __init__(self):
         self.threads = torch.get_num_threads()
         self.saved = [(obj, name, getattr(obj, name)) for obj, name in self.FUNCTIONS]
+        self.flags = self._flags()
+
+    @staticmethod
+    def _flags() -> dict:
+        return {"float32 matmul precision": torch.get_float32_matmul_precision(),
+                "TF32 in CUDA matmuls": torch.backends.cuda.matmul.allow_tf32,
+                "TF32 in cuDNN": torch.backends.cudnn.allow_tf32}
+
+    def _set_flags(self, flags: dict) -> None:
+        torch.set_float32_matmul_precision(flags["float32 matmul precision"])
+        torch.backends.cuda.matmul.allow_tf32 = flags["TF32 in CUDA matmuls"]
+        torch.backends.cudnn.allow_tf32 = flags["TF32 in cuDNN"]
 
     def restore(self) -> str | None:
         """Put back what changed; say what it was (None when nothing did)."""
@@ -204,6 +217,10 @@ class _TorchState:
             if getattr(obj, name) is not fn:
                 changed.append(f"replaced {getattr(obj, '__name__', obj)}.{name}")
                 setattr(obj, name, fn)
+        now = self._flags()
+        if now != self.flags:  # a plugin that lowers matmul precision would speed up the others and the reference
+            changed += [f"changed {k} from {self.flags[k]} to {now[k]}" for k in now if now[k] != self.flags[k]]
+            self._set_flags(self.flags)
         return "; ".join(changed) or None
 
 

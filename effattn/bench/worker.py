@@ -179,6 +179,11 @@ class MeasuringProcess:
                 [sys.executable, "-m", "effattn.bench.worker", str(job_r), str(res_w), str(os.getpid())],
                 stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log, pass_fds=(job_r, res_w),
                 close_fds=True, start_new_session=True)
+        except OSError as e:  # e.g. out of processes or memory: close what was opened, say why
+            for fd in (job_w, res_r, self._log):
+                os.close(fd)
+            self._log, self.proc = None, None
+            return f"{self.label} could not be started: {e}"
         finally:
             os.close(job_r)
             os.close(res_w)
