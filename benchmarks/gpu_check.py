@@ -1,11 +1,15 @@
-"""Every GPU check in one script, for a lent CUDA machine (issue #7). Under 10 minutes on an H100.
+"""Every GPU check in one script, for a lent CUDA machine (issue #7), in the order of what it tells:
 
-    PYTHONPATH=. python3 benchmarks/gpu_check.py OUT_DIR
+    PYTHONPATH=. python3 benchmarks/gpu_check.py OUT_DIR [BUDGET_S]
 
-1. the conformance suite on CUDA for every plugin, fp32; a bf16 run of each (finite, and close to
-   the same plugin run in float64);
-2. the xFormers plugin, and the FlexAttention backend forward and backward against the chunked path;
-3. a short sweep with memory (max_memory_allocated) and its report;
+1. a short fp32 fwd+bwd sweep (1k, 4k, 16k) and a bf16 one, with memory (max_memory_allocated) and
+   a report; every row measured or failed for a stated reason, and the sparse patterns' memory at
+   16k far below naive's (an eager FlexAttention fallback builds every n x n score);
+2. the FlexAttention backend forward and backward against the chunked path; float64 (which
+   FlexAttention's kernels do not take) routed to the chunked path;
+3. the conformance suite on CUDA for every plugin, fp32, and a bf16 run of each (finite, and close
+   to the same plugin run in float64), until BUDGET_S (default 330 s) is spent: each exact pattern
+   compiles FlexAttention per shape, seconds each;
 4. where Ray is installed, a short sweep through `--executor ray` (one GPU per point).
 
 Writes OUT_DIR/gpu_check.json (every check with its result), sweep.jsonl, sweep-ray.jsonl and report/. Without CUDA
@@ -23,7 +27,10 @@ import traceback
 import torch
 
 
-def main(out_dir: str) -> int:
+def main(out_dir: str, budget_s: float = 330.0) -> int:
+    """Most telling first (the sweep, FlexAttention's backward), the long conformance runs last:
+    past `budget_s` the remaining plugins' conformance is recorded as not run."""
+    deadline = time.monotonic() + budget_s
     os.makedirs(out_dir, exist_ok=True)
     result = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "checks": []}
     if not torch.cuda.is_available():
@@ -44,54 +51,6 @@ def main(out_dir: str) -> int:
         result["checks"].append({"check": name, "ok": bool(ok), "detail": detail})
         print(f"{'ok  ' if ok else 'FAIL'} {name}: {detail}", flush=True)
         _save(out_dir, result)
-
-    for name in effattn.list_attention():
-        why = effattn.get_entry(name).availability("cuda")
-        if why:
-            record(f"conformance {name}", True, f"skipped: {why}")
-            continue
-        for opts in ({}, small.get(name)) if small.get(name) else ({},):
-            try:
-                res = run_checks(name, device="cuda", **opts)
-                bad = [f"{r.name}: {r.detail}" for r in res if not r.passed]
-                record(f"conformance {name} {opts}", not bad, "; ".join(bad) or "all passed")
-            except Exception as e:  # noqa: BLE001
-                record(f"conformance {name} {opts}", False, f"{type(e).__name__}: {e}")
-        try:  # bf16: runs, finite, close to the same plugin (same features/projections) in float64
-            attn = effattn.create_attention(name, **small.get(name, {})).cuda()
-            g = torch.Generator(device="cuda").manual_seed(0)
-            n = 256  # within every plugin's default limits (linformer: max_len=256)
-            q, k, v = (torch.randn(2, 4, n, 64, device="cuda", generator=g) for _ in range(3))
-            with torch.no_grad():
-                out = attn(q.bfloat16(), k.bfloat16(), v.bfloat16()).double()
-                ref = copy.deepcopy(attn).double()(q.double(), k.double(), v.double())
-            err = float((out - ref).norm() / ref.norm())
-            # bf16 keeps 8 bits of mantissa; random-feature maps (exp) amplify it (CPU: performer 2.7e-2)
-            limit = 3e-2 if getattr(attn, "exact", False) else 6e-2
-            record(f"bf16 {name}", bool(torch.isfinite(out).all().item()) and err < limit,
-                   f"rel err vs its own float64 {err:.2e} (limit {limit:.0e})")
-        except Exception as e:  # noqa: BLE001
-            record(f"bf16 {name}", False, f"{type(e).__name__}: {e}")
-
-    for name, opts in (("sliding_window", dict(window=64, global_tokens=4)), ("bigbird", dict(block_size=32)),
-                       ("sparse", dict(pattern="fixed", stride=64, summary=4)), ("sparse", dict(stride=32))):
-        try:
-            g = torch.Generator(device="cuda").manual_seed(1)
-            qkv = [torch.randn(2, 4, 1000, 64, device="cuda", generator=g, requires_grad=True) for _ in range(3)]
-            outs, grads = [], []
-            for backend in ("flex", "chunked"):
-                attn = effattn.create_attention(name, backend=backend, **opts)
-                for t in qkv:
-                    t.grad = None
-                o = attn(*qkv, causal=True)
-                o.square().sum().backward()
-                outs.append(o.detach())
-                grads.append([t.grad.clone() for t in qkv])
-            err = float((outs[0] - outs[1]).norm() / outs[1].norm())
-            gerr = max(float((a - b).norm() / b.norm()) for a, b in zip(*grads))
-            record(f"flex fwd+bwd {name} {opts}", err < 1e-4 and gerr < 1e-3, f"out {err:.1e}, grads {gerr:.1e}")
-        except Exception as e:  # noqa: BLE001
-            record(f"flex fwd+bwd {name} {opts}", False, f"{type(e).__name__}: {e}")
 
     sweep = os.path.join(out_dir, "sweep.jsonl")
     from effattn.cli import main as cli_main
@@ -136,6 +95,73 @@ def main(out_dir: str) -> int:
         record(f"sparse memory at {top}", ok, "; ".join(parts) + f"; naive {dense / 2**20:.0f} MiB")
     except Exception:  # noqa: BLE001
         record("sparse memory", False, traceback.format_exc(limit=3))
+    for name, opts in (("sliding_window", dict(window=64, global_tokens=4)), ("bigbird", dict(block_size=32)),
+                       ("sparse", dict(pattern="fixed", stride=64, summary=4)), ("sparse", dict(stride=32))):
+        try:
+            g = torch.Generator(device="cuda").manual_seed(1)
+            qkv = [torch.randn(2, 4, 1000, 64, device="cuda", generator=g, requires_grad=True) for _ in range(3)]
+            outs, grads = [], []
+            for backend in ("flex", "chunked"):
+                attn = effattn.create_attention(name, backend=backend, **opts)
+                for t in qkv:
+                    t.grad = None
+                o = attn(*qkv, causal=True)
+                o.square().sum().backward()
+                outs.append(o.detach())
+                grads.append([t.grad.clone() for t in qkv])
+            err = float((outs[0] - outs[1]).norm() / outs[1].norm())
+            gerr = max(float((a - b).norm() / b.norm()) for a, b in zip(*grads))
+            record(f"flex fwd+bwd {name} {opts}", err < 1e-4 and gerr < 1e-3, f"out {err:.1e}, grads {gerr:.1e}")
+        except Exception as e:  # noqa: BLE001
+            record(f"flex fwd+bwd {name} {opts}", False, f"{type(e).__name__}: {str(e)[:400]}")
+
+    try:  # float64 on CUDA: FlexAttention's Triton kernels do not take it; auto must choose chunked
+        q = torch.randn(1, 2, 128, 32, device="cuda", dtype=torch.float64)
+        attn = effattn.create_attention("sliding_window", window=8)
+        with torch.no_grad():
+            attn(q, q, q)
+        auto_ok = attn.last_backend == "chunked-sdpa"
+        try:
+            effattn.create_attention("sliding_window", window=8, backend="flex")(q, q, q)
+            refused = "ran"
+        except effattn.UnsupportedError as e:
+            refused = str(e)
+        record("float64 pattern on cuda", auto_ok and "float64" in refused,
+               f"auto -> {attn.last_backend}; backend='flex' -> {refused[:120]}")
+    except Exception:  # noqa: BLE001
+        record("float64 pattern on cuda", False, traceback.format_exc(limit=3))
+
+    for name in effattn.list_attention():
+        why = effattn.get_entry(name).availability("cuda")
+        if time.monotonic() > deadline:
+            record(f"conformance {name}", False, f"not run: the script's {budget_s:g} s were spent")
+            continue
+        if why:
+            record(f"conformance {name}", True, f"skipped: {why}")
+            continue
+        for opts in ({}, small.get(name)) if small.get(name) else ({},):
+            try:
+                res = run_checks(name, device="cuda", **opts)
+                bad = [f"{r.name}: {r.detail}" for r in res if not r.passed]
+                record(f"conformance {name} {opts}", not bad, "; ".join(bad) or "all passed")
+            except Exception as e:  # noqa: BLE001
+                record(f"conformance {name} {opts}", False, f"{type(e).__name__}: {str(e)[:400]}")
+        try:  # bf16: runs, finite, close to the same plugin (same features/projections) in float64
+            attn = effattn.create_attention(name, **small.get(name, {})).cuda()
+            g = torch.Generator(device="cuda").manual_seed(0)
+            n = 256  # within every plugin's default limits (linformer: max_len=256)
+            q, k, v = (torch.randn(2, 4, n, 64, device="cuda", generator=g) for _ in range(3))
+            with torch.no_grad():
+                out = attn(q.bfloat16(), k.bfloat16(), v.bfloat16()).double()
+                ref = copy.deepcopy(attn).double()(q.double(), k.double(), v.double())
+            err = float((out - ref).norm() / ref.norm())
+            # bf16 keeps 8 bits of mantissa; random-feature maps (exp) amplify it (CPU: performer 2.7e-2)
+            limit = 3e-2 if getattr(attn, "exact", False) else 6e-2
+            record(f"bf16 {name}", bool(torch.isfinite(out).all().item()) and err < limit,
+                   f"rel err vs its own float64 {err:.2e} (limit {limit:.0e})")
+        except Exception as e:  # noqa: BLE001
+            record(f"bf16 {name}", False, f"{type(e).__name__}: {str(e)[:400]}")
+
     _ray_leg(out_dir, record, cli_main)
     failed = [c for c in result["checks"] if not c["ok"]]
     result["summary"] = f"{len(result['checks']) - len(failed)} passed, {len(failed)} failed"
@@ -176,6 +202,6 @@ def _save(out_dir, result):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: PYTHONPATH=. python3 benchmarks/gpu_check.py OUT_DIR")
-    sys.exit(main(sys.argv[1]))
+    if len(sys.argv) not in (2, 3):
+        sys.exit("usage: PYTHONPATH=. python3 benchmarks/gpu_check.py OUT_DIR [BUDGET_S]")
+    sys.exit(main(sys.argv[1], float(sys.argv[2]) if len(sys.argv) == 3 else 330.0))

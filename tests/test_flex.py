@@ -56,3 +56,14 @@ def test_past_the_recompile_limit_flex_fails_instead_of_running_dense(monkeypatc
     with torch.no_grad(), pytest.raises(effattn.UnsupportedError, match="compiled 1 times"):
         for n in (136, 152):  # two shapes no other test uses: at most one compiles under the limit
             attn(*(torch.randn(1, 1, n, 8),) * 3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_float64_on_cuda_takes_the_chunked_path_and_flex_refuses_it():
+    """FlexAttention's Triton kernels fail to compile for float64 (an assertion inside tl.dot)."""
+    q = torch.randn(1, 2, 64, 16, device="cuda", dtype=torch.float64)
+    attn = effattn.create_attention("sliding_window", window=4)
+    attn(q, q, q)
+    assert attn.last_backend == "chunked-sdpa"
+    with pytest.raises(effattn.UnsupportedError, match="float64"):
+        effattn.create_attention("sliding_window", window=4, backend="flex")(q, q, q)

@@ -18,6 +18,7 @@ from typing import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
+from ..errors import UnsupportedError
 from .base import AttentionBase, check_choice, combine_masks
 from .full import dense_attention
 
@@ -202,6 +203,8 @@ def arange(a: int, b: int) -> torch.Tensor:
 
 
 BACKENDS = ("auto", "chunked", "dense", "flex")
+#: what FlexAttention's Triton kernels compile for (float64 fails inside Triton's dot: found on an H200)
+FLEX_CUDA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 class PatternAttention(AttentionBase):
@@ -211,7 +214,8 @@ class PatternAttention(AttentionBase):
     backend: `chunked` (plain PyTorch; forward and backward everywhere), `flex` (compiled
     FlexAttention; CUDA forward+backward, CPU forward only), `dense` (masked SDPA over
     `dense_mask`: the labelled simulated-sparsity baseline, O(n^2)), `auto` (flex on CUDA, chunked
-    on CPU, where flex compiles for seconds per shape and has no backward)."""
+    on CPU, where flex compiles for seconds per shape and has no backward; chunked for float64 on
+    CUDA, which FlexAttention's kernels do not take)."""
 
     complexity = "O(nnz)"
 
@@ -245,8 +249,12 @@ class PatternAttention(AttentionBase):
         if backend == "auto":
             from ._flex import flex_available
 
-            backend = "flex" if q.device.type == "cuda" and flex_available() is None else "chunked"
+            backend = ("flex" if q.device.type == "cuda" and q.dtype in FLEX_CUDA_DTYPES and flex_available() is None
+                       else "chunked")
         if backend == "flex":
+            if q.device.type == "cuda" and q.dtype not in FLEX_CUDA_DTYPES:
+                raise UnsupportedError(f"backend 'flex': FlexAttention's CUDA kernels take float16, bfloat16 and "
+                                       f"float32, not {str(q.dtype).replace('torch.', '')}; use backend='chunked'")
             from ._flex import flex_forward
 
             self.last_backend = "flex"
