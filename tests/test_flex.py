@@ -67,3 +67,20 @@ def test_float64_on_cuda_takes_the_chunked_path_and_flex_refuses_it():
     assert attn.last_backend == "chunked-sdpa"
     with pytest.raises(effattn.UnsupportedError, match="float64"):
         effattn.create_attention("sliding_window", window=4, backend="flex")(q, q, q)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("compiled", [False, True])
+def test_a_large_block_mask_is_built_without_the_n_by_n_mask(monkeypatch, compiled):
+    """Built eagerly, create_block_mask evaluates all n x n pairs at once (4 GiB at 16k); past
+    COMPILED_MASK_PAIRS it is built compiled. The first call's measured peak says which."""
+    import effattn.attention._flex as flex_mod
+    from effattn.bench.measure import profile_memory
+
+    monkeypatch.setattr(flex_mod, "COMPILED_MASK_PAIRS", 1 if compiled else 1 << 62)
+    n = 1040  # a length no other test uses, so its block mask is built here
+    attn = effattn.create_attention("sliding_window", window=16, backend="flex")
+    q = torch.randn(1, 1, n, 16)
+    with torch.no_grad():
+        _, peak, _ = profile_memory(lambda: attn(q, q, q), "cpu")
+    assert (peak < n * n) if compiled else (peak >= n * n), peak

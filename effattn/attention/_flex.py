@@ -39,14 +39,21 @@ def _compiled():
     return torch.compile(flex_attention, dynamic=False, fullgraph=True)
 
 
-def _run_compiled(q, k, v, block_mask):
+#: from this many (query, key) pairs on, the block mask is built by a compiled kernel: built
+#: eagerly, `create_block_mask` evaluates the mask over all n_q x n_k pairs at once (measured here:
+#: 4 GiB at n = 16384, against 1 MiB compiled; the first call's peak memory counts it). Below it,
+#: on CPU, the eager build is cheap and compiling would cost seconds per shape.
+COMPILED_MASK_PAIRS = 1 << 24
+
+
+def _run_compiled(fn):
     import torch._dynamo
 
     limit = RECOMPILE_LIMIT
     try:
         with torch._dynamo.config.patch(recompile_limit=limit, fail_on_recompile_limit_hit=True,
                                         accumulated_recompile_limit=max(limit, torch._dynamo.config.accumulated_recompile_limit)):
-            return _compiled()(q, k, v, block_mask=block_mask)
+            return fn()
     except torch._dynamo.exc.FailOnRecompileLimitHit:
         raise UnsupportedError(
             f"backend 'flex': FlexAttention was compiled {limit} times in this process; rather than "
@@ -78,10 +85,12 @@ def flex_forward(pair_mask, q, k, v, causal: bool, key_padding_mask, cache: dict
         key, mask_b = None, B  # the padding differs per call: no caching
     block_mask = cache.get(key) if key is not None else None
     if block_mask is None:
-        block_mask = create_block_mask(mask_mod, mask_b, None, n_q, n_k, device=q.device)
+        compiled = q.device.type == "cuda" or n_q * n_k >= COMPILED_MASK_PAIRS
+        block_mask = _run_compiled(lambda: create_block_mask(mask_mod, mask_b, None, n_q, n_k, device=q.device,
+                                                             _compile=compiled))
         if key is not None:
             cache[key] = block_mask
-    out = _run_compiled(q, k, v, block_mask)
+    out = _run_compiled(lambda: _compiled()(q, k, v, block_mask=block_mask))
     if key_padding_mask is not None:  # rows left with no key: zeros, as everywhere in effattn
         pattern_rows = keep.any(-1)[:, None, None, None].to(out.dtype)
         out = out * pattern_rows
