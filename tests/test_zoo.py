@@ -135,7 +135,7 @@ def test_linformer_error_falls_with_projection_length():
 
 
 def test_linear_matches_its_own_quadratic_definition():
-    """Chunked causal linear equals the O(n^2) formula of SEMANTICS.md (float64)."""
+    """Chunked causal linear equals the O(n^2) formula of docs/semantics.md (float64)."""
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 2, 50, 8, generator=g, dtype=torch.float64) for _ in range(3))
     fq, fk = torch.nn.functional.elu(q) + 1, torch.nn.functional.elu(k) + 1

@@ -1,5 +1,5 @@
 """What every built-in plugin shares: declared facts, option checks and the mask conventions of
-SEMANTICS.md (causal is top-left aligned `j <= i`; `key_padding_mask` is True at padding; a query
+docs/semantics.md (causal is top-left aligned `j <= i`; `key_padding_mask` is True at padding; a query
 row left with no key outputs zeros)."""
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Longformer sliding window with global tokens (Beltagy et al. 2020, arXiv:2004.05150).
 
-(i, j) attends when  |i - j| <= w  or  i < g  or  j < g   (SEMANTICS.md; HF's
+(i, j) attends when  |i - j| <= w  or  i < g  or  j < g   (docs/semantics.md; HF's
 `attention_window` is the full width 2w). Cost O(n * (2w + 1 + g) + g * n).
 
 Rows are cut into chunks of c rows; chunk rows [s, s+c) gather keys [0, g) + [s - w, s + c + w),

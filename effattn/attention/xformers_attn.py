@@ -1,10 +1,10 @@
 """xFormers `memory_efficient_attention` (Lefaudeux et al., facebookresearch/xformers) on CUDA.
 
-Exact softmax attention; causal through `LowerTriangularMask` (top-left aligned, as SEMANTICS.md);
+Exact softmax attention; causal through `LowerTriangularMask` (top-left aligned, as docs/semantics.md);
 a local window `window=w` (|i - j| <= w, as `sliding_window` without globals) through
 `LocalAttentionFromBottomRightMask(window_left=w, window_right=w, or 0 when causal)`, which for
 n_q == n_k is exactly that band; padding, and windows with n_q != n_k (where xFormers' bottom-right
-alignment differs from SEMANTICS.md's top-left), through an explicit additive bias. Its kernels need CUDA: elsewhere it is listed as unavailable
+alignment differs from the top-left one of docs/semantics.md), through an explicit additive bias. Its kernels need CUDA: elsewhere it is listed as unavailable
 with the reason, and never imported.
 """
 from __future__ import annotations
@@ -65,7 +65,7 @@ class XFormersAttention(AttentionBase):
         self.last_backend = "xformers-cutlass"
         qx, kx, vx = (t.transpose(1, 2) for t in (q, k, v))                 # (B, n, H, D)
         B, H, n_q, n_k = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
-        # xFormers' local masks align bottom-right: they match SEMANTICS.md only when n_q == n_k.
+        # xFormers' local masks align bottom-right: they match docs/semantics.md only when n_q == n_k.
         # Other cases (padding, or a window with n_q != n_k) take an explicit bias tensor.
         if key_padding_mask is None and (self.window < 0 or n_q == n_k):
             if self.window >= 0:
