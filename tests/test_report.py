@@ -110,3 +110,53 @@ def test_report_context_of_a_run_spread_over_workers(sweep, tmp_path):
     local = (tmp_path / "rep2" / "report.md").read_text().split("### Context", 1)[1]
     peaks = sorted({round(r["matmul_peak_gflops"]) for r in map(json.loads, sweep.read_text().splitlines())})
     assert "on Ray" not in local and f"{peaks[0]}" in local.split("matmul peak", 1)[1]
+
+
+def test_tables_format_numpy_integers_and_mark_the_best():
+    """Memory columns arrive as NumPy integers: they were printed raw, in bytes, under "MiB"."""
+    import numpy as np
+    import pandas as pd
+
+    from effattn.report import table_md
+
+    t = pd.DataFrame({64: [np.int64(2**21), np.int64(2**20)]}, index=["a", "b"], dtype=object)
+    md = table_md(t, "Peak memory", "MiB", scale=1 / 2**20)
+    assert "| a | 2 |" in md and "| b | **1** |" in md, md
+
+
+def test_the_report_shows_both_error_columns_for_what_they_mean(sweep, tmp_path):
+    build_report([str(sweep)], str(tmp_path / "rep"))
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "How far from full attention" in md and "measures the approximation, not a bug" in md
+    own = md.split("Correctness of exact variants", 1)[1].split("###", 1)[0]
+    assert "sliding_window:window=8" in own and "performer" not in own  # exact variants only
+
+
+def test_an_all_attending_pattern_is_drawn_black_not_blank(tmp_path, monkeypatch):
+    import matplotlib.image as mpimg
+    import torch
+
+    from effattn import report
+
+    class Everything(torch.nn.Module):
+        exact = True
+
+        def dense_mask(self, n_q, n_k, causal=False):
+            return torch.ones(n_q, n_k, dtype=torch.bool)
+
+    class Entry:
+        target = Everything
+
+    from effattn import registry
+
+    monkeypatch.setattr(registry, "get_entry", lambda name: Entry)
+    monkeypatch.setattr(registry, "create_attention", lambda name, **o: Everything())
+    monkeypatch.setattr(registry, "option_names", lambda t: ([], None))
+    monkeypatch.setattr(registry, "option_defaults", lambda t: {})
+    import pandas as pd
+    df = pd.DataFrame([{"label": "everything", "variant": "everything", "options": {}}])
+    made = report.pattern_pictures(df, str(tmp_path))
+    img = mpimg.imread(str(tmp_path / made[0][1]))
+    h, w = img.shape[:2]
+    centre = img[h // 3: 2 * h // 3, w // 3: 2 * w // 3, :3]
+    assert centre.mean() < 0.2, centre.mean()  # black where every pair attends
