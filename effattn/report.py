@@ -6,7 +6,6 @@ length gets tables without slopes.
 """
 from __future__ import annotations
 
-import html
 import math
 import numbers
 import os
@@ -67,7 +66,7 @@ def table_md(t: pd.DataFrame, title: str, unit: str, lower_is_better=True, scale
                 cells.append(f"**{s}**" if best.get(c) == label else s)
             else:
                 cells.append("" if pd.isna(v) else str(v))
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_cell(label)} | " + " | ".join(_cell(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -258,12 +257,12 @@ def build_report(paths: list[str], out_dir: str, formats=("md",), on_problem=Non
             "" if pd.isna(r["time_exponent_lo"]) else f" [{r['time_exponent_lo']:.2f}, {r['time_exponent_hi']:.2f}]")
         me = "" if pd.isna(r["mem_exponent"]) else f"{r['mem_exponent']:.2f}"
         loaded = f", {r['loaded']} measured under load" if r.get("loaded") else ""
-        md.append(f"| {r['label']} | {te} | {me} | {_fmt(r['fit_from'])} | {r['crossover']} | {r['points']}{loaded} |")
+        md.append(f"| {_cell(r['label'])} | {te} | {me} | {_fmt(r['fit_from'])} | {_cell(r['crossover'])} | {r['points']}{loaded} |")
     md.append("")
     if pats:
         md += ["### Attention patterns (dense_mask at n = 64, small options)", "",
                "| variant | pattern | what it computes |", "| --- | --- | --- |"]
-        md += [f"| {label} | ![]({f}) | {html.escape(formula)} |" for label, f, formula in pats]
+        md += [f"| {_cell(label)} | ![]({f}) | {_cell(formula)} |" for label, f, formula in pats]
         md.append("")
     noisy = df[df.get("noisy", pd.Series(False, index=df.index)).fillna(False).astype(bool)]
     loaded = df[df.get("loaded", pd.Series(False, index=df.index)).fillna(False).astype(bool)]
@@ -338,39 +337,22 @@ def _run_context(g: pd.DataFrame) -> str:
 
 
 def _to_html(md: str) -> str:
-    """A small markdown-to-HTML for our own report (headings, tables, images, bold, lists)."""
-    import re
+    """The report's markdown as a standalone HTML page, rendered by markdown-it-py (CommonMark with
+    GitHub's tables: the same rules GitHub uses to show report.md, so both read alike). Raw HTML in
+    the markdown is escaped, never passed through."""
+    from markdown_it import MarkdownIt
 
-    out, in_table = ["<!doctype html><meta charset='utf-8'><title>effattn report</title>",
-                     "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
-                     "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}img{max-width:100%}</style>"], False
-    inline = lambda s: re.sub(r"!\[([^]]*)\]\(([^)]+)\)", r"<img alt='\1' src='\2'>",
-                              re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", html.escape(s, quote=False)))
-    for line in md.splitlines():
-        if line.startswith("|"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            if all(set(c) <= set("- ") for c in cells):
-                continue
-            if not in_table:
-                out.append("<table>")
-                in_table, tag = True, "th"
-            else:
-                tag = "td"
-            out.append("<tr>" + "".join(f"<{tag}>{inline(c)}</{tag}>" for c in cells) + "</tr>")
-            continue
-        if in_table:
-            out.append("</table>")
-            in_table = False
-        if line.startswith("#"):
-            lvl = len(line) - len(line.lstrip("#"))
-            out.append(f"<h{lvl}>{inline(line.lstrip('#').strip())}</h{lvl}>")
-        elif line.startswith("- "):
-            out.append(f"<li>{inline(line[2:])}</li>")
-        elif line.strip():
-            out.append(f"<p>{inline(line)}</p>")
-    if in_table:
-        out.append("</table>")
-    return "\n".join(out) + "\n"
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(md)
+    return ("<!doctype html>\n<html lang='en'><head><meta charset='utf-8'><title>effattn report</title>\n"
+            "<style>body{font-family:sans-serif;max-width:1100px;margin:auto;padding:0 1em}"
+            "table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #ccc;padding:2px 6px}"
+            "td{text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}</style>"
+            "</head><body>\n" + body + "</body></html>\n")
+
+
+def _cell(text: str) -> str:
+    """Text for a markdown table cell: a `|` would end the cell (even inside a code span)."""
+    return str(text).replace("|", "\\|")
 
 
 def _write(out_dir, name, text):

@@ -108,8 +108,13 @@ def test_report_context_of_a_run_spread_over_workers(sweep, tmp_path):
     # the same rounds as that length's points), so it shows as the range of those values
     build_report([str(sweep)], str(tmp_path / "rep2"), ("md",))
     local = (tmp_path / "rep2" / "report.md").read_text().split("### Context", 1)[1]
-    peaks = sorted({round(r["matmul_peak_gflops"]) for r in map(json.loads, sweep.read_text().splitlines())})
-    assert "on Ray" not in local and f"{peaks[0]}" in local.split("matmul peak", 1)[1]
+    import re
+
+    peaks = sorted({r["matmul_peak_gflops"] for r in map(json.loads, sweep.read_text().splitlines())})
+    shown = [float(x) for x in re.findall(r"[\d.]+", local.split("matmul peak", 1)[1].split("GFLOP/s", 1)[0])]
+    # (the range's ends as printed: 3 significant figures, so compare within rounding, whatever the magnitude)
+    assert "on Ray" not in local and shown[0] == pytest.approx(peaks[0], rel=0.01) \
+        and shown[-1] == pytest.approx(peaks[-1], rel=0.01), (shown, peaks)
 
 
 def test_tables_format_numpy_integers_and_mark_the_best():
@@ -160,3 +165,38 @@ def test_an_all_attending_pattern_is_drawn_black_not_blank(tmp_path, monkeypatch
     h, w = img.shape[:2]
     centre = img[h // 3: 2 * h // 3, w // 3: 2 * w // 3, :3]
     assert centre.mean() < 0.2, centre.mean()  # black where every pair attends
+
+
+def test_the_html_report_keeps_a_formula_with_pipes_in_one_cell(sweep, tmp_path):
+    """The pattern table's formula `|i - j| <= w` split its row into extra cells, and `<=` showed
+    as the literal text `&lt;=`."""
+    from html.parser import HTMLParser
+
+    build_report([str(sweep)], str(tmp_path / "rep"), ("md", "html"))
+
+    class Rows(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.rows, self.cell = [], None
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "tr":
+                self.rows.append([])
+            elif tag in ("td", "th"):
+                self.cell = ""
+
+        def handle_endtag(self, tag):
+            if tag in ("td", "th"):
+                self.rows[-1].append(self.cell)
+                self.cell = None
+
+        def handle_data(self, data):
+            if self.cell is not None:
+                self.cell += data
+
+    p = Rows()
+    p.feed((tmp_path / "rep" / "report.html").read_text())
+    pattern_rows = [r for r in p.rows if r and r[0] == "sliding_window:window=8" and "|i - j|" in "".join(r)]
+    assert len(pattern_rows) == 1, p.rows
+    row = pattern_rows[0]
+    assert len(row) == 3 and "|i - j| <= window" in row[2], row  # one cell; <= shown as <=, not &lt;=
