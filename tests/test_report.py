@@ -200,3 +200,38 @@ def test_the_html_report_keeps_a_formula_with_pipes_in_one_cell(sweep, tmp_path)
     assert len(pattern_rows) == 1, p.rows
     row = pattern_rows[0]
     assert len(row) == 3 and "|i - j| <= window" in row[2], row  # one cell; <= shown as <=, not &lt;=
+
+
+def test_each_pattern_is_drawn_at_a_size_where_its_structure_shows(tmp_path):
+    """BigBird at n = 64 with its default 3 random blocks attended every block: a black square."""
+    import matplotlib.image as mpimg
+    import pandas as pd
+
+    from effattn.report import pattern_pictures
+
+    df = pd.DataFrame([{"label": "bigbird", "variant": "bigbird", "options": {}},
+                       {"label": "sliding_window", "variant": "sliding_window", "options": {}}])
+    made = {label: f for label, f, _ in pattern_pictures(df, str(tmp_path))}
+    for label, f in made.items():
+        img = mpimg.imread(str(tmp_path / f))[..., :3]
+        h, w = img.shape[:2]
+        inner = img[h // 8: 7 * h // 8, w // 8: 7 * w // 8]  # inside the frame and title
+        dark = float((inner.mean(-1) < 0.5).mean())
+        assert 0.05 < dark < 0.6, (label, dark)  # some pairs attended, most not
+
+
+def test_plots_split_exact_from_approximate_and_show_the_speedup_over_full(sweep, tmp_path):
+    from effattn.report import _speedups, _split_exact, _style
+    from effattn.results import load
+
+    written = build_report([str(sweep)], str(tmp_path / "rep"), ("md",))
+    assert "speedup.png" in {p.rsplit("/", 1)[-1] for p in written}
+    assert "![speedup](speedup.png)" in (tmp_path / "rep" / "report.md").read_text()
+    df = load(str(sweep))
+    titles = {t: set(d["label"]) for t, d in _split_exact(df)}
+    assert "performer:num_features=16" in titles["approximate variants"]
+    assert {"full", "naive", "sliding_window:window=8"} <= titles["exact variants"]
+    sp = _speedups(df)
+    assert set(sp["label"]) == {"naive", "sliding_window:window=8", "performer:num_features=16"}
+    assert (sp["speedup"] > 0).all() and ((sp["lo"] <= sp["speedup"]) & (sp["speedup"] <= sp["hi"])).all()
+    assert len({(tuple(_style(i)["color"]), _style(i)["marker"]) for i in range(30)}) == 30  # no look repeats
