@@ -30,15 +30,20 @@ def _version(mod: str) -> str | None:
         return None
 
 
-@lru_cache(maxsize=1)
-def git_commit() -> str | None:
-    here = os.path.dirname(os.path.abspath(__file__))
+@lru_cache(maxsize=4)
+def git_commit(package_dir: str | None = None) -> str | None:
+    """The commit of the checkout effattn runs from, with "-dirty" when the package's own files
+    (`package_dir`, default effattn/: its code, tracked or not) differ from that commit. Changes
+    elsewhere in the checkout - above all the results file a sweep is writing, which may be
+    tracked - do not change what was measured and do not make a row dirty."""
+    here = package_dir or os.path.dirname(os.path.abspath(__file__))
     try:
         out = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5)
         if out.returncode == 0:
-            dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
-                                   capture_output=True, text=True, timeout=5).stdout.strip()
-            return out.stdout.strip() + ("-dirty" if dirty else "")
+            dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=normal", "--", "."],
+                                   capture_output=True, text=True, timeout=5).stdout
+            code = [line for line in dirty.splitlines() if not line.rstrip().endswith(("/__pycache__/", ".pyc"))]
+            return out.stdout.strip() + ("-dirty" if code else "")
     except (OSError, subprocess.SubprocessError):
         pass
     return None

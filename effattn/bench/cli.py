@@ -378,7 +378,7 @@ def _print_summary(df, summ):
     loaded = df[df.get("loaded", pd.Series(False, index=df.index)).fillna(False).astype(bool)] \
         if "loaded" in df else df.iloc[:0]
     if len(loaded):
-        click.echo(f"\n* measured while the machine was busy (fewer than 3 quiet rounds within the wait): "
+        click.echo(f"\n* measured while the machine was busy (fewer than 6 quiet rounds within the wait): "
                    + ", ".join(f"{r['label']} n={r['seq_len']}" for _, r in loaded.iterrows()))
     faults = df[df["fault"].notna()] if "fault" in df else df.iloc[:0]
     if len(faults):
