@@ -202,6 +202,13 @@ def _save(out_dir, result):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) not in (2, 3):
-        sys.exit("usage: PYTHONPATH=. python3 benchmarks/gpu_check.py OUT_DIR [BUDGET_S]")
-    sys.exit(main(sys.argv[1], float(sys.argv[2]) if len(sys.argv) == 3 else 330.0))
+    usage = "usage: PYTHONPATH=. python3 benchmarks/gpu_check.py OUT_DIR [BUDGET_S]"
+    if len(sys.argv) not in (2, 3) or not sys.argv[1].strip():
+        sys.exit(usage)
+    try:
+        budget = float(sys.argv[2]) if len(sys.argv) == 3 else 330.0
+    except ValueError:
+        budget = float("nan")
+    if not budget > 0 or budget == float("inf"):
+        sys.exit(f"BUDGET_S must be a number of seconds > 0, got {sys.argv[2]!r}\n{usage}")
+    sys.exit(main(sys.argv[1], budget))
