@@ -4,6 +4,7 @@
     attn = effattn.create_attention("sliding_window", window=128)
     out = attn(q, k, v, causal=True)        # q, k, v: (batch, heads, seq, head_dim)
 """
+from ._version import __version__
 from .errors import EffattnError, OptionError, UnknownAttentionError, UnsupportedError
 from .registry import (
     Facts,
@@ -14,7 +15,6 @@ from .registry import (
     register_attention,
 )
 
-__version__ = "0.1.0"
 
 __all__ = [
     "EffattnError", "OptionError", "UnknownAttentionError", "UnsupportedError", "Facts",

@@ -50,7 +50,7 @@ def git_commit(package_dir: str | None = None) -> str | None:
 
 
 def environment() -> dict:
-    from . import __version__
+    from ._version import __version__
 
     env = {
         "effattn": __version__,

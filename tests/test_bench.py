@@ -1,4 +1,5 @@
 """`effattn bench`: results are data, bad input is one line and exit 2, resume completes exactly."""
+import io
 import json
 import os
 import signal
@@ -233,3 +234,66 @@ def test_trained_inputs_give_peaked_attention_and_error_columns(run_cli, tmp_pat
     # the second run finds the cached backbone and does not train again
     r = run_cli(*args, "--inputs", "trained", "--out", "t2.jsonl", cwd=str(tmp_path), env_extra=env)
     assert r.returncode == 0 and "training" not in r.stderr
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def _progress_rows():
+    ok = {"label": "full", "seq_len": 64, "status": "ok", "time_ms": 1.25}
+    bad = {"label": "linear", "seq_len": 64, "status": "error", "time_ms": None, "reason": "ValueError: boom"}
+    return ok, bad
+
+
+def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere():
+    from effattn.bench.sweep import LineProgress
+    from effattn.cli.progress import ClickProgress
+
+    ok, bad = _progress_rows()
+    term = _Terminal()
+    p = ClickProgress(term)
+    p.begin(2)
+    p.start("2 variant(s)", 64)
+    p.finish(ok)
+    p.finish(bad)
+    p.close()
+    shown = term.getvalue()
+    assert "points" in shown and "2/2" in shown and "2 variant(s) n=64" in shown and "[#" in shown
+    assert "linear n=64: error (ValueError: boom)" in shown  # a failure stays on screen
+    assert "full n=64: ok" not in shown                      # an ok point only moves the bar
+    assert shown.endswith("\n")                              # the bar's line is ended on close
+
+    for reporter in (ClickProgress(io.StringIO()), LineProgress(io.StringIO())):
+        reporter.begin(2)
+        reporter.start("2 variant(s)", 64)
+        reporter.finish(ok)
+        reporter.finish(bad)
+        reporter.close()
+        lines = reporter.stream.getvalue().splitlines()
+        assert lines == ["[1/2] full n=64: ok 1.25 ms", "[2/2] linear n=64: error (ValueError: boom)"]
+
+
+def test_a_sweep_reports_to_a_reporter_of_ones_own(tmp_path):
+    class Record:
+        def __init__(self):
+            self.calls = []
+
+        def begin(self, total):
+            self.calls.append(("begin", total))
+
+        def start(self, label, n, running=1):
+            self.calls.append(("start", n))
+
+        def finish(self, row):
+            self.calls.append(("finish", row["label"], row["seq_len"]))
+
+        def close(self):
+            self.calls.append(("close",))
+
+    spec = SweepSpec(seq_lens=[16, 32], variants=[Variant("full", {})], heads=2, head_dim=8, min_run_time_s=0.01)
+    rec = Record()
+    run_sweep(spec, str(tmp_path / "r.jsonl"), progress=rec)
+    assert rec.calls == [("begin", 2), ("start", 16), ("finish", "full", 16), ("start", 32), ("finish", "full", 32),
+                         ("close",)]

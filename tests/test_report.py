@@ -221,7 +221,7 @@ def test_each_pattern_is_drawn_at_a_size_where_its_structure_shows(tmp_path):
 
 
 def test_plots_split_exact_from_approximate_and_show_the_speedup_over_full(sweep, tmp_path):
-    from effattn.report import _speedups, _split_exact, _style
+    from effattn.report.plots import _speedups, _split_exact, _style
     from effattn.results import load
 
     written = build_report([str(sweep)], str(tmp_path / "rep"), ("md",))

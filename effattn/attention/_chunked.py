@@ -85,7 +85,7 @@ def build_plan(chunks: Iterable[tuple[torch.Tensor, torch.Tensor]], pair_mask: P
         buckets.setdefault(sig, [m, [], []])
         buckets[sig][1].append(rows)
         buckets[sig][2].append(keys)
-    groups, all_rows = [], []
+    groups = []
     for m, rows, keys in buckets.values():
         has_key = m.any(-1, keepdim=True)
         row_keep = None

@@ -8,7 +8,8 @@ import math
 import torch
 from torch import nn
 
-from ..errors import OptionError, UnsupportedError
+from ..errors import UnsupportedError
+from ..options import check_choice, check_float, check_int  # noqa: F401  (re-exported: plugins import them from here)
 
 
 class AttentionBase(nn.Module):
@@ -66,32 +67,6 @@ def dense_pairs(n_q: int, n_k: int, causal: bool) -> int:
         return n_q * n_k
     m = min(n_q, n_k)
     return m * (m + 1) // 2 + max(0, n_q - n_k) * n_k
-
-
-# ----------------------------------------------------------------------------- option checks
-def check_int(name: str, value, lo: int, hi: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise OptionError(f"option {name} must be an integer, got {value!r}")
-    if value < lo or (hi is not None and value > hi):
-        rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-        raise OptionError(f"option {name} must be {rng}, got {value}")
-    return value
-
-
-def check_float(name: str, value, lo: float, hi: float | None = None, lo_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise OptionError(f"option {name} must be a number, got {value!r}")
-    bad = value <= lo if lo_open else value < lo
-    if bad or (hi is not None and value > hi):
-        rng = (f"> {lo}" if lo_open else f">= {lo}") + ("" if hi is None else f" and <= {hi}")
-        raise OptionError(f"option {name} must be {rng}, got {value}")
-    return float(value)
-
-
-def check_choice(name: str, value, choices) -> str:
-    if value not in choices:
-        raise OptionError(f"option {name} must be one of {', '.join(map(str, choices))}; got {value!r}")
-    return value
 
 
 # ----------------------------------------------------------------------------- masks

@@ -376,7 +376,7 @@ def prepare_point(spec: SweepSpec, variant: Variant, n: int, inputs: InputSet, t
                 per_call = min(per_call, time.perf_counter() - t0)  # sizes the rounds' blocks (an upper bound)
                 if seen or not out.numel() or _try == 2:
                     break
-                del out
+                out = None  # free it before the next try
             lost |= not seen and bool(out.numel())
             steady_peak = max(steady_peak, peak)
             retained += max(0, net - measure.storage_bytes([out]))
@@ -432,13 +432,6 @@ def prepare_point(spec: SweepSpec, variant: Variant, n: int, inputs: InputSet, t
     except (Exception, SystemExit) as e:  # noqa: BLE001 - every failure is a recorded status, the sweep goes on
         _failed(row, watch, f"{type(e).__name__}: {e}")
     return Prepared(variant, row)
-
-
-def measure_point(spec: SweepSpec, variant: Variant, n: int, tick=None) -> dict:
-    """Measure one point in this process (a group of one: see `effattn.bench.rounds`)."""
-    from .rounds import measure_group
-
-    return measure_group(spec, [variant], n, tick=tick)[0]
 
 
 def _fingerprint(mask: torch.Tensor) -> tuple:

@@ -377,3 +377,8 @@ def _rate(row: dict, spec: SweepSpec) -> None:
             row["fault"] = (f"useful FLOP rate {row['gflops']:.1f} GFLOP/s is {row['peak_fraction']:.0%} of the "
                             f"matmul peak {peak:.1f} measured in the same rounds: the time, the FLOP count or the "
                             "peak is wrong")
+
+
+def measure_point(spec: SweepSpec, variant: Variant, n: int, tick=None) -> dict:
+    """Measure one point in this process (a group of one)."""
+    return measure_group(spec, [variant], n, tick=tick)[0]

@@ -71,38 +71,36 @@ def run_worker(spec: SweepSpec, variant: Variant, n: int, label: str = "the isol
     return group_job(spec, [variant], n, "process", MeasuringProcess(label))[0]
 
 
-class Progress:
-    """A one-line progress bar with ETA on a terminal; plain lines otherwise."""
+class LineProgress:
+    """Progress as plain lines, one per finished point, on a stream (stderr by default): what a
+    log file or a pipe can hold. A reporter is any object with `begin(total)`, `start(label, n,
+    running)`, `finish(row)` and `close()`; the CLI passes one that draws a bar on a terminal."""
 
-    def __init__(self, total: int, stream=sys.stderr):
-        import time
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+        self.total = self.done = 0
 
-        self._time = time.time
-        self.total, self.done, self.stream, self.t0 = total, 0, stream, time.time()
-        self.tty = hasattr(stream, "isatty") and stream.isatty()
+    def begin(self, total: int):
+        self.total, self.done = total, 0
 
     def start(self, label: str, n: int, running: int = 1):
-        if self.tty:
-            el = self._time() - self.t0
-            eta = el / self.done * (self.total - self.done) if self.done else 0
-            bar = "#" * int(20 * self.done / max(1, self.total))
-            now = f"{label} n={n}" if running <= 1 else f"{running} in flight, latest {label} n={n}"
-            self.stream.write(f"\r[{bar:<20}] {self.done}/{self.total} {now}  ETA {eta:5.0f}s   ")
-            self.stream.flush()
+        pass
 
     def finish(self, row: dict):
         self.done += 1
-        if not self.tty:
-            t = f"{row['time_ms']:.2f} ms" if row.get("time_ms") is not None else ""
-            flag = f" FAULT: {row['fault']}" if row.get("fault") else ""
-            self.stream.write(f"[{self.done}/{self.total}] {row['label']} n={row['seq_len']}: {row['status']} {t}"
-                              + (f" ({row['reason']})" if row.get("reason") and row["status"] != "ok" else "")
-                              + flag + "\n")
-            self.stream.flush()
+        self.stream.write(f"[{self.done}/{self.total}] {point_line(row)}\n")
+        self.stream.flush()
 
     def close(self):
-        if self.tty:
-            self.stream.write("\n")
+        pass
+
+
+def point_line(row: dict) -> str:
+    """One finished point, as progress shows it: `label n=N: status time (reason) FAULT: ...`."""
+    t = f"{row['time_ms']:.2f} ms" if row.get("time_ms") is not None else ""
+    why = f" ({row['reason']})" if row.get("reason") and row["status"] != "ok" else ""
+    flag = f" FAULT: {row['fault']}" if row.get("fault") else ""
+    return f"{row['label']} n={row['seq_len']}: {row['status']} {t}".rstrip() + why + flag
 
 
 def _log(msg: str) -> None:
@@ -144,7 +142,7 @@ def _same_limits(row: dict, spec: SweepSpec) -> bool:
 
 
 def run_sweep(spec: SweepSpec, out, *, resume: bool = False, overwrite: bool = False, isolate: bool = False,
-              isolation: str = "worker", progress: bool = True, run_id: str | None = None, executor=None,
+              isolation: str = "worker", progress=True, run_id: str | None = None, executor=None,
               on_row=None, log=_log, worker: MeasuringProcess | None = None) -> list[dict]:
     """Measure every point not yet done in `out` (a path or an open `ResultsFile`); return this
     run's rows.
@@ -154,7 +152,8 @@ def run_sweep(spec: SweepSpec, out, *, resume: bool = False, overwrite: bool = F
     lengths `skipped` without running them, on any executor. Locally there is one chain holding
     every variant (each group: all variants of a length, interleaved); on a concurrent executor
     each variant is its own chain, and chains run side by side. Every row is written and fsynced
-    as it arrives, then passed to `on_row`."""
+    as it arrives, then passed to `on_row`. `progress`: True for a line per point on stderr
+    (`LineProgress`), False for none, or a reporter of one's own (see `LineProgress`)."""
     from .executors import Job, LocalExecutor
 
     executor = executor or LocalExecutor()
@@ -167,6 +166,7 @@ def run_sweep(spec: SweepSpec, out, *, resume: bool = False, overwrite: bool = F
     concurrent = getattr(executor, "concurrent", False)
     rf = open_results(out, resume=resume, overwrite=overwrite, executor=executor.name, run_id=run_id, log=log)
     rf.executor = executor.name
+    bar = None
     try:
         latest = {point_key(r): r for r in rf.existing}  # the newest row of each point
         if isolation != "worker" and worker is not None:
@@ -201,7 +201,9 @@ def run_sweep(spec: SweepSpec, out, *, resume: bool = False, overwrite: bool = F
         chains = [list(spec.variants)] if not concurrent else [[v] for v in spec.variants]
         position = {i: 0 for i in range(len(chains))}   # index into spec.seq_lens
         total = sum(len(vs) for vs in need.values())
-        bar = Progress(total) if progress else None
+        bar = LineProgress() if progress is True else progress or None
+        if bar:
+            bar.begin(total)
         rows = []
 
         def finish(row):
@@ -272,8 +274,8 @@ def run_sweep(spec: SweepSpec, out, *, resume: bool = False, overwrite: bool = F
                 worker.kill()
             e.sweep_complete = True
             raise
-        if bar:
-            bar.close()
         return rows
     finally:
+        if bar:
+            bar.close()  # (also on Ctrl-C: a bar's line is ended before the message that follows)
         rf.close()

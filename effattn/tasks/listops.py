@@ -10,7 +10,7 @@ import statistics
 
 import torch
 
-from ..attention.base import check_int
+from ..options import check_int
 from ..errors import OptionError
 from .base import Task, register_task
 

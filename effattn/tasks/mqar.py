@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..attention.base import check_int
+from ..options import check_int
 from .base import IGNORE, Task, register_task
 from ..errors import OptionError
 

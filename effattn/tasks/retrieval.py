@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..attention.base import check_int
+from ..options import check_int
 from ..errors import OptionError
 from .base import IGNORE, Task, register_task
 

@@ -1,4 +1,4 @@
-"""`effattn bench`: the sweep command. Attaches itself to the CLI group.
+"""`effattn bench`: the sweep command.
 
 Three modes share the command: a timing sweep (the default), `--find-max-len` and `--task`. Each
 mode's options are listed once, in MODE_OPTIONS; an option given to a mode that does not use it
@@ -15,7 +15,7 @@ import sys
 
 import click
 
-from ..cli import cli, fail
+from .common import fail, log
 
 DEFAULT_SEQ_LENS = "256,512,1k,2k,4k"
 
@@ -83,7 +83,7 @@ def _check_dtype(device: str, dtype: str):
         fail(f"--dtype {dtype} is not supported on {device}: {str(e).splitlines()[0]}")
 
 
-@cli.command()
+@click.command()
 @click.option("--seq-lens", default=None, help=f"comma list; k = 1024 [default: {DEFAULT_SEQ_LENS}; 64 with --task]")
 @click.option("--attn", "attn", default=None, help="NAME[:KEY=VALUE...] comma list [default: every available built-in]")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
@@ -176,9 +176,9 @@ def _timing_spec(o: dict):
     """Validate a timing or find-max-len request and return (SweepSpec, executor)."""
     import torch
 
-    from ..spec import parse_seq_lens, parse_size, parse_variants
-    from .executors import make_executor
-    from .point import SweepSpec
+    from ..spec import parse_seq_lens, parse_size
+    from ..bench.executors import make_executor
+    from ..bench.point import SweepSpec
 
     lens = parse_seq_lens(o["seq_lens"] if o["seq_lens"] is not None else DEFAULT_SEQ_LENS)
     if o["attn"]:
@@ -237,7 +237,7 @@ def _check_third_party(spec, isolation: str):
     """Build every third-party variant once in a measuring process, with a time limit; a failure is
     bad input (one line, exit 2, no file). Returns that process to measure with, or None."""
     from ..registry import get_entry
-    from .worker import MeasuringProcess
+    from ..bench.worker import MeasuringProcess
 
     theirs = [v for v in spec.variants if get_entry(v.name).source != "builtin"]
     if not theirs:
@@ -272,31 +272,28 @@ def _results_file(o: dict, executor_name: str):
     return ResultsFile(out_path, mode, executor=executor_name).open()
 
 
-def _log(msg: str) -> None:
-    click.echo(msg, err=True)
-
-
 def _timing_mode(spec, ex, o):
     from ..results import load, summary
     from ..store import config_key
-    from .point import base_row
-    from .sweep import run_sweep
+    from ..bench.point import base_row
+    from ..bench.sweep import run_sweep
+    from .progress import ClickProgress
 
     ex.open(spec.device)  # a cluster that cannot hold one point fails here, before the file is touched
     isolation = "process" if o["isolate"] or getattr(ex, "isolates", False) else "worker"
     worker = _check_third_party(spec, isolation)
     rf = _results_file(o, ex.name)
     if spec.inputs == "trained":
-        from .inputs import trained_model
+        from ..bench.inputs import trained_model
 
-        trained_model(spec.heads, spec.head_dim, log=_log)  # train once, before the sweep
+        trained_model(spec.heads, spec.head_dim, log=log)  # train once, before the sweep
     how = "a fresh process per point" if o["isolate"] or getattr(ex, "isolates", False) else "one measuring process"
-    _log(f"effattn bench: {len(spec.variants)} variants x {len(spec.seq_lens)} lengths on {spec.device} "
-         f"({spec.dtype}, {spec.mode}, {spec.level}) via {ex.describe()}, {how} -> {rf.path}")
-    _keeping_results(rf.path, "point", lambda: run_sweep(spec, rf, isolate=o["isolate"], executor=ex, log=_log,
-                                                         worker=worker))
+    log(f"effattn bench: {len(spec.variants)} variants x {len(spec.seq_lens)} lengths on {spec.device} "
+        f"({spec.dtype}, {spec.mode}, {spec.level}) via {ex.describe()}, {how} -> {rf.path}")
+    _keeping_results(rf.path, "point", lambda: run_sweep(spec, rf, isolate=o["isolate"], executor=ex, log=log,
+                                                         worker=worker, progress=ClickProgress()))
 
-    df = load(rf.path, on_problem=_log)
+    df = load(rf.path, on_problem=log)
     mine = config_key(base_row(spec, spec.variants[0], spec.seq_lens[0]))
     df = df[[config_key(r) == mine for r in df.to_dict("records")]]
     # rows arrive in completion order on Ray; tables follow --attn's order
@@ -311,7 +308,7 @@ def _keeping_results(out_path, what, run):
     """Run a sweep; on Ctrl-C (exit 130), SIGTERM (143), a lost executor (exit 1) or an
     unwritable file (exit 2), say in one line that every finished {what} is in the file and how
     to complete it."""
-    from .executors import ExecutorLost
+    from ..bench.executors import ExecutorLost
 
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
@@ -378,7 +375,7 @@ def _print_summary(df, summ):
     loaded = df[df.get("loaded", pd.Series(False, index=df.index)).fillna(False).astype(bool)] \
         if "loaded" in df else df.iloc[:0]
     if len(loaded):
-        click.echo(f"\n* measured while the machine was busy (fewer than 6 quiet rounds within the wait): "
+        click.echo("\n* measured while the machine was busy (fewer than 6 quiet rounds within the wait): "
                    + ", ".join(f"{r['label']} n={r['seq_len']}" for _, r in loaded.iterrows()))
     faults = df[df["fault"].notna()] if "fault" in df else df.iloc[:0]
     if len(faults):
@@ -388,8 +385,8 @@ def _print_summary(df, summ):
 
 
 def _find_max_len(spec, o):
-    from .maxlen import find_max_len
-    from .measure import available_memory_bytes
+    from ..bench.maxlen import find_max_len
+    from ..bench.measure import available_memory_bytes
 
     lens = spec.seq_lens
     budget = spec.memory_budget_bytes or available_memory_bytes(spec.device)
@@ -397,14 +394,14 @@ def _find_max_len(spec, o):
     limit = lens[-1] if len(lens) > 1 else 2**20
     _check_third_party(spec, "process")
     rf = _results_file(o, "local")
-    _log(f"effattn bench --find-max-len: budget {budget / 2**30:.2f} GiB, n from {start} up to {limit} -> {rf.path}")
+    log(f"effattn bench --find-max-len: budget {budget / 2**30:.2f} GiB, n from {start} up to {limit} -> {rf.path}")
     for note in rf.notes:
-        _log(note)
+        log(note)
     results = []
 
     def run():
         for v in spec.variants:
-            best, _, why = find_max_len(spec, v, budget, start, limit, out=rf, log=_log)
+            best, _, why = find_max_len(spec, v, budget, start, limit, out=rf, log=log)
             results.append((v.label, best, why))
 
     try:
@@ -425,9 +422,9 @@ def _task_mode(o):
     from ..spec import parse_seq_lens, parse_variant, parse_variants
     from ..tasks import create_task
     from ..tasks.train import TrainSpec
-    from .executors import make_executor
-    from .sweep import read_rows
-    from .tasksweep import run_task_sweep, task_summary
+    from ..bench.executors import make_executor
+    from ..bench.sweep import read_rows
+    from ..bench.tasksweep import run_task_sweep, task_summary
 
     lens = parse_seq_lens(o["seq_lens"] if o["seq_lens"] is not None else "64")
     variants = parse_variants(o["attn"] or "full,linear")
@@ -447,9 +444,9 @@ def _task_mode(o):
     ex = make_executor(o["executor"], address=o["ray_address"], cpus_per_point=o["cpus_per_point"] or 1)
     ex.open("cpu")
     rf = _results_file(o, ex.name)
-    _log(f"effattn bench --task {o['task_spec']}: {len(variants)} variants x {len(lens)} lengths x {o['seeds']} "
+    log(f"effattn bench --task {o['task_spec']}: {len(variants)} variants x {len(lens)} lengths x {o['seeds']} "
          f"seeds, {spec.steps} steps of batch {spec.batch_size} via {ex.describe()} -> {rf.path}")
-    _keeping_results(rf.path, "run", lambda: run_task_sweep(task, variants, lens, o["seeds"], spec, rf, log=_log,
+    _keeping_results(rf.path, "run", lambda: run_task_sweep(task, variants, lens, o["seeds"], spec, rf, log=log,
                                                             executor=ex))
     summ = task_summary([r for r in read_rows(rf.path) if r.get("task") == task.name])
     click.echo(f"\n{task.name} {task.options()}: test accuracy (mean over seeds)")

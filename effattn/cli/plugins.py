@@ -1,36 +1,21 @@
-"""The `effattn` command line. Usage errors print one line and exit 2, never a traceback."""
+"""`effattn list`, `effattn info` and `effattn check`: what plugins there are, the machine, and
+the conformance suite run on one plugin."""
 from __future__ import annotations
 
+import fnmatch
 import sys
 
 import click
 
-from . import __version__
-from .errors import EffattnError
-
-EXIT_USAGE = 2
+from .common import fail
 
 
-class UsageFail(click.ClickException):
-    exit_code = EXIT_USAGE
-
-
-def fail(msg: str):
-    raise UsageFail(msg)
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, "--version", prog_name="effattn")
-def cli():
-    """effattn: benchmark efficient attention - time, memory and accuracy across sequence lengths."""
-
-
-@cli.command("list")
+@click.command("list")
 @click.option("--device", default="cpu", show_default=True, help="availability is judged for this device")
 @click.argument("pattern", default="*")
 def list_cmd(device, pattern):
     """List registered attention plugins (PATTERN: shell wildcard)."""
-    from .registry import broken_plugins, get_entry, list_attention
+    from ..registry import broken_plugins, get_entry, list_attention
 
     rows = []
     for name in list_attention(pattern):
@@ -45,24 +30,24 @@ def list_cmd(device, pattern):
     widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
     for r in [head] + rows:
         click.echo("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
-    broken = {k: v for k, v in broken_plugins().items() if __import__("fnmatch").fnmatchcase(k, pattern)}
+    broken = {k: v for k, v in broken_plugins().items() if fnmatch.fnmatchcase(k, pattern)}
     if broken:
         click.echo("\nbroken plugins:")
         for k, why in sorted(broken.items()):
             click.echo(f"  {k}: {why}")
 
 
-@cli.command()
+@click.command()
 def info():
     """Versions, device, threads, CPU and GPU."""
-    from .env import environment
+    from ..env import environment
 
     for k, v in environment().items():
         if k != "argv":
             click.echo(f"{k:14s} {v}")
 
 
-@cli.command()
+@click.command()
 @click.argument("variant")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--seq-lens", default="1,23,77", show_default=True, help="lengths the checks use")
@@ -70,13 +55,14 @@ def check(variant, device, seq_lens):
     """Run the conformance suite on one plugin: NAME[:KEY=VALUE...]."""
     import torch
 
-    from .spec import parse_seq_lens, parse_variant
-    from .testing import run_checks
+    from ..registry import get_entry
+    from ..spec import parse_seq_lens, parse_variant
+    from ..testing import run_checks
 
     v = parse_variant(variant)
     if device == "cuda" and not torch.cuda.is_available():
         fail("--device cuda: CUDA is not available on this machine")
-    why = __import__("effattn").get_entry(v.name).availability(device)
+    why = get_entry(v.name).availability(device)
     if why:
         fail(f"{v.label}: {why}")
     results = run_checks(v.name, device=device, seq_lens=tuple(parse_seq_lens(seq_lens)), **v.options)
@@ -86,40 +72,3 @@ def check(variant, device, seq_lens):
     failed = sum(not r.passed for r in results)
     click.echo(f"{v.label}: {len(results) - failed} passed, {failed} failed")
     sys.exit(1 if failed else 0)
-
-
-def _register_more():
-    """Commands that live in their own modules (bench, report) attach here."""
-    for mod in ("effattn.bench.cli", "effattn.report"):
-        try:
-            __import__(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod and not mod.startswith(e.name or "\0"):
-                raise
-
-
-def main(argv=None):
-    _register_more()
-    try:
-        rv = cli.main(args=argv, prog_name="effattn", standalone_mode=False)
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    except click.Abort:
-        click.echo("effattn: aborted", err=True)
-        sys.exit(130)
-    except click.ClickException as e:
-        # Click's usage errors span several lines; ours is one.
-        click.echo(f"effattn: error: {e.format_message()}", err=True)
-        sys.exit(e.exit_code if isinstance(e, UsageFail) else EXIT_USAGE)
-    except EffattnError as e:
-        click.echo(f"effattn: error: {e}", err=True)
-        sys.exit(EXIT_USAGE)
-    sys.exit(rv if isinstance(rv, int) else 0)
-
-
-if __name__ == "__main__":
-    # `python -m effattn.cli` runs this file as __main__; commands attach to the importable
-    # module's group, so hand over to it.
-    from effattn.cli import main as _main
-
-    _main()

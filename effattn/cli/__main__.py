@@ -1,0 +1,4 @@
+"""`python -m effattn.cli ...` is the `effattn` command."""
+from . import main
+
+main()

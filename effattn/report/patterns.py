@@ -1,0 +1,56 @@
+"""Pictures of each exact variant's attention pattern, drawn small enough that its structure shows."""
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+
+
+#: options capped when drawing a pattern at n = 128 (the defaults would cover the whole picture)
+PATTERN_CAPS = {"window": 8, "block_size": 8, "stride": 8, "global_tokens": 2}
+
+def pattern_pictures(df: pd.DataFrame, out_dir: str, n: int = 128) -> list[tuple[str, str, str]]:
+    """(label, file, formula) for each exact pattern variant in the results, drawn at n with its
+    options shrunk (a plugin's `small_options`, a dict of option caps, else PATTERN_CAPS by
+    option name) so that its structure shows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..registry import create_attention, get_entry, option_defaults, option_names
+
+    made = []
+    for (label, name), g in df.groupby(["label", "variant"], sort=False):
+        try:
+            opts = g.iloc[0]["options"] if isinstance(g.iloc[0]["options"], dict) else {}
+            target = get_entry(name).target
+            names, _ = option_names(target)
+            defaults = option_defaults(target)
+            small = {k: v for k, v in opts.items() if k in names}
+            declared = getattr(target, "small_options", None)  # a plugin's own way to draw itself small
+            caps = declared if isinstance(declared, dict) else PATTERN_CAPS
+            for key, cap in caps.items():  # shrink the pattern so its structure shows at n
+                if key in names and key in defaults:
+                    now = small.get(key, defaults[key])
+                    small[key] = min(now, cap) if isinstance(now, (int, float)) and isinstance(cap, (int, float)) else cap
+            if "summary" in names and not isinstance(declared, dict):
+                small["summary"] = min(opts.get("summary", 2), small.get("stride", 8))
+            attn = create_attention(name, **small)
+            mask = getattr(attn, "dense_mask", None)
+            if not getattr(attn, "exact", False) or mask is None:
+                continue
+            m = mask(n, n, False)
+        except Exception:  # noqa: BLE001 - a picture is optional; the report goes on
+            continue
+        fname = f"pattern_{''.join(ch if ch.isalnum() else '_' for ch in label)}.png"
+        fig, ax = plt.subplots(figsize=(2.4, 2.4))
+        # a fixed range: an all-attending pattern is black, not a blank white square
+        ax.imshow(m.numpy().astype(float), cmap="Greys", vmin=0.0, vmax=1.0, interpolation="nearest")
+        ax.set_title(f"{name}, n={n}", fontsize=8)
+        ax.set_xticks([]), ax.set_yticks([])
+        fig.savefig(os.path.join(out_dir, fname), dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        doc = (get_entry(name).target.__doc__ or "").strip().splitlines()
+        made.append((label, fname, doc[0] if doc else name))
+    return made

@@ -1,0 +1,203 @@
+"""The report's plots: time and memory against n (exact and approximate variants in separate
+panels), the speed-up over `full` with its intervals and crossovers, the fraction of the matmul
+peak, the error against `full`, and speed against accuracy. Each variant keeps one colour and
+marker in every plot; noisy or loaded points are drawn hollow."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+
+STATUS_MARKERS = {"oom": "X", "timeout": "v", "error": "s", "unsupported": "d"}
+
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+
+def _style(i: int) -> dict:
+    """The i-th series' colour and marker: the 10 strong colours, then their 10 light shades, each
+    with another marker: no two of 100 series look alike, and the first 20 differ in colour."""
+    import matplotlib
+
+    tab20 = matplotlib.colormaps["tab20"].colors  # (strong, light) pairs
+    colour = tab20[2 * (i % 10) + (i // 10) % 2]
+    return {"color": colour, "marker": MARKERS[(i + i // 10) % 10]}
+
+def _flagged(g: pd.DataFrame) -> pd.Series:
+    """Points measured while noisy or loaded: drawn hollow."""
+    out = pd.Series(False, index=g.index)
+    for c in ("noisy", "loaded"):
+        if c in g:
+            out |= g[c].fillna(False).astype(bool)
+    return out
+
+def _plot_lines(ax, df, col, scale=1.0, styles=None):
+    for i, (label, g) in enumerate(df.groupby("label", sort=False)):
+        st = (styles or {}).get(label) or _style(i)
+        g = g.sort_values("seq_len")
+        ok = g[g["status"] == "ok"]
+        (line,) = ax.plot(ok["seq_len"], ok[col] * scale, ms=4, lw=1.2, label=label, **st)
+        hollow = ok[_flagged(ok)]
+        if len(hollow):  # noisy or loaded: a white-filled marker over the line's
+            ax.plot(hollow["seq_len"], hollow[col] * scale, linestyle="none", marker=st["marker"], ms=4,
+                    markerfacecolor="white", markeredgecolor=st["color"])
+        bad = g[g["status"].isin(STATUS_MARKERS)]
+        for _, r in bad.iterrows():  # failures sit at the top edge, in the line's colour
+            ax.annotate(STATUS_MARKERS[r["status"]], (r["seq_len"], 1.0), xycoords=("data", "axes fraction"),
+                        color=line.get_color(), ha="center", va="top", fontsize=9)
+
+def _split_exact(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(title, rows) for the exact variants and the approximate ones, each where there are any."""
+    exact = df["exact"].fillna(False).astype(bool) if "exact" in df else pd.Series(True, index=df.index)
+    parts = [("exact variants", df[exact]), ("approximate variants", df[~exact])]
+    return [(t, d) for t, d in parts if len(d)]
+
+def _ref_slopes(ax, df, col, scale):
+    ok = df[(df["status"] == "ok") & df[col].notna()]
+    if ok["seq_len"].nunique() < 2:
+        return
+    n0, n1 = ok["seq_len"].min(), ok["seq_len"].max()
+    y0 = ok[ok["seq_len"] == n0][col].median() * scale
+    xs = np.array([n0, n1], float)
+    ax.plot(xs, y0 * (xs / n0), "k--", lw=0.8, alpha=0.6, label="∝ n")
+    ax.plot(xs, y0 * (xs / n0) ** 2, "k:", lw=0.8, alpha=0.6, label="∝ n²")
+
+def _speedups(df: pd.DataFrame, baseline: str = "full") -> pd.DataFrame:
+    """Per variant and length: full's time over the variant's (the round-by-round paired ratio
+    where they were timed together, else the ratio of medians), its 95% interval where known, and
+    the length from which the summary resolves the variant as faster."""
+    from ..results import paired_ratio, summary
+
+    ok = df[df["status"] == "ok"]
+
+    def config(label: str) -> str:  # "sliding_window [mode=fwd]" -> " [mode=fwd]" (see results.label_series)
+        return label[label.index(" ["):] if " [" in label else ""
+
+    base = {(config(r["label"]), int(r["seq_len"])): r for r in ok.to_dict("records")
+            if r["label"] == baseline + config(r["label"])}
+    if not base:
+        return pd.DataFrame()
+    cross = {}
+    try:
+        summ = summary(df, baseline=baseline)
+        col = f"faster_than_{baseline}_from"
+        cross = dict(zip(summ["label"], summ[col])) if col in summ else {}
+    except Exception:  # noqa: BLE001 - the plot goes on without the crossover marks
+        pass
+    out = []
+    for r in ok.to_dict("records"):
+        n, key = int(r["seq_len"]), (config(r["label"]), int(r["seq_len"]))
+        if r["label"] == baseline + key[0] or key not in base:
+            continue
+        b = base[key]
+        pr = paired_ratio(r, b)
+        if pr:
+            med, lo, hi = pr[0], pr[1], pr[2]
+            out.append({"label": r["label"], "seq_len": n, "speedup": 1 / med, "lo": 1 / hi, "hi": 1 / lo,
+                        "crossover": cross.get(r["label"])})
+        elif r.get("time_ms") and b.get("time_ms"):
+            out.append({"label": r["label"], "seq_len": n, "speedup": b["time_ms"] / r["time_ms"],
+                        "lo": np.nan, "hi": np.nan, "crossover": cross.get(r["label"])})
+    return pd.DataFrame(out).sort_values(["label", "seq_len"], kind="stable") if out else pd.DataFrame()
+
+def make_plots(df: pd.DataFrame, out_dir: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+
+    def save(fig, name):
+        for ext in ("png", "svg"):
+            fig.savefig(os.path.join(out_dir, f"{name}.{ext}"), dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        made.append(name)
+
+    def plottable(col):  # a log-scaled plot needs a positive value from an ok point
+        vals = pd.to_numeric(df.loc[df["status"] == "ok", col], errors="coerce")
+        return bool((vals > 0).any())
+
+    labels = list(dict.fromkeys(df["label"]))
+    styles = {label: _style(i) for i, label in enumerate(labels)}  # one look per variant in every plot
+    for col, name, ylabel, scale in (("time_ms", "time", "time (ms)", 1.0),
+                                     ("peak_mem_bytes", "memory", "peak memory (MiB)", 1 / 2**20)):
+        if not plottable(col):
+            continue
+        parts = _split_exact(df)
+        fig, axes = plt.subplots(1, len(parts), figsize=(5.2 * len(parts), 4.6), sharey=True, squeeze=False)
+        for ax, (title, part) in zip(axes[0], parts):
+            _plot_lines(ax, part, col, scale, styles)
+            _ref_slopes(ax, df, col, scale)
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("sequence length n")
+            ax.set_title(title, fontsize=9)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
+        axes[0][0].set_ylabel(ylabel)
+        fig.suptitle(f"{ylabel.split(' (')[0]} against n (log-log); X = oom, v = timeout, hollow = noisy or loaded",
+                     fontsize=9)
+        save(fig, name)
+    speedup = _speedups(df)
+    if len(speedup):
+        fig, ax = plt.subplots(figsize=(7.5, 4.6))
+        for label, g in speedup.groupby("label", sort=False):
+            (line,) = ax.plot(g["seq_len"], g["speedup"], ms=4, lw=1.2, label=label, **styles.get(label, _style(0)))
+            lo, hi = g["lo"].to_numpy(float), g["hi"].to_numpy(float)
+            if np.isfinite(lo).any():
+                ax.fill_between(g["seq_len"], lo, hi, color=line.get_color(), alpha=0.12, lw=0)
+            cross = g["crossover"].dropna()
+            if len(cross):  # faster than full from here on, resolved by the intervals
+                n0 = float(cross.iloc[0])
+                y0 = g.loc[g["seq_len"] == n0, "speedup"]
+                if len(y0):
+                    ax.plot([n0], [float(y0.iloc[0])], marker="|", ms=18, mew=2, color=line.get_color())
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length n")
+        ax.set_ylabel("speed-up over full (full's time / variant's time)")
+        ax.set_title("speed-up over full; band = 95% interval of the paired ratio; | = faster from here on",
+                     fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+        save(fig, "speedup")
+    if plottable("peak_fraction"):
+        fig, ax = plt.subplots(figsize=(7, 4))
+        _plot_lines(ax, df, "peak_fraction", 100, styles)
+        ax.set_xscale("log", base=2)
+        ax.set_ylabel("% of matmul peak (useful FLOPs)")
+        ax.set_xlabel("sequence length n")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+        save(fig, "peak_fraction")
+    if pd.to_numeric(df["rel_err_vs_full"], errors="coerce").gt(0).any():
+        fig, ax = plt.subplots(figsize=(7, 4))
+        _plot_lines(ax, df[pd.to_numeric(df["rel_err_vs_full"], errors="coerce") > 0], "rel_err_vs_full", 1.0, styles)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_ylabel("relative error vs full")
+        ax.set_xlabel("sequence length n")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+        save(fig, "error")
+        # Pareto: time against error at the longest length every variant with an error reached
+        ok = df[(df["status"] == "ok") & df["rel_err_vs_full"].notna()]
+        if len(ok):
+            common = ok.groupby("seq_len")["label"].nunique()
+            n = int(common[common == common.max()].index.max())
+            pts = ok[ok["seq_len"] == n]
+            fig, ax = plt.subplots(figsize=(6, 4.5))
+            for _, r in pts.iterrows():
+                e = max(float(r["rel_err_vs_full"]), 1e-9)
+                ax.scatter([r["time_ms"]], [e])
+                ax.annotate(r["label"], (r["time_ms"], e), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("time (ms)")
+            ax.set_ylabel("relative error vs full (floor 1e-9)")
+            ax.set_title(f"speed against accuracy at n = {n}")
+            ax.grid(True, which="both", alpha=0.3)
+            save(fig, "pareto")
+    return made
