@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.effattn-installed
 
-.PHONY: setup test test-fast bench report lint clean
+.PHONY: setup test test-fast bench report lint browser clean
 
 setup: $(STAMP)
 
@@ -33,8 +33,16 @@ report: $(STAMP)
 	rm -rf results/cpu-sweep-256-16k-report
 	$(VENV)/bin/effattn report results/cpu-sweep-256-16k.jsonl results/fwdbwd-8k-cpu.jsonl --out results/cpu-sweep-256-16k-report --format md,html
 
+# ruff: the linter and the formatter check (configured in pyproject.toml, pinned in the dev extra)
 lint: $(STAMP)
-	$(PY) -m compileall -q effattn tests benchmarks
+	$(VENV)/bin/ruff check effattn tests benchmarks
+	$(VENV)/bin/ruff format --check effattn tests benchmarks
+
+# Headless Chromium and its driver (Debian's packages; needs root) for tests/test_report_browser.py,
+# which opens the HTML report in it. Without them that test skips, unless EFFATTN_REQUIRE_BROWSER=1.
+browser:
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info

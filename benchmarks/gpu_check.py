@@ -15,6 +15,7 @@
 Writes OUT_DIR/gpu_check.json (every check with its result), sweep.jsonl, sweep-ray.jsonl and report/. Without CUDA
 it writes that it skipped and exits 0, so the CPU paths never depend on it.
 """
+
 from __future__ import annotations
 
 import copy
@@ -43,9 +44,15 @@ def main(out_dir: str, budget_s: float = 330.0) -> int:
     from effattn.testing import run_checks
 
     result["env"] = environment()
-    small = {"sliding_window": dict(window=8, global_tokens=2), "bigbird": dict(block_size=8, num_random_blocks=2),
-             "sparse": dict(stride=8), "performer": dict(num_features=64), "linformer": dict(proj_len=16, max_len=256),
-             "nystrom": dict(num_landmarks=8), "xformers": dict(window=5)}
+    small = {
+        "sliding_window": dict(window=8, global_tokens=2),
+        "bigbird": dict(block_size=8, num_random_blocks=2),
+        "sparse": dict(stride=8),
+        "performer": dict(num_features=64),
+        "linformer": dict(proj_len=16, max_len=256),
+        "nystrom": dict(num_landmarks=8),
+        "xformers": dict(window=5),
+    }
 
     def record(name, ok, detail):
         result["checks"].append({"check": name, "ok": bool(ok), "detail": detail})
@@ -56,29 +63,63 @@ def main(out_dir: str, budget_s: float = 330.0) -> int:
     from effattn.cli import main as cli_main
 
     sweep_bf16 = os.path.join(out_dir, "sweep-bf16.jsonl")
-    for argv in (["bench", "--device", "cuda", "--seq-lens", "1k,4k,16k", "--attn",
-                  "full,naive,sliding_window,bigbird,linear,performer,xformers" if effattn.get_entry("xformers").availability("cuda") is None
-                  else "full,naive,sliding_window,bigbird,linear,performer", "--mode", "fwdbwd", "--timeout", "60",
-                  "--out", sweep, "--overwrite"],
-                 ["bench", "--device", "cuda", "--dtype", "bfloat16", "--seq-lens", "4k,16k", "--attn", "full,naive",
-                  "--out", sweep_bf16, "--overwrite"],
-                 ["report", sweep, "--out", os.path.join(out_dir, "report"), "--format", "md,html"]):
+    for argv in (
+        [
+            "bench",
+            "--device",
+            "cuda",
+            "--seq-lens",
+            "1k,4k,16k",
+            "--attn",
+            "full,naive,sliding_window,bigbird,linear,performer,xformers"
+            if effattn.get_entry("xformers").availability("cuda") is None
+            else "full,naive,sliding_window,bigbird,linear,performer",
+            "--mode",
+            "fwdbwd",
+            "--timeout",
+            "60",
+            "--out",
+            sweep,
+            "--overwrite",
+        ],
+        [
+            "bench",
+            "--device",
+            "cuda",
+            "--dtype",
+            "bfloat16",
+            "--seq-lens",
+            "4k,16k",
+            "--attn",
+            "full,naive",
+            "--out",
+            sweep_bf16,
+            "--overwrite",
+        ],
+        ["report", sweep, "--out", os.path.join(out_dir, "report"), "--format", "md,html"],
+    ):
         try:
             cli_main(argv)
         except SystemExit as e:
             record(" ".join(argv[:1]), e.code in (0, None), f"exit {e.code}")
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - a failed check is recorded and the script goes on
             record(" ".join(argv[:1]), False, traceback.format_exc(limit=3))
     for path in (sweep, sweep_bf16):  # every point measured or failed for a stated reason; no false faults
         try:
             rows = [json.loads(line) for line in open(path)]
             faults = [f"{r['label']}@{r['seq_len']}" for r in rows if r.get("fault")]
-            bad = [f"{r['label']}@{r['seq_len']}: {r['status']} {r.get('reason')}" for r in rows
-                   if r["status"] not in ("ok", "oom", "skipped")]
-            record(f"rows of {os.path.basename(path)}", not faults and not bad,
-                   f"{len(rows)} rows; faults: {faults or 'none'}; not ok: {bad or 'none'}; peaks "
-                   + ", ".join(sorted({f"{r['seq_len']}:{r.get('matmul_peak_gflops') or 0:.0f}" for r in rows})))
-        except Exception:  # noqa: BLE001
+            bad = [
+                f"{r['label']}@{r['seq_len']}: {r['status']} {r.get('reason')}"
+                for r in rows
+                if r["status"] not in ("ok", "oom", "skipped")
+            ]
+            record(
+                f"rows of {os.path.basename(path)}",
+                not faults and not bad,
+                f"{len(rows)} rows; faults: {faults or 'none'}; not ok: {bad or 'none'}; peaks "
+                + ", ".join(sorted({f"{r['seq_len']}:{r.get('matmul_peak_gflops') or 0:.0f}" for r in rows})),
+            )
+        except Exception:  # noqa: BLE001 - a failed check is recorded and the script goes on
             record(f"rows of {os.path.basename(path)}", False, traceback.format_exc(limit=3))
     try:  # the sparse patterns at the longest length take sparse memory (an eager FlexAttention
         # fallback builds every n x n score: 60 GB at 16k fwd+bwd, found on the first H200 run)
@@ -90,13 +131,19 @@ def main(out_dir: str, budget_s: float = 330.0) -> int:
         for label in ("sliding_window", "bigbird"):
             r = at[label]
             ok &= r["peak_mem_bytes"] < 0.1 * dense
-            parts.append(f"{label} [{r.get('backend')}] {r['peak_mem_bytes'] / 2**20:.0f} MiB, "
-                         f"{r['time_ms'] / at['full']['time_ms']:.2f}x full's time")
+            parts.append(
+                f"{label} [{r.get('backend')}] {r['peak_mem_bytes'] / 2**20:.0f} MiB, "
+                f"{r['time_ms'] / at['full']['time_ms']:.2f}x full's time"
+            )
         record(f"sparse memory at {top}", ok, "; ".join(parts) + f"; naive {dense / 2**20:.0f} MiB")
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - a failed check is recorded and the script goes on
         record("sparse memory", False, traceback.format_exc(limit=3))
-    for name, opts in (("sliding_window", dict(window=64, global_tokens=4)), ("bigbird", dict(block_size=32)),
-                       ("sparse", dict(pattern="fixed", stride=64, summary=4)), ("sparse", dict(stride=32))):
+    for name, opts in (
+        ("sliding_window", dict(window=64, global_tokens=4)),
+        ("bigbird", dict(block_size=32)),
+        ("sparse", dict(pattern="fixed", stride=64, summary=4)),
+        ("sparse", dict(stride=32)),
+    ):
         try:
             g = torch.Generator(device="cuda").manual_seed(1)
             qkv = [torch.randn(2, 4, 1000, 64, device="cuda", generator=g, requires_grad=True) for _ in range(3)]
@@ -112,7 +159,7 @@ def main(out_dir: str, budget_s: float = 330.0) -> int:
             err = float((outs[0] - outs[1]).norm() / outs[1].norm())
             gerr = max(float((a - b).norm() / b.norm()) for a, b in zip(*grads))
             record(f"flex fwd+bwd {name} {opts}", err < 1e-4 and gerr < 1e-3, f"out {err:.1e}, grads {gerr:.1e}")
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - a failed check is recorded and the script goes on
             record(f"flex fwd+bwd {name} {opts}", False, f"{type(e).__name__}: {str(e)[:400]}")
 
     try:  # float64 on CUDA: FlexAttention's Triton kernels do not take it; auto must choose chunked
@@ -126,9 +173,12 @@ def main(out_dir: str, budget_s: float = 330.0) -> int:
             refused = "ran"
         except effattn.UnsupportedError as e:
             refused = str(e)
-        record("float64 pattern on cuda", auto_ok and "float64" in refused,
-               f"auto -> {attn.last_backend}; backend='flex' -> {refused[:120]}")
-    except Exception:  # noqa: BLE001
+        record(
+            "float64 pattern on cuda",
+            auto_ok and "float64" in refused,
+            f"auto -> {attn.last_backend}; backend='flex' -> {refused[:120]}",
+        )
+    except Exception:  # noqa: BLE001 - a failed check is recorded and the script goes on
         record("float64 pattern on cuda", False, traceback.format_exc(limit=3))
 
     for name in effattn.list_attention():
@@ -144,7 +194,7 @@ def main(out_dir: str, budget_s: float = 330.0) -> int:
                 res = run_checks(name, device="cuda", **opts)
                 bad = [f"{r.name}: {r.detail}" for r in res if not r.passed]
                 record(f"conformance {name} {opts}", not bad, "; ".join(bad) or "all passed")
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:  # noqa: BLE001 - a failed check is recorded and the script goes on
                 record(f"conformance {name} {opts}", False, f"{type(e).__name__}: {str(e)[:400]}")
         try:  # bf16: runs, finite, close to the same plugin (same features/projections) in float64
             attn = effattn.create_attention(name, **small.get(name, {})).cuda()
@@ -157,9 +207,12 @@ def main(out_dir: str, budget_s: float = 330.0) -> int:
             err = float((out - ref).norm() / ref.norm())
             # bf16 keeps 8 bits of mantissa; random-feature maps (exp) amplify it (CPU: performer 2.7e-2)
             limit = 3e-2 if getattr(attn, "exact", False) else 6e-2
-            record(f"bf16 {name}", bool(torch.isfinite(out).all().item()) and err < limit,
-                   f"rel err vs its own float64 {err:.2e} (limit {limit:.0e})")
-        except Exception as e:  # noqa: BLE001
+            record(
+                f"bf16 {name}",
+                bool(torch.isfinite(out).all().item()) and err < limit,
+                f"rel err vs its own float64 {err:.2e} (limit {limit:.0e})",
+            )
+        except Exception as e:  # noqa: BLE001 - a failed check is recorded and the script goes on
             record(f"bf16 {name}", False, f"{type(e).__name__}: {str(e)[:400]}")
 
     _ray_leg(out_dir, record, cli_main)
@@ -174,26 +227,43 @@ def _ray_leg(out_dir, record, cli_main):
     """The Ray executor on a GPU: each point a task with one GPU, measured in the worker's own
     environment (CUDA_VISIBLE_DEVICES set by Ray)."""
     try:
-        import ray  # noqa: F401
+        import ray  # noqa: F401 - importing it is the check
     except ImportError:
         record("ray executor on cuda", True, "skipped: Ray is not installed (pip install 'effattn[ray]')")
         return
     out = os.path.join(out_dir, "sweep-ray.jsonl")
     try:
-        cli_main(["bench", "--executor", "ray", "--device", "cuda", "--seq-lens", "1k,4k", "--attn",
-                  "full,sliding_window", "--out", out, "--overwrite"])
+        cli_main(
+            [
+                "bench",
+                "--executor",
+                "ray",
+                "--device",
+                "cuda",
+                "--seq-lens",
+                "1k,4k",
+                "--attn",
+                "full,sliding_window",
+                "--out",
+                out,
+                "--overwrite",
+            ]
+        )
     except SystemExit as e:
         if e.code not in (0, None):
             record("ray executor on cuda", False, f"exit {e.code}")
             return
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - a failed check is recorded and the script goes on
         record("ray executor on cuda", False, traceback.format_exc(limit=3))
         return
     rows = [json.loads(line) for line in open(out)]
     good = [r for r in rows if r["status"] == "ok" and r["executor"] == "ray" and (r.get("env") or {}).get("gpu")]
-    record("ray executor on cuda", len(good) == len(rows) == 4,
-           f"{len(good)}/{len(rows)} points ok on a Ray worker with a GPU: "
-           + ", ".join(f"{r['label']}@{r['seq_len']} {r.get('time_ms') or 0:.2f} ms" for r in rows))
+    record(
+        "ray executor on cuda",
+        len(good) == len(rows) == 4,
+        f"{len(good)}/{len(rows)} points ok on a Ray worker with a GPU: "
+        + ", ".join(f"{r['label']}@{r['seq_len']} {r.get('time_ms') or 0:.2f} ms" for r in rows),
+    )
 
 
 def _save(out_dir, result):

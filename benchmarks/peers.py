@@ -16,6 +16,7 @@ equal HF `LongformerSelfAttention(attention_window=2w)` (no global tokens).
 Writes <out>.jsonl (one row per comparison, raw figures) and <out>.md (the table).
 fp32, CPU, batch 1, 8 heads, head_dim 64, forward.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,9 @@ def hf_longformer(window: int):
     from transformers import LongformerConfig
     from transformers.models.longformer.modeling_longformer import LongformerSelfAttention
 
-    cfg = LongformerConfig(hidden_size=E, num_attention_heads=H, attention_window=[2 * window],
-                           attention_probs_dropout_prob=0.0)
+    cfg = LongformerConfig(
+        hidden_size=E, num_attention_heads=H, attention_window=[2 * window], attention_probs_dropout_prob=0.0
+    )
     m = LongformerSelfAttention(cfg, layer_id=0).eval()
 
     def run(x):
@@ -70,8 +72,14 @@ def hf_bigbird(block: int, r: int):
     from transformers import BigBirdConfig
     from transformers.models.big_bird.modeling_big_bird import BigBirdBlockSparseAttention, BigBirdModel
 
-    cfg = BigBirdConfig(hidden_size=E, num_attention_heads=H, block_size=block, num_random_blocks=r,
-                        attention_type="block_sparse", use_bias=True)
+    cfg = BigBirdConfig(
+        hidden_size=E,
+        num_attention_heads=H,
+        block_size=block,
+        num_random_blocks=r,
+        attention_type="block_sparse",
+        use_bias=True,
+    )
     m = BigBirdBlockSparseAttention(cfg, seed=0).eval()
     masks = {}
 
@@ -81,8 +89,9 @@ def hf_bigbird(block: int, r: int):
             blocked, band, from_m, to_m = BigBirdModel.create_masks_for_block_sparse_attn(torch.ones(B, n), block)
             masks[n] = (band, from_m, to_m, blocked)
         band, from_m, to_m, blocked = masks[n]
-        return m(x, band_mask=band, from_mask=from_m, to_mask=to_m, from_blocked_mask=blocked,
-                 to_blocked_mask=blocked)[0]
+        return m(x, band_mask=band, from_mask=from_m, to_mask=to_m, from_blocked_mask=blocked, to_blocked_mask=blocked)[
+            0
+        ]
 
     return m, run
 
@@ -116,8 +125,9 @@ def main(argv=None):
     lf_mod, lf_run = hf_longformer(w)
     bb_mod, bb_run = hf_bigbird(64, 3)
     ours_sw = Projected(effattn.create_attention("sliding_window", window=w), lf_mod.query, lf_mod.key, lf_mod.value)
-    ours_bb = Projected(effattn.create_attention("bigbird", block_size=64, num_random_blocks=3),
-                        bb_mod.query, bb_mod.key, bb_mod.value)
+    ours_bb = Projected(
+        effattn.create_attention("bigbird", block_size=64, num_random_blocks=3), bb_mod.query, bb_mod.key, bb_mod.value
+    )
     local = LocalAttention(window_size=w, causal=False, look_backward=1, look_forward=1, dim=D).eval()
     perf = FastAttention(dim_heads=D, nb_features=256).eval()
     sw_core = effattn.create_attention("sliding_window", window=w)
@@ -135,26 +145,57 @@ def main(argv=None):
             with torch.no_grad():  # semantics: ours == HF Longformer with the same projections
                 sem = float((ours_sw(x) - lf_run(x)).abs().max() / lf_run(x).abs().max())
             pairs = [
-                ("HF Longformer (window ±%d, incl. projections)" % w, lambda: lf_run(x),
-                 "sliding_window(%d) + same projections" % w, lambda: ours_sw(x)),
-                ("HF BigBird (block 64, r=3, incl. projections)", lambda: bb_run(x),
-                 "bigbird(64, 3) + same projections", lambda: ours_bb(x)),
-                ("local-attention LocalAttention (window %d, ±1 block)" % w, lambda: local(q, k, v),
-                 "sliding_window(%d)" % w, lambda: sw_core(q, k, v)),
-                ("performer-pytorch FastAttention (256 features)", lambda: perf(q, k, v),
-                 "performer(256)", lambda: ours_perf(q, k, v)),
-                ("SDPA dense (full)", lambda: full(q, k, v), "sliding_window(%d)" % w, lambda: sw_core(q, k, v)),
-                ("SDPA with dense band mask", lambda: sw_dense(q, k, v), "sliding_window(%d)" % w,
-                 lambda: sw_core(q, k, v)),
+                (
+                    f"HF Longformer (window ±{w}, incl. projections)",
+                    lambda: lf_run(x),
+                    f"sliding_window({w}) + same projections",
+                    lambda: ours_sw(x),
+                ),
+                (
+                    "HF BigBird (block 64, r=3, incl. projections)",
+                    lambda: bb_run(x),
+                    "bigbird(64, 3) + same projections",
+                    lambda: ours_bb(x),
+                ),
+                (
+                    f"local-attention LocalAttention (window {w}, ±1 block)",
+                    lambda: local(q, k, v),
+                    f"sliding_window({w})",
+                    lambda: sw_core(q, k, v),
+                ),
+                (
+                    "performer-pytorch FastAttention (256 features)",
+                    lambda: perf(q, k, v),
+                    "performer(256)",
+                    lambda: ours_perf(q, k, v),
+                ),
+                ("SDPA dense (full)", lambda: full(q, k, v), f"sliding_window({w})", lambda: sw_core(q, k, v)),
+                (
+                    "SDPA with dense band mask",
+                    lambda: sw_dense(q, k, v),
+                    f"sliding_window({w})",
+                    lambda: sw_core(q, k, v),
+                ),
             ]
             for peer_name, peer_fn, ours_name, ours_fn in pairs:
                 pt, piqr, pm = measure(peer_fn, args.min_run_time)
                 ot, oiqr, om = measure(ours_fn, args.min_run_time)
-                row = {"seq_len": n, "peer": peer_name, "ours": ours_name, "peer_time_ms": pt, "peer_iqr_ms": piqr,
-                       "ours_time_ms": ot, "ours_iqr_ms": oiqr, "speedup": pt / ot, "peer_peak_mem_bytes": pm,
-                       "ours_peak_mem_bytes": om, "longformer_semantics_max_rel_diff": sem,
-                       "matmul_peak_gflops": peak, "env": env,
-                       "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                row = {
+                    "seq_len": n,
+                    "peer": peer_name,
+                    "ours": ours_name,
+                    "peer_time_ms": pt,
+                    "peer_iqr_ms": piqr,
+                    "ours_time_ms": ot,
+                    "ours_iqr_ms": oiqr,
+                    "speedup": pt / ot,
+                    "peer_peak_mem_bytes": pm,
+                    "ours_peak_mem_bytes": om,
+                    "longformer_semantics_max_rel_diff": sem,
+                    "matmul_peak_gflops": peak,
+                    "env": env,
+                    "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                }
                 if ours_name.startswith("sliding_window") and "projections" not in ours_name:
                     nnz = sw_core.nnz(n, n)
                     row["ours_useful_gflops"] = 4 * H * D * nnz / (ot / 1e3) / 1e9
@@ -165,27 +206,45 @@ def main(argv=None):
                 rows.append(row)
                 f.write(json.dumps(row) + "\n")
                 f.flush()
-                print(f"n={n:6d}  {peer_name:55s} {pt:9.1f} ms   {ours_name:40s} {ot:8.1f} ms   x{pt / ot:5.2f}",
-                      flush=True)
+                print(
+                    f"n={n:6d}  {peer_name:55s} {pt:9.1f} ms   {ours_name:40s} {ot:8.1f} ms   x{pt / ot:5.2f}",
+                    flush=True,
+                )
     _write_md(rows, args.out + ".md", peak)
     print(f"\nwrote {args.out}.jsonl and {args.out}.md")
 
 
 def _write_md(rows, path, peak):
-    lines = [f"# effattn against its peers (CPU, fp32, forward, batch 1, {H} heads, head_dim {D})", "",
-             f"Matmul peak measured in this run: {peak:.0f} GFLOP/s. Times are medians from one process.", "",
-             "| n | peer | peer ms | ours | ours ms | speed-up | peer peak MiB | ours peak MiB |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"# effattn against its peers (CPU, fp32, forward, batch 1, {H} heads, head_dim {D})",
+        "",
+        f"Matmul peak measured in this run: {peak:.0f} GFLOP/s. Times are medians from one process.",
+        "",
+        "| n | peer | peer ms | ours | ours ms | speed-up | peer peak MiB | ours peak MiB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in rows:
-        lines.append(f"| {r['seq_len']} | {r['peer']} | {r['peer_time_ms']:.1f} | {r['ours']} | {r['ours_time_ms']:.1f} "
-                     f"| {r['speedup']:.2f}x | {r['peer_peak_mem_bytes'] / 2**20:.0f} | {r['ours_peak_mem_bytes'] / 2**20:.0f} |")
+        lines.append(
+            f"| {r['seq_len']} | {r['peer']} | {r['peer_time_ms']:.1f} | {r['ours']} | {r['ours_time_ms']:.1f} "
+            f"| {r['speedup']:.2f}x | {r['peer_peak_mem_bytes'] / 2**20:.0f} | {r['ours_peak_mem_bytes'] / 2**20:.0f} |"
+        )
     sem = max(r["longformer_semantics_max_rel_diff"] for r in rows)
-    lines += ["", f"Semantics: effattn sliding_window(w) vs HF Longformer(attention_window=2w), same projections: "
-              f"max relative difference {sem:.1e}.", ""]
+    lines += [
+        "",
+        f"Semantics: effattn sliding_window(w) vs HF Longformer(attention_window=2w), same projections: "
+        f"max relative difference {sem:.1e}.",
+        "",
+    ]
     sw = [r for r in rows if "ours_peak_fraction" in r and r["peer"].startswith("SDPA dense")]
     if sw:
-        lines.append("sliding_window useful throughput: " + ", ".join(
-            f"n={r['seq_len']}: {r['ours_useful_gflops']:.0f} GFLOP/s ({100 * r['ours_peak_fraction']:.0f}% of peak)" for r in sw))
+        lines.append(
+            "sliding_window useful throughput: "
+            + ", ".join(
+                f"n={r['seq_len']}: {r['ours_useful_gflops']:.0f} GFLOP/s "
+                f"({100 * r['ours_peak_fraction']:.0f}% of peak)"
+                for r in sw
+            )
+        )
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 
@@ -194,7 +253,7 @@ def _importable(mod):
     try:
         __import__(mod)
         return True
-    except Exception:
+    except Exception:  # noqa: BLE001 - a peer that fails to import in any way is left out of the table
         return False
 
 

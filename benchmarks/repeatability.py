@@ -17,6 +17,7 @@ measures the code before and after a change; the analysis always uses this check
 exponent within 0.15, every crossover the same or a range containing the quiet one.
 Never run it beside other heavy work (tests, other benchmarks): that is a load of its own.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,14 @@ def run_bench(src: str, out: str, args: list[str]) -> float:
     # from a neutral folder: `python -m` puts the working directory ahead of PYTHONPATH, so run
     # from a checkout it would measure that checkout's code whatever --src says
     with tempfile.TemporaryDirectory() as cwd:
-        subprocess.run([sys.executable, "-m", "effattn.cli", "bench", "--out", os.path.abspath(out), "--overwrite",
-                        *args], env=env, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "-m", "effattn.cli", "bench", "--out", os.path.abspath(out), "--overwrite", *args],
+            env=env,
+            cwd=cwd,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     return time.time() - t0
 
 
@@ -150,8 +157,11 @@ def main() -> int:
     p.add_argument("--label", default="run", help="a name for this measurement's files")
     p.add_argument("--on", type=float, default=10.0, help="seconds the load works")
     p.add_argument("--off", type=float, default=10.0, help="seconds the load idles")
-    p.add_argument("--no-load", action="store_true",
-                   help="run the second sweep quiet too: the agreement two quiet runs reach (the floor)")
+    p.add_argument(
+        "--no-load",
+        action="store_true",
+        help="run the second sweep quiet too: the agreement two quiet runs reach (the floor)",
+    )
     p.add_argument("bench_args", nargs="*", help="arguments for effattn bench (after --)")
     a = p.parse_args()
     os.makedirs(a.out_dir, exist_ok=True)
@@ -173,11 +183,19 @@ def main() -> int:
             load.wait()
     print(f"  {t_loaded:.0f} s", flush=True)
     res = compare(quiet, loaded)
-    res.update(src=a.src, src_commit=_commit(a.src), quiet_s=t_quiet, loaded_s=t_loaded,
-               load=None if a.no_load else {"on_s": a.on, "off_s": a.off}, bench_args=a.bench_args,
-               by_length=by_length(quiet, loaded))
-    print(f"\nratios to full within 10%: {res['ratios_within_10pct']:.0%}, within 25%: "
-          f"{res['ratios_within_25pct']:.0%} ({res['points_compared']} points; target >= 80% within 10%)")
+    res.update(
+        src=a.src,
+        src_commit=_commit(a.src),
+        quiet_s=t_quiet,
+        loaded_s=t_loaded,
+        load=None if a.no_load else {"on_s": a.on, "off_s": a.off},
+        bench_args=a.bench_args,
+        by_length=by_length(quiet, loaded),
+    )
+    print(
+        f"\nratios to full within 10%: {res['ratios_within_10pct']:.0%}, within 25%: "
+        f"{res['ratios_within_25pct']:.0%} ({res['points_compared']} points; target >= 80% within 10%)"
+    )
     print("  per length: " + ", ".join(f"{n}: {v}" for n, v in res["by_length"].items()))
     print(f"exponents: largest difference {res['exponent_diff_max']:.2f} (target <= 0.15)")
     for k, d in sorted(res["exponent_diff"].items(), key=lambda kv: -kv[1]):

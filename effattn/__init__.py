@@ -1,9 +1,10 @@
 """effattn: benchmark efficient attention fairly.
 
-    import effattn
-    attn = effattn.create_attention("sliding_window", window=128)
-    out = attn(q, k, v, causal=True)        # q, k, v: (batch, heads, seq, head_dim)
+import effattn
+attn = effattn.create_attention("sliding_window", window=128)
+out = attn(q, k, v, causal=True)        # q, k, v: (batch, heads, seq, head_dim)
 """
+
 from ._version import __version__
 from .errors import EffattnError, OptionError, UnknownAttentionError, UnsupportedError
 from .registry import (
@@ -15,9 +16,16 @@ from .registry import (
     register_attention,
 )
 
-
 __all__ = [
-    "EffattnError", "OptionError", "UnknownAttentionError", "UnsupportedError", "Facts",
-    "broken_plugins", "create_attention", "get_entry", "list_attention", "register_attention",
+    "EffattnError",
+    "OptionError",
+    "UnknownAttentionError",
+    "UnsupportedError",
+    "Facts",
+    "broken_plugins",
+    "create_attention",
+    "get_entry",
+    "list_attention",
+    "register_attention",
     "__version__",
 ]

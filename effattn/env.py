@@ -1,4 +1,5 @@
 """The environment a measurement ran in: recorded with every result row."""
+
 from __future__ import annotations
 
 import os
@@ -26,7 +27,7 @@ def _version(mod: str) -> str | None:
         from importlib.metadata import version
 
         return version(mod)
-    except Exception:
+    except Exception:  # noqa: BLE001 - a version that cannot be read is recorded as unknown
         return None
 
 
@@ -38,10 +39,16 @@ def git_commit(package_dir: str | None = None) -> str | None:
     tracked - do not change what was measured and do not make a row dirty."""
     here = package_dir or os.path.dirname(os.path.abspath(__file__))
     try:
-        out = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+        )
         if out.returncode == 0:
-            dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=normal", "--", "."],
-                                   capture_output=True, text=True, timeout=5).stdout
+            dirty = subprocess.run(
+                ["git", "-C", here, "status", "--porcelain", "--untracked-files=normal", "--", "."],
+                capture_output=True,
+                text=True,
+                timeout=5,
+            ).stdout
             code = [line for line in dirty.splitlines() if not line.rstrip().endswith(("/__pycache__/", ".pyc"))]
             return out.stdout.strip() + ("-dirty" if code else "")
     except (OSError, subprocess.SubprocessError):

@@ -10,6 +10,7 @@ Post-norm residual blocks as in the paper, x = LayerNorm(x + Dropout(Sublayer(x)
 `norm_first=True`, pre-norm x = x + Dropout(Sublayer(LayerNorm(x))) and a final LayerNorm (Xiong et
 al. 2020).
 """
+
 from __future__ import annotations
 
 import math
@@ -27,20 +28,20 @@ SHAPES = ("encoder", "decoder", "encdec")
 
 @dataclass
 class TransformerConfig:
-    vocab_size: int = 256        # tokens; the embedding is shared by encoder and decoder
-    d_model: int = 512           # residual width (paper: 512)
-    n_heads: int = 8             # heads; head_dim = d_model // n_heads
-    n_layers: int = 6            # encoder layers (decoder-only: decoder layers)
-    n_decoder_layers: int = 6    # decoder layers of the encoder-decoder
-    d_ff: int = 2048             # feed-forward hidden width (paper: 4 * d_model)
-    dropout: float = 0.1         # on attention output, feed-forward output and embeddings
-    num_classes: int = 10        # classification head of the encoder shape
-    attention: str = "full"      # self-attention plugin name
+    vocab_size: int = 256  # tokens; the embedding is shared by encoder and decoder
+    d_model: int = 512  # residual width (paper: 512)
+    n_heads: int = 8  # heads; head_dim = d_model // n_heads
+    n_layers: int = 6  # encoder layers (decoder-only: decoder layers)
+    n_decoder_layers: int = 6  # decoder layers of the encoder-decoder
+    d_ff: int = 2048  # feed-forward hidden width (paper: 4 * d_model)
+    dropout: float = 0.1  # on attention output, feed-forward output and embeddings
+    num_classes: int = 10  # classification head of the encoder shape
+    attention: str = "full"  # self-attention plugin name
     attention_options: dict = field(default_factory=dict)
     cross_attention: str | None = None  # plugin for decoder cross-attention; None = same as `attention`
     cross_attention_options: dict | None = None
-    conv_kernel: int = 0         # >0: causal depthwise conv of this width before attention (Zoology, H3)
-    norm_first: bool = False     # False: the paper's post-norm; True: pre-norm with a final LayerNorm
+    conv_kernel: int = 0  # >0: causal depthwise conv of this width before attention (Zoology, H3)
+    norm_first: bool = False  # False: the paper's post-norm; True: pre-norm with a final LayerNorm
 
     @property
     def head_dim(self) -> int:
@@ -56,7 +57,7 @@ class TransformerConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
     @classmethod
-    def from_name(cls, name: str, **overrides) -> "TransformerConfig":
+    def from_name(cls, name: str, **overrides) -> TransformerConfig:
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
         return replace(PRESETS[name], **overrides)
@@ -67,8 +68,9 @@ class TransformerConfig:
 
 PRESETS: dict[str, TransformerConfig] = {
     # for tests: trains a step in milliseconds
-    "tiny": TransformerConfig(vocab_size=32, d_model=32, n_heads=4, n_layers=1, n_decoder_layers=1,
-                              d_ff=64, dropout=0.0, num_classes=4),
+    "tiny": TransformerConfig(
+        vocab_size=32, d_model=32, n_heads=4, n_layers=1, n_decoder_layers=1, d_ff=64, dropout=0.0, num_classes=4
+    ),
     # for CPU task runs (MQAR, ListOps) in minutes
     "small": TransformerConfig(d_model=64, n_heads=4, n_layers=2, n_decoder_layers=2, d_ff=256, dropout=0.0),
     # the paper's base model
@@ -111,7 +113,7 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x, memory=None, key_padding_mask=None):
         src = x if memory is None else memory
-        q = rearrange(self.q_proj(x), "b n (h d) -> b h n d", h=self.n_heads)    # (B, H, n_q, D)
+        q = rearrange(self.q_proj(x), "b n (h d) -> b h n d", h=self.n_heads)  # (B, H, n_q, D)
         k = rearrange(self.k_proj(src), "b n (h d) -> b h n d", h=self.n_heads)  # (B, H, n_k, D)
         v = rearrange(self.v_proj(src), "b n (h d) -> b h n d", h=self.n_heads)
         out = self.core(q, k, v, causal=self.causal, key_padding_mask=key_padding_mask)
@@ -149,8 +151,11 @@ class Block(nn.Module):
         self.cross_attn = None
         if cross:
             name = cfg.cross_attention or cfg.attention
-            opts = cfg.cross_attention_options if cfg.cross_attention_options is not None else (
-                cfg.attention_options if cfg.cross_attention is None else {})
+            opts = (
+                cfg.cross_attention_options
+                if cfg.cross_attention_options is not None
+                else (cfg.attention_options if cfg.cross_attention is None else {})
+            )
             self.cross_attn = MultiHeadAttention(d, cfg.n_heads, name, opts, causal=False)
             self.norm_cross = nn.LayerNorm(d)
         self.ff = FeedForward(d, cfg.d_ff, cfg.dropout)
@@ -186,14 +191,16 @@ class Transformer(nn.Module):
             raise ValueError(f"unknown shape {shape!r}; shapes: {', '.join(SHAPES)}")
         self.cfg, self.shape = cfg, shape
         if shape in ("decoder", "encdec"):
-            _require(cfg.attention, cfg.attention_options, causal=True, cross=False, role=f"the {shape}'s self-attention")
+            _require(
+                cfg.attention, cfg.attention_options, causal=True, cross=False, role=f"the {shape}'s self-attention"
+            )
         if shape == "encdec":
             _require(cfg.cross_attention or cfg.attention, {}, causal=False, cross=True, role="cross-attention")
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         # The paper multiplies embeddings by sqrt(d_model); that assumes weights of scale d^-1/2.
         # With nn.Embedding's N(0, 1) the tokens would swamp the positional encoding by sqrt(d)
         # (measured: MQAR stuck at chance), so initialise to N(0, 1/d_model).
-        nn.init.normal_(self.embed.weight, std=cfg.d_model ** -0.5)
+        nn.init.normal_(self.embed.weight, std=cfg.d_model**-0.5)
         self.drop = nn.Dropout(cfg.dropout)
         n_enc = cfg.n_layers if shape != "decoder" else 0
         n_dec = cfg.n_layers if shape == "decoder" else (cfg.n_decoder_layers if shape == "encdec" else 0)

@@ -1,5 +1,6 @@
 """Checks of option values, shared by every layer that takes options (attention plugins, tasks).
 Each returns the value when it is valid and raises `OptionError` with a one-line message when not."""
+
 from __future__ import annotations
 
 from .errors import OptionError

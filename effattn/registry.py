@@ -4,14 +4,16 @@ Modelled on timm's `_registry.py` (a dict filled by a decorator, `fnmatch` listi
 pytest's `pytest11` entry-point group (third-party plugins found once, a broken one reported
 by name instead of breaking the rest).
 """
+
 from __future__ import annotations
 
 import difflib
 import fnmatch
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Callable
+from typing import Any
 
 from .errors import OptionError, UnknownAttentionError
 
@@ -35,7 +37,7 @@ class Facts:
     description: str = ""
 
     @classmethod
-    def of(cls, target: Any) -> "Facts":
+    def of(cls, target: Any) -> Facts:
         values = {}
         for f in cls.__dataclass_fields__:
             if hasattr(target, f):
@@ -60,7 +62,7 @@ class PluginEntry:
         if callable(probe):  # the plugin's own reason is the most useful one
             try:
                 why = probe(device)
-            except Exception as e:  # a broken probe must not break listing
+            except Exception as e:  # noqa: BLE001 - a broken probe must not break listing
                 return f"unavailable: availability check failed ({type(e).__name__}: {e})"
             if why:
                 return why
@@ -183,9 +185,7 @@ def option_defaults(target) -> dict[str, Any]:
         return {}
     fn = target.__init__ if inspect.isclass(target) else target
     return {
-        p.name: p.default
-        for p in inspect.signature(fn).parameters.values()
-        if p.default is not inspect.Parameter.empty
+        p.name: p.default for p in inspect.signature(fn).parameters.values() if p.default is not inspect.Parameter.empty
     }
 
 
@@ -196,9 +196,7 @@ def create_attention(name: str, **options):
     unknown = [k for k in options if k not in names]
     if unknown and not var_kw:
         valid = ", ".join(names) if names else "none"
-        raise OptionError(
-            f"attention {name!r} has no option {', '.join(map(repr, unknown))}; valid options: {valid}"
-        )
+        raise OptionError(f"attention {name!r} has no option {', '.join(map(repr, unknown))}; valid options: {valid}")
     defaults = option_defaults(entry.target)
     for k, v in options.items():
         d = defaults.get(k)

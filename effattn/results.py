@@ -4,6 +4,7 @@ What makes two rows the same point is defined once, in `effattn.store` (POINT_FI
 crossovers, reports and comparisons never mix two configurations, and where a file holds a point
 twice (a point measured again after an error) the newest row is the one used.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,11 +16,43 @@ import pandas as pd
 from .stats import CONFIDENCE, crossover, exponent_ci, fit_loglog, median_ci, verdict
 from .store import CONFIG_FIELDS, FIELD_DEFAULTS, describe_problems, point_key, read_results
 
-COLUMNS = ["run_id", "label", "variant", "seq_len", "status", "reason", "time_ms", "time_iqr_ms", "time_ci_ms",
-           "noisy", "loaded", "rounds", "loaded_rounds",
-           "first_call_ms", "peak_mem_bytes", "retained_bytes", "gflops", "peak_fraction", "fault", "attended_pairs",
-           "rel_err_vs_full", "cosine_vs_full", "rel_err_vs_own_dense", "backend", "device", "dtype", "batch",
-           "heads", "head_dim", "causal", "mode", "level", "inputs", "seed", "probe"]
+COLUMNS = [
+    "run_id",
+    "label",
+    "variant",
+    "seq_len",
+    "status",
+    "reason",
+    "time_ms",
+    "time_iqr_ms",
+    "time_ci_ms",
+    "noisy",
+    "loaded",
+    "rounds",
+    "loaded_rounds",
+    "first_call_ms",
+    "peak_mem_bytes",
+    "retained_bytes",
+    "gflops",
+    "peak_fraction",
+    "fault",
+    "attended_pairs",
+    "rel_err_vs_full",
+    "cosine_vs_full",
+    "rel_err_vs_own_dense",
+    "backend",
+    "device",
+    "dtype",
+    "batch",
+    "heads",
+    "head_dim",
+    "causal",
+    "mode",
+    "level",
+    "inputs",
+    "seed",
+    "probe",
+]
 
 
 def load(*paths: str, on_problem=None) -> pd.DataFrame:
@@ -41,8 +74,17 @@ def load(*paths: str, on_problem=None) -> pd.DataFrame:
         df[c] = df[c].astype(object).where(df[c].notna(), default)
     if len(df):
         df["seq_len"] = df["seq_len"].astype(int)
-        for c in ("time_ms", "time_iqr_ms", "peak_mem_bytes", "retained_bytes", "gflops", "peak_fraction",
-                  "rel_err_vs_full", "rel_err_vs_own_dense", "first_call_ms"):
+        for c in (
+            "time_ms",
+            "time_iqr_ms",
+            "peak_mem_bytes",
+            "retained_bytes",
+            "gflops",
+            "peak_fraction",
+            "rel_err_vs_full",
+            "rel_err_vs_own_dense",
+            "first_call_ms",
+        ):
             df[c] = pd.to_numeric(df[c], errors="coerce")
     return df[COLUMNS + [c for c in df.columns if c not in COLUMNS]]
 
@@ -141,7 +183,7 @@ def summary(df: pd.DataFrame, baseline: str = "full", min_fit_len: int = 1024) -
 
     def base_for(label: str) -> dict:
         """The baseline of the same configuration: `full [mode=fwd]` for `linear [mode=fwd]`."""
-        suffix = label[label.index(" ["):] if " [" in label else ""
+        suffix = label[label.index(" [") :] if " [" in label else ""
         return by_len(baseline + suffix)
 
     cross_col = f"faster_than_{baseline}_from"
@@ -152,8 +194,11 @@ def summary(df: pd.DataFrame, baseline: str = "full", min_fit_len: int = 1024) -
         fit_lens = [n for n in lens if n >= min_fit_len] if sum(n >= min_fit_len for n in lens) >= 3 else lens
         raw_e, _ = fit_loglog(fit_lens, [pts[n]["time_ms"] for n in fit_lens])
         peaks = [pts[n].get("matmul_peak_gflops") for n in fit_lens]
-        ref = float(np.median(peaks)) if peaks and all(isinstance(p, (int, float)) and p == p and p > 0
-                                                      for p in peaks) else None
+        ref = (
+            float(np.median(peaks))
+            if peaks and all(isinstance(p, (int, float)) and p == p and p > 0 for p in peaks)
+            else None
+        )
         scaled = [_scaled_samples(pts[n], ref) for n in fit_lens]
         te, tse = fit_loglog(fit_lens, [float(np.median(x)) if x else math.nan for x in scaled])
         lo_e, hi_e = exponent_ci(fit_lens, scaled)
@@ -170,8 +215,15 @@ def summary(df: pd.DataFrame, baseline: str = "full", min_fit_len: int = 1024) -
                     verdicts.append(verdict(_ci(pts[n]), _ci(base[n])))
                 else:
                     med, lo_r, hi_r, cov = pr
-                    verdicts.append("unresolved" if cov < CONFIDENCE else
-                                    "faster" if hi_r < 1 else "slower" if lo_r > 1 else "unresolved")
+                    verdicts.append(
+                        "unresolved"
+                        if cov < CONFIDENCE
+                        else "faster"
+                        if hi_r < 1
+                        else "slower"
+                        if lo_r > 1
+                        else "unresolved"
+                    )
             lo, hi = crossover(common, verdicts)
             if hi is not None:
                 i = common.index(hi)
@@ -188,10 +240,23 @@ def summary(df: pd.DataFrame, baseline: str = "full", min_fit_len: int = 1024) -
             text = ""
         statuses = g["status"].value_counts().to_dict()
         loaded = int(pd.Series(g.get("loaded", pd.Series(dtype=object))).fillna(False).astype(bool).sum())
-        out.append({"label": label, "time_exponent": te, "time_exponent_se": tse, "time_exponent_lo": lo_e,
-                    "time_exponent_hi": hi_e, "time_exponent_raw": raw_e, "mem_exponent": me, "mem_exponent_se": mse,
-                    "fit_from": int(min(fit_lens)) if fit_lens else None, cross_col: cross, "crossover": text,
-                    "loaded": loaded, "points": ", ".join(f"{k} {v}" for k, v in statuses.items())})
+        out.append(
+            {
+                "label": label,
+                "time_exponent": te,
+                "time_exponent_se": tse,
+                "time_exponent_lo": lo_e,
+                "time_exponent_hi": hi_e,
+                "time_exponent_raw": raw_e,
+                "mem_exponent": me,
+                "mem_exponent_se": mse,
+                "fit_from": int(min(fit_lens)) if fit_lens else None,
+                cross_col: cross,
+                "crossover": text,
+                "loaded": loaded,
+                "points": ", ".join(f"{k} {v}" for k, v in statuses.items()),
+            }
+        )
     return pd.DataFrame(out)
 
 
@@ -204,6 +269,10 @@ def label_series(df: pd.DataFrame) -> pd.DataFrame:
     df = df.copy()
     if "base_label" not in df:  # the label as measured; kept so that this function is idempotent
         df["base_label"] = df["label"]
-    df["label"] = df["base_label"] + " [" + df[varying].astype(str).apply(
-        lambda r: ", ".join(f"{c}={v}" for c, v in zip(varying, r)), axis=1) + "]"
+    df["label"] = (
+        df["base_label"]
+        + " ["
+        + df[varying].astype(str).apply(lambda r: ", ".join(f"{c}={v}" for c, v in zip(varying, r)), axis=1)
+        + "]"
+    )
     return df

@@ -1,4 +1,5 @@
 """Parsing what a user types: variants `NAME[:KEY=VALUE...]`, lengths `256,1k,2k`, sizes `4GB`."""
+
 from __future__ import annotations
 
 import re

@@ -3,10 +3,11 @@ for a fitted exponent and for a crossover, and the test `effattn compare` decide
 
 Nothing here knows about sweeps or files: it takes numbers and returns numbers.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -73,8 +74,13 @@ def fit_loglog(n, y) -> tuple[float, float]:
     return float(coef[0]), se
 
 
-def exponent_ci(n: Sequence[int], samples: Sequence[Sequence[float]], confidence: float = CONFIDENCE,
-                draws: int = 200, seed: int = 0) -> tuple[float, float]:
+def exponent_ci(
+    n: Sequence[int],
+    samples: Sequence[Sequence[float]],
+    confidence: float = CONFIDENCE,
+    draws: int = 200,
+    seed: int = 0,
+) -> tuple[float, float]:
     """An interval for the log-log slope of median time against n, from the measurement noise:
     each length's samples are resampled (bootstrap), the medians refitted, and the central
     `confidence` of the slopes kept. It says how much the exponent could move if the same sweep
@@ -97,7 +103,7 @@ def exponent_ci(n: Sequence[int], samples: Sequence[Sequence[float]], confidence
         if math.isfinite(s):
             slopes.append(s)
     tail = (1 - confidence) / 2
-    lo, hi = (np.quantile(slopes, [tail, 1 - tail]) if slopes else (slope, slope))
+    lo, hi = np.quantile(slopes, [tail, 1 - tail]) if slopes else (slope, slope)
     return float(min(lo, slope)), float(max(hi, slope))
 
 

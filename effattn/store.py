@@ -15,6 +15,7 @@ Everything that reads one goes through `read_results`, which reports a garbage l
 number and uses the rest, and refuses a file that is no results file at all (binary, compressed,
 UTF-16, other JSON) in one line.
 """
+
 from __future__ import annotations
 
 import errno
@@ -30,8 +31,21 @@ from .errors import EffattnError
 #: Every field that changes what a timing point measures. Two rows with equal values here are the
 #: same point: resume skips it, fits and crossovers never mix two of them, compare pairs them.
 #: (`label` is the plugin name plus its non-default options; `probe` marks find-max-len probes.)
-POINT_FIELDS = ("label", "seq_len", "device", "dtype", "batch", "heads", "head_dim", "causal", "mode", "level",
-                "inputs", "seed", "probe")
+POINT_FIELDS = (
+    "label",
+    "seq_len",
+    "device",
+    "dtype",
+    "batch",
+    "heads",
+    "head_dim",
+    "causal",
+    "mode",
+    "level",
+    "inputs",
+    "seed",
+    "probe",
+)
 #: The same for a training run of `bench --task`.
 TASK_FIELDS = ("label", "seq_len", "task", "task_options", "seed", "train_spec")
 #: What a configuration is: a point's identity without the variant and the length.
@@ -156,8 +170,11 @@ def read_results(path: str, *, missing_ok: bool = True) -> tuple[list[dict], lis
             rows.append(obj)
     if not rows and problems:
         first = problems[0]
-        raise ResultsFileError(f"{path} is not an effattn results file ({first}"
-                               + (f"; {len(problems) - 1} more such lines" if len(problems) > 1 else "") + ")")
+        raise ResultsFileError(
+            f"{path} is not an effattn results file ({first}"
+            + (f"; {len(problems) - 1} more such lines" if len(problems) > 1 else "")
+            + ")"
+        )
     return rows, problems
 
 
@@ -204,8 +221,9 @@ def _lock(fd: int, path: str) -> None:
         if e.errno in (errno.EWOULDBLOCK, errno.EACCES, errno.EAGAIN):
             holder = _holder_of(fd)
             os.close(fd)
-            raise ResultsFileBusy(f"{path} is being written by another run ({holder}); wait for it to "
-                                  "finish or choose another --out") from None
+            raise ResultsFileBusy(
+                f"{path} is being written by another run ({holder}); wait for it to finish or choose another --out"
+            ) from None
         os.close(fd)
         raise
 
@@ -238,7 +256,7 @@ class ResultsFile:
     argv: str = field(default_factory=lambda: " ".join(sys.argv))
     existing: list = field(default_factory=list)
     problems: list = field(default_factory=list)
-    notes: list = field(default_factory=list)   # one line each: what was repaired on opening
+    notes: list = field(default_factory=list)  # one line each: what was repaired on opening
     _fd: int | None = None
 
     def __post_init__(self):
@@ -246,7 +264,7 @@ class ResultsFile:
             raise ValueError(f"mode must be new, resume or overwrite, got {self.mode!r}")
 
     # -- opening ---------------------------------------------------------------------------
-    def open(self) -> "ResultsFile":
+    def open(self) -> ResultsFile:
         if self._fd is not None:
             return self
         path = self.path
@@ -277,8 +295,9 @@ class ResultsFile:
         try:
             size = os.fstat(fd).st_size
             if size and self.mode == "new":
-                raise ResultsFileError(f"--out {path} already holds results; use --resume to complete it or "
-                                       "--overwrite to replace it")
+                raise ResultsFileError(
+                    f"--out {path} already holds results; use --resume to complete it or --overwrite to replace it"
+                )
             if size:
                 # Nothing is changed in a file that is no results file (a CSV given by mistake,
                 # a compressed copy): read_results refuses it before a byte is touched.
@@ -288,8 +307,9 @@ class ResultsFile:
                     if _only_a_cut_row(path):
                         pass  # a run killed while writing its very first row: repaired like any torn tail
                     else:
-                        raise ResultsFileError(f"{e}; refusing to {'append to' if self.mode == 'resume' else 'replace'} "
-                                               "it") from None
+                        raise ResultsFileError(
+                            f"{e}; refusing to {'append to' if self.mode == 'resume' else 'replace'} it"
+                        ) from None
             if size and self.mode == "overwrite":
                 os.ftruncate(fd, 0)
             elif size and self.mode == "resume":
@@ -337,8 +357,10 @@ class ResultsFile:
             os.fsync(t.fileno())
         os.ftruncate(fd, start)
         os.fsync(fd)
-        self.notes.append(f"{self.path}: its last line was cut off mid-write ({len(tail)} bytes); moved it to "
-                          f"{self.path}.torn and went on from the line before")
+        self.notes.append(
+            f"{self.path}: its last line was cut off mid-write ({len(tail)} bytes); moved it to "
+            f"{self.path}.torn and went on from the line before"
+        )
 
     # -- writing ---------------------------------------------------------------------------
     def stamp(self, row: dict) -> dict:
@@ -365,7 +387,7 @@ class ResultsFile:
             os.close(self._fd)  # releases the lock
             self._fd = None
 
-    def __enter__(self) -> "ResultsFile":
+    def __enter__(self) -> ResultsFile:
         return self.open()
 
     def __exit__(self, *exc) -> None:

@@ -9,10 +9,11 @@ built from `dense_mask` (exact plugins; forward and gradients, causal, padding, 
 lengths that are no multiple of any block), no leak from the future (causal) or from padding,
 and determinism for a fixed seed.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -56,7 +57,7 @@ def _inputs(b, h, n_q, n_k, d, dtype, device, seed):
 def _padding(b, n_k, seed, device):
     """Row 0 pads a tail, row 1 (if any) pads everything: the all-padded row must give zeros."""
     kpm = torch.zeros(b, n_k, dtype=torch.bool)
-    kpm[0, max(1, n_k - max(1, n_k // 3)):] = True
+    kpm[0, max(1, n_k - max(1, n_k // 3)) :] = True
     if b > 1:
         kpm[1, :] = True
     return kpm.to(device)
@@ -123,7 +124,9 @@ def run_checks(
 
     def finite():
         for n_q, n_k, causal, pad in cases:
-            q, k, v = (t.requires_grad_() for t in _inputs(batch, heads, n_q, n_k, head_dim, torch.float32, device, seed))
+            q, k, v = (
+                t.requires_grad_() for t in _inputs(batch, heads, n_q, n_k, head_dim, torch.float32, device, seed)
+            )
             kpm = _padding(batch, n_k, seed, device) if pad else None
             out = attn(q, k, v, causal=causal, key_padding_mask=kpm)
             assert out.shape == q.shape, f"{label(n_q, n_k, causal, pad)}: shape {tuple(out.shape)}"
@@ -143,6 +146,7 @@ def run_checks(
         if dense_mask is None:
             results.append(CheckResult("exact_vs_reference", False, "exact plugin has no dense_mask(n_q, n_k, causal)"))
         else:
+
             def exact():
                 worst = 0.0
                 for n_q, n_k, causal, pad in cases:
@@ -168,7 +172,9 @@ def run_checks(
                             # exactly zero in float64 (n_k = 1, or a window of 0): float32 roundoff
                             # is allowed, measured against the scale of the value gradient.
                             small = 0.0 if a.grad is None else float(a.grad.norm() / vr.grad.norm().clamp_min(1e-30))
-                            assert small <= EXACT_RTOL, f"{where}: gradient of {nm} should be 0, relative size {small:.1e}"
+                            assert small <= EXACT_RTOL, (
+                                f"{where}: gradient of {nm} should be 0, relative size {small:.1e}"
+                            )
                             continue
                         e = _rel_err(a.grad, b.grad)
                         assert e <= EXACT_RTOL, f"{where}: gradient of {nm} relative error {e:.2e} > {EXACT_RTOL:g}"
@@ -181,6 +187,7 @@ def run_checks(
         skip("exact_vs_reference", "approximate plugin")
 
     if facts.supports_causal:
+
         def no_future_leak():
             n = n_max
             q, k, v = (t.requires_grad_() for t in _inputs(1, heads, n, n, head_dim, torch.float32, device, seed))
@@ -190,7 +197,7 @@ def run_checks(
                     continue
                 gq, gk, gv = torch.autograd.grad(out[:, :, t].sum(), (q, k, v), retain_graph=True)
                 for nm, gr in zip("qkv", (gq, gk, gv)):
-                    leak = gr[:, :, t + 1:].abs().max().item()
+                    leak = gr[:, :, t + 1 :].abs().max().item()
                     assert leak == 0, f"output at {t} depends on {nm} after {t} (max |grad| {leak:.2e})"
 
         check("causal_no_future_leak", no_future_leak)
@@ -198,6 +205,7 @@ def run_checks(
         skip("causal_no_future_leak", "causal not supported")
 
     if facts.supports_padding:
+
         def no_padding_leak():
             n = n_max
             q, k, v = (t.requires_grad_() for t in _inputs(batch, heads, n, n, head_dim, torch.float32, device, seed))
@@ -205,7 +213,9 @@ def run_checks(
             out = attn(q, k, v, key_padding_mask=kpm)
             gk, gv = torch.autograd.grad(out.sum(), (k, v))
             pad = kpm[:, None, :, None].expand_as(gk)
-            leak = max(gk[pad].abs().max().item() if pad.any() else 0.0, gv[pad].abs().max().item() if pad.any() else 0.0)
+            leak = max(
+                gk[pad].abs().max().item() if pad.any() else 0.0, gv[pad].abs().max().item() if pad.any() else 0.0
+            )
             assert leak == 0, f"output depends on padded keys/values (max |grad| {leak:.2e})"
 
         check("padding_no_leak", no_padding_leak)

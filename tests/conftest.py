@@ -13,13 +13,25 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 @pytest.fixture(scope="session")
 def plugin_site(tmp_path_factory):
     """Install the third-party demo packages (one good, one broken at import, one that kills its
-    worker, for the Ray tests, and the adversarial ones of the integrity tests) with pip into a private folder, as a user would install a plugin
-    package, and return that folder."""
+    worker, for the Ray tests, and the adversarial ones of the integrity tests) with pip into a
+    private folder, as a user would install a plugin package, and return that folder."""
     target = tmp_path_factory.mktemp("site")
-    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-           "--disable-pip-version-check", "--target", str(target),
-           str(HERE / "plugins" / "demo_good"), str(HERE / "plugins" / "demo_broken"),
-           str(HERE / "plugins" / "demo_faulty"), str(HERE / "plugins" / "demo_adversarial")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--no-deps",
+        "--no-build-isolation",
+        "--disable-pip-version-check",
+        "--target",
+        str(target),
+        str(HERE / "plugins" / "demo_good"),
+        str(HERE / "plugins" / "demo_broken"),
+        str(HERE / "plugins" / "demo_faulty"),
+        str(HERE / "plugins" / "demo_adversarial"),
+    ]
     subprocess.run(cmd, check=True, capture_output=True)
     return target
 
@@ -41,8 +53,9 @@ def with_plugins(plugin_site, monkeypatch):
 
 def _run_cli(*args, env_extra=None, timeout=300, cwd=None):
     env = dict(os.environ, **(env_extra or {}))
-    return subprocess.run([sys.executable, "-m", "effattn.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "effattn.cli", *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd
+    )
 
 
 @pytest.fixture
@@ -64,4 +77,5 @@ def cli_here(capsys, monkeypatch, tmp_path):
             main(list(args))
         got = capsys.readouterr()
         return e.value.code, got.out, got.err
+
     return run

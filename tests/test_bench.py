@@ -1,7 +1,7 @@
 """`effattn bench`: results are data, bad input is one line and exit 2, resume completes exactly."""
+
 import io
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -50,7 +50,7 @@ def test_linear_memory_grows_linearly():
     for n in (1024, 2048, 4096, 8192):
         q, k, v = (torch.randn(1, 8, n, 64) for _ in range(3))
         with torch.no_grad():
-            peaks.append(peak_memory_bytes(lambda: lin(q, k, v), "cpu"))
+            peaks.append(peak_memory_bytes(lambda q=q, k=k, v=v: lin(q, k, v), "cpu"))
     e, _ = fit_exponent([1024, 2048, 4096, 8192], peaks)
     assert 0.85 < e < 1.15, (peaks, e)
 
@@ -59,24 +59,42 @@ def test_point_row_is_complete_data():
     spec = SweepSpec(seq_lens=[64], variants=[], heads=2, head_dim=16, min_run_time_s=0.01)
     row = measure_point(spec, Variant("sliding_window", {"window": 8}), 64)
     assert row["status"] == "ok", row
-    for col in ("time_ms", "time_iqr_ms", "time_raw_ms", "first_call_ms", "peak_mem_bytes", "gflops",
-                "attended_pairs", "rel_err_vs_full", "cosine_vs_full", "rel_err_vs_own_dense", "backend"):
+    for col in (
+        "time_ms",
+        "time_iqr_ms",
+        "time_raw_ms",
+        "first_call_ms",
+        "peak_mem_bytes",
+        "gflops",
+        "attended_pairs",
+        "rel_err_vs_full",
+        "cosine_vs_full",
+        "rel_err_vs_own_dense",
+        "backend",
+    ):
         assert row[col] is not None, col
     assert row["rel_err_vs_own_dense"] < 1e-5  # the in-sweep bug detector
-    assert row["rel_err_vs_full"] > 1e-3       # a window of 8 at n = 64 is not full attention
+    assert row["rel_err_vs_full"] > 1e-3  # a window of 8 at n = 64 is not full attention
 
 
 def test_unsupported_and_skipped_points(tmp_path):
     out = tmp_path / "r.jsonl"
-    spec = SweepSpec(seq_lens=[32, 64], variants=[Variant("linformer", {"proj_len": 8, "max_len": 40}),
-                                                  Variant("full", {})],
-                     heads=2, head_dim=8, causal=False, min_run_time_s=0.01, memory_budget_bytes=1)
+    spec = SweepSpec(
+        seq_lens=[32, 64],
+        variants=[Variant("linformer", {"proj_len": 8, "max_len": 40}), Variant("full", {})],
+        heads=2,
+        head_dim=8,
+        causal=False,
+        min_run_time_s=0.01,
+        memory_budget_bytes=1,
+    )
     rows = run_sweep(spec, str(out), progress=False)
     by = {(r["label"], r["seq_len"]): r for r in rows}
     # over the budget at 32: recorded as oom, and 64 is skipped without being attempted
     assert by[("full", 32)]["status"] == "oom" and by[("full", 64)]["status"] == "skipped"
-    spec2 = SweepSpec(seq_lens=[32], variants=[Variant("nystrom", {})], causal=True, heads=2, head_dim=8,
-                      min_run_time_s=0.01)
+    spec2 = SweepSpec(
+        seq_lens=[32], variants=[Variant("nystrom", {})], causal=True, heads=2, head_dim=8, min_run_time_s=0.01
+    )
     r = run_sweep(spec2, str(tmp_path / "c.jsonl"), progress=False)[0]
     assert r["status"] == "unsupported" and "causal" in r["reason"]
 
@@ -85,35 +103,42 @@ def _bench(run_cli, tmp_path, *args):
     return run_cli("bench", *FAST, *args, cwd=str(tmp_path))
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--attn", "fulll"], "did you mean full"),
-    (["--attn", "sliding_window:windw=3"], "valid options: window, global_tokens"),
-    (["--attn", "sliding_window:window=-3"], "window must be >= 0"),
-    (["--seq-lens", "0"], "must be > 0"),
-    (["--seq-lens", "12x"], "not a positive integer"),
-    (["--heads", "0"], "--heads"),
-    (["--batch", "-1"], "--batch"),
-    (["--dtype", "int8"], "--dtype"),
-    (["--out", "/nonexistent-dir/x.jsonl"], "does not exist"),
-    (["--out", "."], "cannot be written"),
-    (["--memory-budget", "lots"], "not a number of bytes"),
-    (["--seq-lens", ""], "--seq-lens is empty"),
-    (["--attn", ""], "--attn is empty"),
-    (["--task", ""], "--task is empty"),
-    (["--memory-budget", ""], "--memory-budget is empty"),
-    (["--attn", "full,,linear"], "empty entry"),
-    (["--timeout", "inf"], "finite"),
-    (["--timeout", "nan"], "finite"),
-    (["--min-run-time", "nan"], "finite"),
-    (["--attn", "sliding_window:window=3:window=5"], "given twice"),
-    (["--steps", "5"], "--steps cannot be used here"),
-    (["--task", "mqar", "--causal"], "--causal cannot be used here"),
-    (["--find-max-len", "--isolate"], "--isolate cannot be used here"),
-    (["--resume", "--overwrite"], "exclude each other"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--attn", "fulll"], "did you mean full"),
+        (["--attn", "sliding_window:windw=3"], "valid options: window, global_tokens"),
+        (["--attn", "sliding_window:window=-3"], "window must be >= 0"),
+        (["--seq-lens", "0"], "must be > 0"),
+        (["--seq-lens", "12x"], "not a positive integer"),
+        (["--heads", "0"], "--heads"),
+        (["--batch", "-1"], "--batch"),
+        (["--dtype", "int8"], "--dtype"),
+        (["--out", "/nonexistent-dir/x.jsonl"], "does not exist"),
+        (["--out", "."], "cannot be written"),
+        (["--memory-budget", "lots"], "not a number of bytes"),
+        (["--seq-lens", ""], "--seq-lens is empty"),
+        (["--attn", ""], "--attn is empty"),
+        (["--task", ""], "--task is empty"),
+        (["--memory-budget", ""], "--memory-budget is empty"),
+        (["--attn", "full,,linear"], "empty entry"),
+        (["--timeout", "inf"], "finite"),
+        (["--timeout", "nan"], "finite"),
+        (["--min-run-time", "nan"], "finite"),
+        (["--attn", "sliding_window:window=3:window=5"], "given twice"),
+        (["--steps", "5"], "--steps cannot be used here"),
+        (["--task", "mqar", "--causal"], "--causal cannot be used here"),
+        (["--find-max-len", "--isolate"], "--isolate cannot be used here"),
+        (["--resume", "--overwrite"], "exclude each other"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2_and_no_file(cli_here, tmp_path, args, needle):
-    base = ["bench"] + ([] if "--task" in args else FAST) + ([] if "--seq-lens" in args else ["--seq-lens", "64"]) + (
-        [] if "--out" in args else ["--out", "r.jsonl"])
+    base = (
+        ["bench"]
+        + ([] if "--task" in args else FAST)
+        + ([] if "--seq-lens" in args else ["--seq-lens", "64"])
+        + ([] if "--out" in args else ["--out", "r.jsonl"])
+    )
     code, _, err = cli_here(*base, *args)
     assert code == 2, err
     lines = err.strip().splitlines()
@@ -139,11 +164,29 @@ def test_existing_results_are_never_overwritten_silently(run_cli, tmp_path):
 def test_interrupted_sweep_resumes_with_every_point_once(tmp_path):
     out = tmp_path / "r.jsonl"
     lens = "64,128,256,512,1024,2048"
-    cmd = [sys.executable, "-m", "effattn.cli", "bench", *FAST, "--min-run-time", "0.3", "--seq-lens", lens,
-           "--attn", "full,linear", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "effattn.cli",
+        "bench",
+        *FAST,
+        "--min-run-time",
+        "0.3",
+        "--seq-lens",
+        lens,
+        "--attn",
+        "full,linear",
+        "--out",
+        str(out),
+    ]
     # A child of a background job inherits SIGINT as ignored; give it the default, as a terminal would.
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    p = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.time() + 120
     while time.time() < deadline:  # wait for a few points, then interrupt as Ctrl-C would
         if out.exists() and len(out.read_text().splitlines()) >= 3:
@@ -155,8 +198,13 @@ def test_interrupted_sweep_resumes_with_every_point_once(tmp_path):
     assert b"--resume" in err
     before = [json.loads(line) for line in out.read_text().splitlines()]
     assert 3 <= len(before) < 12
-    r = subprocess.run(cmd[:-2] + ["--out", str(out), "--resume", "--min-run-time", "0.01"],
-                       capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    r = subprocess.run(
+        cmd[:-2] + ["--out", str(out), "--resume", "--min-run-time", "0.01"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     df = load(str(out))
     keys = list(zip(df["label"], df["seq_len"]))
@@ -170,8 +218,14 @@ def test_interrupted_sweep_resumes_with_every_point_once(tmp_path):
 def test_summary_fits_quadratic_and_linear(tmp_path):
     """naive is ~n^2 and linear ~n at lengths where fixed overheads no longer dominate."""
     out = tmp_path / "r.jsonl"
-    spec = SweepSpec(seq_lens=[1024, 2048, 4096], variants=[Variant("naive", {}), Variant("linear", {})],
-                     heads=4, head_dim=32, min_run_time_s=0.1, error=False)
+    spec = SweepSpec(
+        seq_lens=[1024, 2048, 4096],
+        variants=[Variant("naive", {}), Variant("linear", {})],
+        heads=4,
+        head_dim=32,
+        min_run_time_s=0.1,
+        error=False,
+    )
     run_sweep(spec, str(out), progress=False)
     s = summary(load(str(out))).set_index("label")
     assert s.loc["naive", "time_exponent"] > 1.6, s
@@ -186,8 +240,7 @@ def test_isolated_point_runs_in_its_own_process(tmp_path):
 
 
 def test_default_bench_cli_prints_summary(run_cli, tmp_path):
-    r = _bench(run_cli, tmp_path, "--seq-lens", "64,128", "--attn", "full,sliding_window:window=8",
-               "--out", "r.jsonl")
+    r = _bench(run_cli, tmp_path, "--seq-lens", "64,128", "--attn", "full,sliding_window:window=8", "--out", "r.jsonl")
     assert r.returncode == 0, r.stderr
     assert "scaling (log-log fit)" in r.stdout and "sliding_window:window=8" in r.stdout
     assert "[4/4]" in r.stderr  # plain progress lines when not on a terminal
@@ -199,9 +252,26 @@ def test_find_max_len_bisects_to_the_budget(run_cli, tmp_path):
     bytes (measured: 273 MB at n = 2048 with 8 heads). With 2 heads and a 64 MiB budget that puts
     the limit just under 2048, above 1024 (16 MiB); linear fits everywhere up to the 16k limit."""
     budget = 64 * 2**20
-    r = run_cli("bench", "--find-max-len", "--attn", "naive,linear", "--memory-budget", "64MB", "--heads", "2",
-                "--head-dim", "16", "--seq-lens", "1k,16k", "--min-run-time", "0.01", "--out", "m.jsonl",
-                cwd=str(tmp_path), timeout=600)
+    r = run_cli(
+        "bench",
+        "--find-max-len",
+        "--attn",
+        "naive,linear",
+        "--memory-budget",
+        "64MB",
+        "--heads",
+        "2",
+        "--head-dim",
+        "16",
+        "--seq-lens",
+        "1k,16k",
+        "--min-run-time",
+        "0.01",
+        "--out",
+        "m.jsonl",
+        cwd=str(tmp_path),
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr
     line = [x for x in r.stdout.splitlines() if x.strip().startswith("naive")][0]
     best = int(line.split()[-1])
@@ -220,8 +290,19 @@ def test_find_max_len_bisects_to_the_budget(run_cli, tmp_path):
 def test_trained_inputs_give_peaked_attention_and_error_columns(run_cli, tmp_path):
     """--inputs trained: q, k, v from a backbone trained on MQAR (cached on disk once)."""
     env = {"EFFATTN_CACHE": str(tmp_path / "cache")}
-    args = ["bench", "--attn", "full,performer:num_features=16,sliding_window:window=4", "--seq-lens", "64",
-            "--heads", "2", "--head-dim", "8", "--min-run-time", "0.01"]
+    args = [
+        "bench",
+        "--attn",
+        "full,performer:num_features=16,sliding_window:window=4",
+        "--seq-lens",
+        "64",
+        "--heads",
+        "2",
+        "--head-dim",
+        "8",
+        "--min-run-time",
+        "0.01",
+    ]
     r = run_cli(*args, "--inputs", "trained", "--out", "t.jsonl", cwd=str(tmp_path), env_extra=env)
     assert r.returncode == 0, r.stderr
     assert "training a 2x8 backbone on MQAR once" in r.stderr
@@ -262,8 +343,8 @@ def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere():
     shown = term.getvalue()
     assert "points" in shown and "2/2" in shown and "2 variant(s) n=64" in shown and "[#" in shown
     assert "linear n=64: error (ValueError: boom)" in shown  # a failure stays on screen
-    assert "full n=64: ok" not in shown                      # an ok point only moves the bar
-    assert shown.endswith("\n")                              # the bar's line is ended on close
+    assert "full n=64: ok" not in shown  # an ok point only moves the bar
+    assert shown.endswith("\n")  # the bar's line is ended on close
 
     for reporter in (ClickProgress(io.StringIO()), LineProgress(io.StringIO())):
         reporter.begin(2)
@@ -295,5 +376,11 @@ def test_a_sweep_reports_to_a_reporter_of_ones_own(tmp_path):
     spec = SweepSpec(seq_lens=[16, 32], variants=[Variant("full", {})], heads=2, head_dim=8, min_run_time_s=0.01)
     rec = Record()
     run_sweep(spec, str(tmp_path / "r.jsonl"), progress=rec)
-    assert rec.calls == [("begin", 2), ("start", 16), ("finish", "full", 16), ("start", 32), ("finish", "full", 32),
-                         ("close",)]
+    assert rec.calls == [
+        ("begin", 2),
+        ("start", 16),
+        ("finish", "full", 16),
+        ("start", 32),
+        ("finish", "full", 32),
+        ("close",),
+    ]

@@ -27,14 +27,17 @@ def test_check_passes(run_cli):
     assert "exact_vs_reference" in r.stdout and "0 failed" in r.stdout
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["check", "fulll"], "did you mean full"),
-    (["check", "full:window=3"], "no option 'window'"),
-    (["check", "full:window"], "must be KEY=VALUE"),
-    (["check", "full", "--device", "cuda"], None),
-    (["nosuchcommand"], "No such command"),
-    (["list", "--bogus"], "No such option"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["check", "fulll"], "did you mean full"),
+        (["check", "full:window=3"], "no option 'window'"),
+        (["check", "full:window"], "must be KEY=VALUE"),
+        (["check", "full", "--device", "cuda"], None),
+        (["nosuchcommand"], "No such command"),
+        (["list", "--bogus"], "No such option"),
+    ],
+)
 def test_usage_errors_are_one_line_exit_2(run_cli, args, needle):
     import torch
 

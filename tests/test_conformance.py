@@ -1,6 +1,7 @@
 """Every registered plugin, parametrized over the registry: a new plugin is tested for free.
 Plugins with block or window options are also checked at small sizes, so that the patterns are
 really exercised at the short lengths the suite uses."""
+
 import pytest
 import torch
 
@@ -10,10 +11,16 @@ from effattn.testing import check_attention, reference_attention, run_checks
 # Small option sets so that the patterns are non-trivial at n <= 77.
 SMALL_OPTIONS = {
     "sliding_window": [dict(window=5), dict(window=4, global_tokens=3), dict(window=0)],
-    "bigbird": [dict(block_size=8, num_random_blocks=2), dict(block_size=5, num_random_blocks=1, seed=3),
-                dict(block_size=16, num_random_blocks=0)],
-    "sparse": [dict(pattern="strided", stride=6), dict(pattern="fixed", stride=8, summary=2),
-               dict(pattern="fixed", stride=5, summary=1)],
+    "bigbird": [
+        dict(block_size=8, num_random_blocks=2),
+        dict(block_size=5, num_random_blocks=1, seed=3),
+        dict(block_size=16, num_random_blocks=0),
+    ],
+    "sparse": [
+        dict(pattern="strided", stride=6),
+        dict(pattern="fixed", stride=8, summary=2),
+        dict(pattern="fixed", stride=5, summary=1),
+    ],
     "performer": [dict(num_features=32)],
     "linformer": [dict(proj_len=16, max_len=128)],
     "nystrom": [dict(num_landmarks=8)],

@@ -1,5 +1,6 @@
 """The repository is complete on its own: every link in its markdown resolves inside it, nothing
 refers to files outside it, and the docs cover every built-in and every column of a results row."""
+
 import re
 import subprocess
 from pathlib import Path
@@ -43,9 +44,12 @@ def test_every_link_in_the_markdown_resolves_inside_the_repository(path):
 
 def test_nothing_refers_to_files_outside_the_repository():
     outside = re.compile(r"\.\./shared|SEMANTICS\.md|ANCHORS\.md|STYLE\.md")
-    bad = [f"{f.relative_to(ROOT)}:{i}" for f in _tracked({".md", ".py", ".toml", ".cfg", ".txt", ""})
-           for i, line in enumerate(f.read_text(encoding="utf-8", errors="replace").splitlines(), 1)
-           if outside.search(line) and f.name != "test_docs.py"]
+    bad = [
+        f"{f.relative_to(ROOT)}:{i}"
+        for f in _tracked({".md", ".py", ".toml", ".cfg", ".txt", ""})
+        for i, line in enumerate(f.read_text(encoding="utf-8", errors="replace").splitlines(), 1)
+        if outside.search(line) and f.name != "test_docs.py"
+    ]
     assert not bad, bad
 
 
@@ -64,11 +68,24 @@ def test_the_measuring_doc_explains_every_column_of_a_row():
     from effattn.spec import Variant
 
     doc = (ROOT / "docs" / "measuring.md").read_text(encoding="utf-8")
-    spec = SweepSpec(seq_lens=[32], variants=[Variant("full", {}), Variant("sliding_window", {"window": 4})],
-                     heads=2, head_dim=8, min_run_time_s=0.02)
+    spec = SweepSpec(
+        seq_lens=[32],
+        variants=[Variant("full", {}), Variant("sliding_window", {"window": 4})],
+        heads=2,
+        head_dim=8,
+        min_run_time_s=0.02,
+    )
     rows = measure_group(spec, list(spec.variants), 32)
     # and the fields a sweep adds to each row, or that only some rows carry
-    keys = set().union(*(r.keys() for r in rows)) | {"fault", "memory_unmeasured", "traceback", "run_id",
-                                                     "measured_at", "executor", "isolation", "isolated"}
+    keys = set().union(*(r.keys() for r in rows)) | {
+        "fault",
+        "memory_unmeasured",
+        "traceback",
+        "run_id",
+        "measured_at",
+        "executor",
+        "isolation",
+        "isolated",
+    }
     missing = sorted(k for k in keys if f"`{k}`" not in doc)
     assert not missing, f"docs/measuring.md does not explain: {missing}"

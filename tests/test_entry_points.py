@@ -1,4 +1,5 @@
 """A plugin from a separately installed package, found through the `effattn.attention` entry point."""
+
 import pytest
 
 import effattn

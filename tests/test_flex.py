@@ -1,4 +1,5 @@
 """The FlexAttention backend: same pattern as the chunked engine, CPU forward only."""
+
 import pytest
 import torch
 
@@ -9,12 +10,16 @@ pytestmark = pytest.mark.skipif(flex_available() is not None, reason=str(flex_av
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,opts", [
-    ("sliding_window", dict(window=16, global_tokens=2)),
-    ("bigbird", dict(block_size=16, num_random_blocks=2)),
-    ("sparse", dict(pattern="strided", stride=16)),
-    ("sparse", dict(pattern="fixed", stride=16, summary=4)),
-], ids=["sliding_window", "bigbird", "strided", "fixed"])
+@pytest.mark.parametrize(
+    "name,opts",
+    [
+        ("sliding_window", dict(window=16, global_tokens=2)),
+        ("bigbird", dict(block_size=16, num_random_blocks=2)),
+        ("sparse", dict(pattern="strided", stride=16)),
+        ("sparse", dict(pattern="fixed", stride=16, summary=4)),
+    ],
+    ids=["sliding_window", "bigbird", "strided", "fixed"],
+)
 def test_flex_matches_chunked_in_inference(name, opts):
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 2, 200, 16, generator=g) for _ in range(3))

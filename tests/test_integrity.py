@@ -3,6 +3,8 @@
 Most cases are met as a user meets them: `effattn bench` / `report` / `compare` in a subprocess,
 with the misbehaving plugins of tests/plugins/demo_adversarial installed as a package.
 """
+
+import dataclasses
 import gzip
 import json
 import os
@@ -37,6 +39,7 @@ def adv(plugin_site, run_cli, tmp_path):
 
     def run(*args, timeout=300):
         return run_cli(*args, env_extra=env, cwd=str(tmp_path), timeout=timeout)
+
     return run
 
 
@@ -48,8 +51,18 @@ def _one_line_error(r, needle, code=2):
 
 # ------------------------------------------------------------------------ 1. every point validated
 def test_wrong_shape_dtype_and_nan_outputs_are_errors_at_every_level(adv, tmp_path):
-    r = adv("bench", *SMALL, "--batch", "2", "--seq-lens", "11", "--attn",
-            "adv_wrong_shape,adv_wrong_dtype,adv_nan,full", "--out", "r.jsonl")
+    r = adv(
+        "bench",
+        *SMALL,
+        "--batch",
+        "2",
+        "--seq-lens",
+        "11",
+        "--attn",
+        "adv_wrong_shape,adv_wrong_dtype,adv_nan,full",
+        "--out",
+        "r.jsonl",
+    )
     assert r.returncode == 0, r.stderr
     by = {x["label"]: x for x in _rows(tmp_path / "r.jsonl")}
     assert by["adv_wrong_shape"]["status"] == "error"
@@ -58,8 +71,20 @@ def test_wrong_shape_dtype_and_nan_outputs_are_errors_at_every_level(adv, tmp_pa
     assert by["adv_nan"]["status"] == "error" and "not finite" in by["adv_nan"]["reason"]
     assert by["full"]["status"] == "ok" and by["full"]["rel_err_vs_full"] == 0.0
     # inside a layer, where the projections would happily reshape a wrong output, still caught
-    r = adv("bench", *SMALL, "--batch", "2", "--seq-lens", "11", "--attn", "adv_wrong_shape,adv_nan",
-            "--level", "layer", "--out", "l.jsonl")
+    r = adv(
+        "bench",
+        *SMALL,
+        "--batch",
+        "2",
+        "--seq-lens",
+        "11",
+        "--attn",
+        "adv_wrong_shape,adv_nan",
+        "--level",
+        "layer",
+        "--out",
+        "l.jsonl",
+    )
     assert r.returncode == 0, r.stderr
     by = {x["label"]: x for x in _rows(tmp_path / "l.jsonl")}
     assert by["adv_wrong_shape"]["status"] == "error" and "output shape" in by["adv_wrong_shape"]["reason"]
@@ -67,15 +92,37 @@ def test_wrong_shape_dtype_and_nan_outputs_are_errors_at_every_level(adv, tmp_pa
 
 
 def test_bad_gradients_are_errors_under_fwdbwd(adv, tmp_path):
-    r = adv("bench", *SMALL, "--seq-lens", "16", "--attn", "adv_nan_grad,adv_detached,full", "--mode", "fwdbwd",
-            "--out", "r.jsonl")
+    r = adv(
+        "bench",
+        *SMALL,
+        "--seq-lens",
+        "16",
+        "--attn",
+        "adv_nan_grad,adv_detached,full",
+        "--mode",
+        "fwdbwd",
+        "--out",
+        "r.jsonl",
+    )
     assert r.returncode == 0, r.stderr
     by = {x["label"]: x for x in _rows(tmp_path / "r.jsonl")}
     assert by["adv_nan_grad"]["status"] == "error" and "gradient of q is not finite" in by["adv_nan_grad"]["reason"]
     assert by["adv_detached"]["status"] == "error"
     assert by["full"]["status"] == "ok"
-    r = adv("bench", *SMALL, "--seq-lens", "16", "--attn", "adv_detached", "--mode", "fwdbwd", "--level", "model",
-            "--out", "m.jsonl")
+    r = adv(
+        "bench",
+        *SMALL,
+        "--seq-lens",
+        "16",
+        "--attn",
+        "adv_detached",
+        "--mode",
+        "fwdbwd",
+        "--level",
+        "model",
+        "--out",
+        "m.jsonl",
+    )
     row = _rows(tmp_path / "m.jsonl")[0]
     assert row["status"] == "error" and "no gradient reached q" in row["reason"], row
 
@@ -123,8 +170,9 @@ def test_memory_counts_a_cache_kept_from_the_first_call(with_plugins):
 @pytest.mark.slow
 def test_the_budget_is_checked_before_memory_is_taken(adv, tmp_path):
     assert parse_seq_lens("10m") == [10 * 2**20]
-    r = adv("bench", "--seq-lens", "10m", "--memory-budget", "1GB", "--attn", "full,naive", "--out", "r.jsonl",
-            timeout=120)
+    r = adv(
+        "bench", "--seq-lens", "10m", "--memory-budget", "1GB", "--attn", "full,naive", "--out", "r.jsonl", timeout=120
+    )
     assert r.returncode == 0, r.stderr
     rows = _rows(tmp_path / "r.jsonl")
     assert [x["status"] for x in rows] == ["oom", "oom"]
@@ -138,8 +186,19 @@ def test_the_budget_is_checked_before_memory_is_taken(adv, tmp_path):
 @pytest.mark.slow
 def test_timeout_holds_without_isolate_and_the_sweep_goes_on(adv, tmp_path):
     t0 = time.time()
-    r = adv("bench", *SMALL, "--seq-lens", "32,64", "--attn", "adv_hang,full", "--timeout", "2", "--out", "r.jsonl",
-            timeout=200)
+    r = adv(
+        "bench",
+        *SMALL,
+        "--seq-lens",
+        "32,64",
+        "--attn",
+        "adv_hang,full",
+        "--timeout",
+        "2",
+        "--out",
+        "r.jsonl",
+        timeout=200,
+    )
     assert r.returncode == 0, r.stderr
     by = {(x["label"], x["seq_len"]): x for x in _rows(tmp_path / "r.jsonl")}
     assert by[("adv_hang", 32)]["status"] == "timeout" and "2 s timeout" in by[("adv_hang", 32)]["reason"]
@@ -149,8 +208,16 @@ def test_timeout_holds_without_isolate_and_the_sweep_goes_on(adv, tmp_path):
 
 
 def test_crashes_are_errors_on_evidence_and_cost_one_point(adv, tmp_path):
-    r = adv("bench", *SMALL, "--seq-lens", "32", "--attn",
-            "adv_crash,adv_exit,adv_raises,adv_raises:what=memoryerror,adv_chatty,full", "--out", "r.jsonl")
+    r = adv(
+        "bench",
+        *SMALL,
+        "--seq-lens",
+        "32",
+        "--attn",
+        "adv_crash,adv_exit,adv_raises,adv_raises:what=memoryerror,adv_chatty,full",
+        "--out",
+        "r.jsonl",
+    )
     assert r.returncode == 0, r.stderr
     by = {x["label"]: x for x in _rows(tmp_path / "r.jsonl")}
     assert by["adv_crash"]["status"] == "error" and "SIGSEGV" in by["adv_crash"]["reason"]
@@ -199,8 +266,20 @@ def test_a_sigkill_is_oom_only_with_the_kernels_evidence(plugin_site, monkeypatc
 
 # ------------------------------------------------------------------------ 2. one identity per point
 def test_the_identity_of_a_point_covers_everything_that_changes_it():
-    base = {"label": "full", "seq_len": 64, "device": "cpu", "dtype": "float32", "batch": 1, "heads": 2,
-            "head_dim": 8, "causal": False, "mode": "fwd", "level": "attention", "inputs": "random", "seed": 0}
+    base = {
+        "label": "full",
+        "seq_len": 64,
+        "device": "cpu",
+        "dtype": "float32",
+        "batch": 1,
+        "heads": 2,
+        "head_dim": 8,
+        "causal": False,
+        "mode": "fwd",
+        "level": "attention",
+        "inputs": "random",
+        "seed": 0,
+    }
     for field, other in (("inputs", "trained"), ("seed", 1), ("heads", 8), ("batch", 4), ("head_dim", 16)):
         assert point_key(base) != point_key({**base, field: other}), field
     old = {k: v for k, v in base.items() if k not in ("inputs", "seed")}  # a row from before those fields
@@ -209,8 +288,19 @@ def test_the_identity_of_a_point_covers_everything_that_changes_it():
 
 @pytest.mark.slow
 def test_resume_with_another_configuration_measures_it_and_fits_apart(adv, tmp_path):
-    args = ("bench", "--min-run-time", "0.01", "--head-dim", "8", "--seq-lens", "64,128", "--attn", "full,linear",
-            "--out", "r.jsonl")
+    args = (
+        "bench",
+        "--min-run-time",
+        "0.01",
+        "--head-dim",
+        "8",
+        "--seq-lens",
+        "64,128",
+        "--attn",
+        "full,linear",
+        "--out",
+        "r.jsonl",
+    )
     assert adv(*args, "--heads", "2").returncode == 0
     r = adv(*args, "--heads", "4", "--resume")
     assert r.returncode == 0, r.stderr
@@ -258,9 +348,27 @@ def test_resume_repairs_a_torn_last_line_and_keeps_the_new_row(adv, tmp_path):
 @pytest.mark.slow
 def test_a_second_writer_is_refused_with_the_holders_name(adv, plugin_site, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(plugin_site))
-    first = subprocess.Popen([sys.executable, "-m", "effattn.cli", "bench", *SMALL, "--seq-lens", "16",
-                              "--attn", "adv_hang", "--timeout", "15", "--out", "r.jsonl"],
-                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "effattn.cli",
+            "bench",
+            *SMALL,
+            "--seq-lens",
+            "16",
+            "--attn",
+            "adv_hang",
+            "--timeout",
+            "15",
+            "--out",
+            "r.jsonl",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.time() + 60
         while not (tmp_path / "r.jsonl").exists() and time.time() < deadline:
@@ -292,8 +400,24 @@ def test_results_file_is_claimed_atomically(tmp_path):
 def test_find_max_len_appends_and_follows_resume(adv, tmp_path):
     assert adv("bench", *SMALL, "--seq-lens", "16", "--attn", "full", "--out", "r.jsonl").returncode == 0
     before = (tmp_path / "r.jsonl").read_text()
-    args = ("bench", "--find-max-len", "--attn", "naive", "--memory-budget", "8MB", "--heads", "2", "--head-dim", "16",
-            "--seq-lens", "512,2k", "--min-run-time", "0.01", "--out", "r.jsonl")
+    args = (
+        "bench",
+        "--find-max-len",
+        "--attn",
+        "naive",
+        "--memory-budget",
+        "8MB",
+        "--heads",
+        "2",
+        "--head-dim",
+        "16",
+        "--seq-lens",
+        "512,2k",
+        "--min-run-time",
+        "0.01",
+        "--out",
+        "r.jsonl",
+    )
     _one_line_error(adv(*args), "--resume")
     r = adv(*args, "--resume")
     assert r.returncode == 0, r.stderr
@@ -307,13 +431,16 @@ def test_find_max_len_appends_and_follows_resume(adv, tmp_path):
     assert "(from the file)" in r.stderr
 
 
-@pytest.mark.parametrize("content,needle", [
-    (gzip.compress(b'{"label": "full"}\n'), "gzip"),
-    ('{"label": "full", "seq_len": 1, "status": "ok"}\n'.encode("utf-16"), "UTF-16"),
-    (bytes(range(256)) * 4, "not an effattn results file"),
-    (b'{"results": [1, 2, 3]}\n', "not an effattn results file"),
-    (b"[1, 2]\n", "not an effattn results file"),
-])
+@pytest.mark.parametrize(
+    "content,needle",
+    [
+        (gzip.compress(b'{"label": "full"}\n'), "gzip"),
+        ('{"label": "full", "seq_len": 1, "status": "ok"}\n'.encode("utf-16"), "UTF-16"),
+        (bytes(range(256)) * 4, "not an effattn results file"),
+        (b'{"results": [1, 2, 3]}\n', "not an effattn results file"),
+        (b"[1, 2]\n", "not an effattn results file"),
+    ],
+)
 def test_files_that_are_not_results_are_one_line_errors(cli_here, tmp_path, content, needle):
     (tmp_path / "x.jsonl").write_bytes(content)
     for args in (("report", "x.jsonl", "--out", "rep"), ("compare", "x.jsonl", "x.jsonl")):
@@ -345,11 +472,25 @@ def test_bad_input_in_a_new_process_too(adv, tmp_path):
     assert not (tmp_path / "r.jsonl").exists()
 
 
-@pytest.mark.parametrize("field,value", [
-    ("mode", "backward"), ("level", "kernel"), ("seq_lens", []), ("seq_lens", [0, 8]), ("seq_lens", [64, 32]),
-    ("seq_lens", [32, 32]), ("heads", 0), ("batch", True), ("dtype", "int8"), ("timeout_s", float("inf")),
-    ("min_run_time_s", float("nan")), ("memory_budget_bytes", 0), ("causal", "yes"), ("seed", -1),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("mode", "backward"),
+        ("level", "kernel"),
+        ("seq_lens", []),
+        ("seq_lens", [0, 8]),
+        ("seq_lens", [64, 32]),
+        ("seq_lens", [32, 32]),
+        ("heads", 0),
+        ("batch", True),
+        ("dtype", "int8"),
+        ("timeout_s", float("inf")),
+        ("min_run_time_s", float("nan")),
+        ("memory_budget_bytes", 0),
+        ("causal", "yes"),
+        ("seed", -1),
+    ],
+)
 def test_sweepspec_validates_like_the_cli(field, value):
     kwargs = dict(seq_lens=[32, 64], variants=[Variant("full", {})])
     kwargs[field] = value
@@ -363,8 +504,11 @@ def test_repeated_option_key_is_refused_in_the_api():
 
 
 def _builtins():
-    return [n for n in effattn.list_attention()
-            if effattn.get_entry(n).source == "builtin" and effattn.get_entry(n).availability("cpu") is None]
+    return [
+        n
+        for n in effattn.list_attention()
+        if effattn.get_entry(n).source == "builtin" and effattn.get_entry(n).availability("cpu") is None
+    ]
 
 
 @pytest.mark.parametrize("name", _builtins())
@@ -387,8 +531,21 @@ def test_empty_lengths_and_non_bool_causal_behave_alike_everywhere(name):
 def test_sigterm_keeps_every_finished_point(plugin_site, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(plugin_site))
     # the hanging plugin hangs from n = 64 on: the lengths before it finish, then the sweep waits
-    cmd = [sys.executable, "-m", "effattn.cli", "bench", *SMALL, "--seq-lens", "16,32,64", "--attn",
-           "full,adv_hang:at_len=64", "--timeout", "60", "--out", "r.jsonl"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "effattn.cli",
+        "bench",
+        *SMALL,
+        "--seq-lens",
+        "16,32,64",
+        "--attn",
+        "full,adv_hang:at_len=64",
+        "--timeout",
+        "60",
+        "--out",
+        "r.jsonl",
+    ]
     p = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 90
     while time.time() < deadline:
@@ -402,9 +559,15 @@ def test_sigterm_keeps_every_finished_point(plugin_site, tmp_path):
     assert b"terminated: every finished point" in err and b"--resume" in err
     rows = _rows(tmp_path / "r.jsonl")
     assert sorted((x["label"], x["seq_len"], x["status"]) for x in rows) == [
-        ("adv_hang:at_len=64", 16, "ok"), ("adv_hang:at_len=64", 32, "ok"), ("full", 16, "ok"), ("full", 32, "ok")]
+        ("adv_hang:at_len=64", 16, "ok"),
+        ("adv_hang:at_len=64", 32, "ok"),
+        ("full", 16, "ok"),
+        ("full", 32, "ok"),
+    ]
     time.sleep(0.5)
-    left = subprocess.run(["pgrep", "-f", f"effattn.bench.worker [0-9]+ [0-9]+ {p.pid}$"], capture_output=True, text=True)
+    left = subprocess.run(
+        ["pgrep", "-f", f"effattn.bench.worker [0-9]+ [0-9]+ {p.pid}$"], capture_output=True, text=True
+    )
     assert left.stdout.strip() == "", "a measuring process outlived its sweep"
 
 
@@ -412,12 +575,46 @@ def test_the_report_flags_rates_above_the_peak_in_old_files_too(tmp_path):
     """A row written before rows carried `fault` (the committed reference: masked at 16k, 195%)."""
     from effattn.report import build_report
 
-    rows = [{"label": "masked", "variant": "masked", "options": {}, "seq_len": 16384, "status": "ok", "time_ms": 10.0,
-             "peak_mem_bytes": 1, "gflops": 210.8, "peak_fraction": 1.95, "device": "cpu", "dtype": "float32",
-             "batch": 1, "heads": 8, "head_dim": 64, "causal": False, "mode": "fwd", "level": "attention"},
-            {"label": "full", "variant": "full", "options": {}, "seq_len": 16384, "status": "ok", "time_ms": 20.0,
-             "peak_mem_bytes": 1, "gflops": 80.0, "peak_fraction": 0.74, "device": "cpu", "dtype": "float32",
-             "batch": 1, "heads": 8, "head_dim": 64, "causal": False, "mode": "fwd", "level": "attention"}]
+    rows = [
+        {
+            "label": "masked",
+            "variant": "masked",
+            "options": {},
+            "seq_len": 16384,
+            "status": "ok",
+            "time_ms": 10.0,
+            "peak_mem_bytes": 1,
+            "gflops": 210.8,
+            "peak_fraction": 1.95,
+            "device": "cpu",
+            "dtype": "float32",
+            "batch": 1,
+            "heads": 8,
+            "head_dim": 64,
+            "causal": False,
+            "mode": "fwd",
+            "level": "attention",
+        },
+        {
+            "label": "full",
+            "variant": "full",
+            "options": {},
+            "seq_len": 16384,
+            "status": "ok",
+            "time_ms": 20.0,
+            "peak_mem_bytes": 1,
+            "gflops": 80.0,
+            "peak_fraction": 0.74,
+            "device": "cpu",
+            "dtype": "float32",
+            "batch": 1,
+            "heads": 8,
+            "head_dim": 64,
+            "causal": False,
+            "mode": "fwd",
+            "level": "attention",
+        },
+    ]
     (tmp_path / "old.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     build_report([str(tmp_path / "old.jsonl")], str(tmp_path / "rep"))
     md = (tmp_path / "rep" / "report.md").read_text()
@@ -428,8 +625,19 @@ def test_the_report_flags_rates_above_the_peak_in_old_files_too(tmp_path):
 # ------------------------------------------------------------------------ found by an adversarial review
 def test_a_plugin_constructor_that_hangs_or_exits_is_bad_input_not_a_hang(adv, tmp_path):
     """Third-party plugins are built in a measuring process, never in effattn's own."""
-    r = adv("bench", *SMALL, "--seq-lens", "16", "--attn", "full,adv_init:what=hang", "--timeout", "3",
-            "--out", "r.jsonl", timeout=120)
+    r = adv(
+        "bench",
+        *SMALL,
+        "--seq-lens",
+        "16",
+        "--attn",
+        "full,adv_init:what=hang",
+        "--timeout",
+        "3",
+        "--out",
+        "r.jsonl",
+        timeout=120,
+    )
     _one_line_error(r, "adv_init: building it took longer than 3 s")
     r = adv("bench", *SMALL, "--seq-lens", "16", "--attn", "adv_init:what=exit", "--out", "r.jsonl", timeout=120)
     _one_line_error(r, "adv_init:what=exit: building it ended")
@@ -437,7 +645,8 @@ def test_a_plugin_constructor_that_hangs_or_exits_is_bad_input_not_a_hang(adv, t
 
 
 def test_a_constructor_that_kills_the_check_is_pinned_on_its_variant_and_the_rest_are_still_checked(
-        plugin_site, monkeypatch):
+    plugin_site, monkeypatch
+):
     """Two variants of one plugin, the first fine, the second ending the process, a third never
     reached by that process: blame by position, and the third is checked in a fresh process."""
     from effattn.bench.worker import MeasuringProcess
@@ -445,9 +654,14 @@ def test_a_constructor_that_kills_the_check_is_pinned_on_its_variant_and_the_res
     monkeypatch.setenv("PYTHONPATH", str(plugin_site))
     mp = MeasuringProcess()
     try:
-        why = mp.check([{"name": "adv_init", "options": {"what": "none"}, "label": "adv_init:what=none"},
-                        {"name": "adv_init", "options": {"what": "exit"}, "label": "adv_init:what=exit"},
-                        {"name": "adv_init", "options": {"what": "hang"}, "label": "adv_init"}], 5.0)
+        why = mp.check(
+            [
+                {"name": "adv_init", "options": {"what": "none"}, "label": "adv_init:what=none"},
+                {"name": "adv_init", "options": {"what": "exit"}, "label": "adv_init:what=exit"},
+                {"name": "adv_init", "options": {"what": "hang"}, "label": "adv_init"},
+            ],
+            5.0,
+        )
     finally:
         mp.kill()
     assert why[0] is None
@@ -501,9 +715,11 @@ def test_report_of_a_file_without_an_ok_point(adv, tmp_path):
 
 
 def test_absurd_numbers_are_refused(cli_here, tmp_path):
-    for args, needle in ((["--seq-lens", "99999999999999999999999"], "longer than 2^40"),
-                         (["--seed", "99999999999999999999999"], "--seed"),
-                         (["--min-run-time", "1e308"], "more than 3600")):
+    for args, needle in (
+        (["--seq-lens", "99999999999999999999999"], "longer than 2^40"),
+        (["--seed", "99999999999999999999999"], "--seed"),
+        (["--min-run-time", "1e308"], "more than 3600"),
+    ):
         code, _, err = cli_here("bench", "--attn", "full", "--out", "r.jsonl", *args)
         assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "r.jsonl").exists()
@@ -515,8 +731,14 @@ def test_rows_a_reader_cannot_rely_on_are_skipped_by_line(tmp_path):
     from effattn.store import read_results
 
     good = {"label": "full", "seq_len": 64, "status": "ok", "time_ms": 1.0}
-    bad = [{**good, "time_ms": 0}, {**good, "time_ms": float("nan")}, {**good, "label": 5},
-           {**good, "status": ["ok"]}, {**good, "seq_len": 2**70}, {**good, "time_ms": None}]
+    bad = [
+        {**good, "time_ms": 0},
+        {**good, "time_ms": float("nan")},
+        {**good, "label": 5},
+        {**good, "status": ["ok"]},
+        {**good, "seq_len": 2**70},
+        {**good, "time_ms": None},
+    ]
     text = "\ufeff" + json.dumps(good) + "\n" + "".join(json.dumps(b) + "\n" for b in bad)
     (tmp_path / "r.jsonl").write_text(text, encoding="utf-8")
     rows, problems = read_results(str(tmp_path / "r.jsonl"))
@@ -527,8 +749,17 @@ def test_rows_a_reader_cannot_rely_on_are_skipped_by_line(tmp_path):
 
 
 def test_a_point_that_turns_bad_after_a_few_calls_or_in_a_later_layer_is_an_error(adv, tmp_path):
-    r = adv("bench", *SMALL, "--seq-lens", "32", "--attn", "adv_nan_later,adv_mutates,adv_threads,full",
-            "--no-error", "--out", "r.jsonl")
+    r = adv(
+        "bench",
+        *SMALL,
+        "--seq-lens",
+        "32",
+        "--attn",
+        "adv_nan_later,adv_mutates,adv_threads,full",
+        "--no-error",
+        "--out",
+        "r.jsonl",
+    )
     assert r.returncode == 0, r.stderr
     by = {x["label"]: x for x in _rows(tmp_path / "r.jsonl")}
     assert by["adv_nan_later"]["status"] == "error" and "not finite" in by["adv_nan_later"]["reason"]
@@ -555,8 +786,18 @@ def test_a_short_timeout_is_not_spent_between_calls(adv, tmp_path):
 
 def test_a_crash_is_found_although_a_forked_child_holds_the_pipe(adv, tmp_path):
     t0 = time.time()
-    r = adv("bench", *SMALL, "--seq-lens", "32", "--attn", "adv_fork_crash,adv_spawns,full", "--timeout", "60",
-            "--out", "r.jsonl")
+    r = adv(
+        "bench",
+        *SMALL,
+        "--seq-lens",
+        "32",
+        "--attn",
+        "adv_fork_crash,adv_spawns,full",
+        "--timeout",
+        "60",
+        "--out",
+        "r.jsonl",
+    )
     assert r.returncode == 0, r.stderr
     by = {x["label"]: x for x in _rows(tmp_path / "r.jsonl")}
     assert by["adv_fork_crash"]["status"] == "error" and "SIGSEGV" in by["adv_fork_crash"]["reason"]
@@ -568,8 +809,16 @@ def test_a_crash_is_found_although_a_forked_child_holds_the_pipe(adv, tmp_path):
 
 def test_exits_huge_messages_and_bad_counts_are_errors(adv, tmp_path):
     t0 = time.time()
-    r = adv("bench", *SMALL, "--seq-lens", "32", "--attn", "adv_exits_in_forward,adv_huge_message,adv_bad_nnz,full",
-            "--out", "r.jsonl")
+    r = adv(
+        "bench",
+        *SMALL,
+        "--seq-lens",
+        "32",
+        "--attn",
+        "adv_exits_in_forward,adv_huge_message,adv_bad_nnz,full",
+        "--out",
+        "r.jsonl",
+    )
     assert r.returncode == 0 and len(r.stderr) < 100_000, r.stderr[-500:]
     by = {x["label"]: x for x in _rows(tmp_path / "r.jsonl")}
     assert by["adv_exits_in_forward"]["status"] == "error" and "SystemExit" in by["adv_exits_in_forward"]["reason"]
@@ -580,8 +829,22 @@ def test_exits_huge_messages_and_bad_counts_are_errors(adv, tmp_path):
 
 
 def test_find_max_len_tells_an_error_from_the_memory_limit(adv, tmp_path):
-    r = adv("bench", "--find-max-len", "--attn", "adv_raises:at_len=300", "--memory-budget", "1GB", "--heads", "2",
-            "--head-dim", "16", "--seq-lens", "64,1k", "--out", "m.jsonl")
+    r = adv(
+        "bench",
+        "--find-max-len",
+        "--attn",
+        "adv_raises:at_len=300",
+        "--memory-budget",
+        "1GB",
+        "--heads",
+        "2",
+        "--head-dim",
+        "16",
+        "--seq-lens",
+        "64,1k",
+        "--out",
+        "m.jsonl",
+    )
     assert r.returncode == 0, r.stderr
     line = [x for x in r.stdout.splitlines() if "adv_raises" in x][0]
     assert ">= 256" in line and "the search stopped: error at n=512" in line, r.stdout
@@ -591,9 +854,26 @@ def test_no_worker_log_is_left_behind(adv, tmp_path, monkeypatch):
     private = tmp_path / "tmp"
     private.mkdir()
     env_tmp = {"TMPDIR": str(private)}
-    r = subprocess.run([sys.executable, "-m", "effattn.cli", "bench", *SMALL, "--seq-lens", "16", "--attn",
-                        "full,adv_crash", "--out", "r.jsonl"], cwd=tmp_path, capture_output=True, text=True,
-                       env=dict(os.environ, PYTHONPATH=os.environ.get("PYTHONPATH", ""), **env_tmp), timeout=200)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "effattn.cli",
+            "bench",
+            *SMALL,
+            "--seq-lens",
+            "16",
+            "--attn",
+            "full,adv_crash",
+            "--out",
+            "r.jsonl",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=os.environ.get("PYTHONPATH", ""), **env_tmp),
+        timeout=200,
+    )
     assert r.returncode in (0, 2), r.stderr
     assert list(private.iterdir()) == []
 
@@ -604,7 +884,7 @@ def test_the_python_api_refuses_what_the_cli_refuses(tmp_path):
     with pytest.raises(EffattnError, match="no option 'windw'"):
         SweepSpec(seq_lens=[64], variants=[Variant("sliding_window", {"windw": 3})])
     spec = SweepSpec(seq_lens=[64], variants=[Variant("full", {})])
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         spec.heads = 0  # frozen: dataclasses.replace makes a validated copy
     with pytest.raises(EffattnError):
         measure_point(spec, Variant("full", {}), 0)

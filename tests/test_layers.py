@@ -1,5 +1,6 @@
 """The package's layers only look down: a module imports only modules of its own layer or below
 (function-level imports included), nothing imports the CLI, and no two modules import each other."""
+
 from __future__ import annotations
 
 import ast
@@ -70,20 +71,24 @@ def layer(mod: str) -> int:
 
 
 def upward(graph: dict[str, set[str]]) -> list[str]:
-    return [f"{m} (layer {layer(m)}) imports {t} (layer {layer(t)})"
-            for m, ts in sorted(graph.items()) for t in sorted(ts)
-            if layer(t) > layer(m) and not any(m == a and (t == b or t.startswith(b + ".")) for a, b in ALLOWED_UP)]
+    return [
+        f"{m} (layer {layer(m)}) imports {t} (layer {layer(t)})"
+        for m, ts in sorted(graph.items())
+        for t in sorted(ts)
+        if layer(t) > layer(m) and not any(m == a and (t == b or t.startswith(b + ".")) for a, b in ALLOWED_UP)
+    ]
 
 
 def cycles(graph: dict[str, set[str]]) -> list[str]:
     # a package's __init__ gathering its own modules is not a cycle with them
-    edges = {m: {t for t in ts if not (m == t.rsplit(".", 1)[0] or t == m.rsplit(".", 1)[0])}
-             for m, ts in graph.items()}
+    edges = {
+        m: {t for t in ts if not (m == t.rsplit(".", 1)[0] or t == m.rsplit(".", 1)[0])} for m, ts in graph.items()
+    }
     done, found = set(), []
 
     def visit(m, stack):
         if m in stack:
-            found.append(" -> ".join(stack[stack.index(m):] + [m]))
+            found.append(" -> ".join(stack[stack.index(m) :] + [m]))
             return
         if m in done:
             return
@@ -102,8 +107,13 @@ def test_every_module_is_placed_and_imports_only_downward():
 
 
 def test_nothing_imports_the_cli():
-    bad = [f"{m} imports {t}" for m, ts in imports().items() if not m.startswith("effattn.cli")
-           for t in ts if t == "effattn.cli" or t.startswith("effattn.cli.")]
+    bad = [
+        f"{m} imports {t}"
+        for m, ts in imports().items()
+        if not m.startswith("effattn.cli")
+        for t in ts
+        if t == "effattn.cli" or t.startswith("effattn.cli.")
+    ]
     assert not bad, "\n".join(bad)
 
 

@@ -1,4 +1,5 @@
 """The backbone trains a few steps in each shape with each plugin, on CPU."""
+
 import pytest
 import torch
 
@@ -21,9 +22,11 @@ def _loss(model, shape, x, y):
 
 
 def _trainable_pairs():
-    for name in ["full", "naive", "masked"] + [n for n in ("sliding_window", "bigbird", "sparse", "linear",
-                                                            "performer", "linformer", "nystrom")
-                                               if n in effattn.list_attention()]:
+    for name in ["full", "naive", "masked"] + [
+        n
+        for n in ("sliding_window", "bigbird", "sparse", "linear", "performer", "linformer", "nystrom")
+        if n in effattn.list_attention()
+    ]:
         facts = effattn.get_entry(name).facts
         if effattn.get_entry(name).availability("cpu") is not None:
             continue
@@ -36,9 +39,14 @@ def _trainable_pairs():
 @pytest.mark.parametrize("name,shape", list(_trainable_pairs()))
 def test_trains_a_few_steps(name, shape):
     torch.manual_seed(0)
-    opts = {"sliding_window": dict(window=4), "bigbird": dict(block_size=4, num_random_blocks=1),
-            "sparse": dict(stride=4), "linformer": dict(proj_len=8, max_len=64),
-            "nystrom": dict(num_landmarks=4), "performer": dict(num_features=16)}.get(name, {})
+    opts = {
+        "sliding_window": dict(window=4),
+        "bigbird": dict(block_size=4, num_random_blocks=1),
+        "sparse": dict(stride=4),
+        "linformer": dict(proj_len=8, max_len=64),
+        "nystrom": dict(num_landmarks=4),
+        "performer": dict(num_features=16),
+    }.get(name, {})
     cfg_extra = {}
     if shape == "encdec" and not effattn.get_entry(name).facts.supports_cross:
         cfg_extra["cross_attention"] = "full"

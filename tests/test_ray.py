@@ -1,4 +1,5 @@
 """`--executor ray`: a real local Ray instance (2 CPUs) runs small sweeps end to end."""
+
 import json
 import os
 import sys
@@ -44,8 +45,13 @@ def ray_address(plugin_site):
 def _spec(lens=(64, 128, 256)):
     # naive runs out of the 1.2 MB budget at 128 (then 256 is skipped); linformer is unsupported
     # (causal); full runs everywhere: four statuses in nine points.
-    return SweepSpec(seq_lens=list(lens), variants=parse_variants("full,naive,linformer:proj_len=16:max_len=256"),
-                     min_run_time_s=0.02, memory_budget_bytes=1_200_000, causal=True)
+    return SweepSpec(
+        seq_lens=list(lens),
+        variants=parse_variants("full,naive,linformer:proj_len=16:max_len=256"),
+        min_run_time_s=0.02,
+        memory_budget_bytes=1_200_000,
+        causal=True,
+    )
 
 
 def _main(args, capsys):
@@ -108,10 +114,15 @@ def test_ray_resume_completes_a_local_file(ray_address, tmp_path):
 @pytest.mark.slow
 def test_dead_worker_is_retried_once_then_recorded(ray_address, with_plugins, tmp_path):
     marker_once, marker_always = str(tmp_path / "once"), str(tmp_path / "always")
-    spec = SweepSpec(seq_lens=[64, 128], min_run_time_s=0.02, variants=[
-        Variant("demo_faulty", {"kill_parent_times": 1, "at_len": 128, "marker": marker_once}),
-        Variant("demo_faulty", {"kill_parent_times": 9, "at_len": 64, "marker": marker_always}),
-        Variant("full", {})])
+    spec = SweepSpec(
+        seq_lens=[64, 128],
+        min_run_time_s=0.02,
+        variants=[
+            Variant("demo_faulty", {"kill_parent_times": 1, "at_len": 128, "marker": marker_once}),
+            Variant("demo_faulty", {"kill_parent_times": 9, "at_len": 64, "marker": marker_always}),
+            Variant("full", {}),
+        ],
+    )
     rows = run_sweep(spec, str(tmp_path / "f.jsonl"), progress=False, executor=RayExecutor())
     by = {(r["options"].get("marker"), r["seq_len"]): r for r in rows}
     # one death: the retry measured the point
@@ -143,8 +154,21 @@ def test_interrupted_ray_sweep_keeps_rows_and_resumes(ray_address, tmp_path):
 @pytest.mark.slow
 def test_cli_ray_sweep_and_task(ray_address, run_cli, tmp_path):
     out = tmp_path / "c.jsonl"
-    r = run_cli("bench", "--executor", "ray", "--ray-address", ray_address, "--seq-lens", "64",
-                "--attn", "full,linear", "--min-run-time", "0.02", "--out", str(out))
+    r = run_cli(
+        "bench",
+        "--executor",
+        "ray",
+        "--ray-address",
+        ray_address,
+        "--seq-lens",
+        "64",
+        "--attn",
+        "full,linear",
+        "--min-run-time",
+        "0.02",
+        "--out",
+        str(out),
+    )
     assert r.returncode == 0, r.stderr
     assert "via ray (1 node, 2 CPUs, 0 GPUs; 1 CPUs per point)" in r.stderr
     rows = read_rows(str(out))
@@ -153,8 +177,21 @@ def test_cli_ray_sweep_and_task(ray_address, run_cli, tmp_path):
     assert "time exponent" in r.stdout
 
     tout = tmp_path / "t.jsonl"
-    r = run_cli("bench", "--executor", "ray", "--ray-address", ray_address, "--task", "mqar",
-                "--attn", "full,linear", "--steps", "3", "--out", str(tout))
+    r = run_cli(
+        "bench",
+        "--executor",
+        "ray",
+        "--ray-address",
+        ray_address,
+        "--task",
+        "mqar",
+        "--attn",
+        "full,linear",
+        "--steps",
+        "3",
+        "--out",
+        str(tout),
+    )
     assert r.returncode == 0, r.stderr
     rows = read_rows(str(tout))
     assert sorted((x["label"], x["seed"], x["status"]) for x in rows) == [("full", 0, "ok"), ("linear", 0, "ok")]
@@ -162,10 +199,13 @@ def test_cli_ray_sweep_and_task(ray_address, run_cli, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("args,msg", [
-    (["--executor", "ray", "--cpus-per-point", "64"], "no node of the Ray cluster has 64 CPUs"),
-    (["--executor", "ray", "--device", "cuda"], "--device cuda: the Ray cluster has no GPUs"),
-])
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        (["--executor", "ray", "--cpus-per-point", "64"], "no node of the Ray cluster has 64 CPUs"),
+        (["--executor", "ray", "--device", "cuda"], "--device cuda: the Ray cluster has no GPUs"),
+    ],
+)
 def test_cli_ray_cluster_cannot_run_it(ray_address, capsys, tmp_path, args, msg):
     out = tmp_path / "x.jsonl"  # in this process, which is connected to the test cluster already
     code, err = _main(["bench", *args, "--seq-lens", "64", "--attn", "full", "--out", str(out)], capsys)
@@ -177,13 +217,16 @@ def test_cli_ray_cluster_cannot_run_it(ray_address, capsys, tmp_path, args, msg)
 
 
 # --- bad input that needs no cluster -----------------------------------------------------------
-@pytest.mark.parametrize("args,msg", [
-    (["--ray-address", "127.0.0.1:6379"], "--ray-address applies only to --executor ray"),
-    (["--cpus-per-point", "2"], "--cpus-per-point applies only to --executor ray"),
-    (["--executor", "ray", "--find-max-len"], "--find-max-len runs here only"),
-    (["--executor", "ray", "--cpus-per-point", "0"], "--cpus-per-point"),
-    (["--executor", "dask"], "--executor"),
-])
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        (["--ray-address", "127.0.0.1:6379"], "--ray-address applies only to --executor ray"),
+        (["--cpus-per-point", "2"], "--cpus-per-point applies only to --executor ray"),
+        (["--executor", "ray", "--find-max-len"], "--find-max-len runs here only"),
+        (["--executor", "ray", "--cpus-per-point", "0"], "--cpus-per-point"),
+        (["--executor", "dask"], "--executor"),
+    ],
+)
 def test_cli_ray_bad_input(capsys, tmp_path, args, msg):
     out = tmp_path / "x.jsonl"
     code, err = _main(["bench", *args, "--seq-lens", "64", "--attn", "full", "--out", str(out)], capsys)
@@ -194,12 +237,25 @@ def test_cli_ray_bad_input(capsys, tmp_path, args, msg):
 
 
 @needs_ray
-@pytest.mark.parametrize("address,msg", [("nonsense", "expected HOST:PORT"),
-                                         ("127.0.0.1:1", "no Ray cluster answers there")])
+@pytest.mark.parametrize(
+    "address,msg", [("nonsense", "expected HOST:PORT"), ("127.0.0.1:1", "no Ray cluster answers there")]
+)
 def test_cli_ray_bad_address_fails_fast(run_cli, tmp_path, address, msg):
     out = tmp_path / "x.jsonl"
-    r = run_cli("bench", "--executor", "ray", "--ray-address", address, "--seq-lens", "64", "--attn", "full",
-                "--out", str(out), timeout=60)  # Ray alone would retry 127.0.0.1:1 for minutes
+    r = run_cli(
+        "bench",
+        "--executor",
+        "ray",
+        "--ray-address",
+        address,
+        "--seq-lens",
+        "64",
+        "--attn",
+        "full",
+        "--out",
+        str(out),
+        timeout=60,
+    )  # Ray alone would retry 127.0.0.1:1 for minutes
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("effattn: error:"), r.stderr
     assert msg in lines[0]
@@ -210,11 +266,22 @@ def test_cli_ray_not_installed(run_cli, tmp_path):
     fake = tmp_path / "noray" / "ray"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("raise ImportError('No module named ray (simulated)')\n")
-    r = run_cli("bench", "--executor", "ray", "--seq-lens", "64", "--attn", "full", "--out", str(tmp_path / "x.jsonl"),
-                env_extra={"PYTHONPATH": str(fake.parent)})
+    r = run_cli(
+        "bench",
+        "--executor",
+        "ray",
+        "--seq-lens",
+        "64",
+        "--attn",
+        "full",
+        "--out",
+        str(tmp_path / "x.jsonl"),
+        env_extra={"PYTHONPATH": str(fake.parent)},
+    )
     assert r.returncode == 2
-    assert r.stderr.strip() == ("effattn: error: --executor ray needs Ray, which is not installed here: "
-                                "pip install 'effattn[ray]'")
+    assert r.stderr.strip() == (
+        "effattn: error: --executor ray needs Ray, which is not installed here: pip install 'effattn[ray]'"
+    )
 
 
 def test_check_ray_address_parsing():

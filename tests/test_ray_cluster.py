@@ -1,5 +1,6 @@
 """`--executor ray` on a cluster of several nodes (simulated on this machine by
 `ray.cluster_utils.Cluster`: separate raylets, each with its own resources)."""
+
 import pytest
 
 from effattn.bench import SweepSpec, run_sweep
@@ -27,8 +28,9 @@ def cluster():
 
 
 def test_points_spread_over_nodes_with_the_resources_they_ask(cluster, tmp_path):
-    spec = SweepSpec(seq_lens=[64], variants=parse_variants("full,linear,sliding_window:window=16"),
-                     min_run_time_s=0.02)
+    spec = SweepSpec(
+        seq_lens=[64], variants=parse_variants("full,linear,sliding_window:window=16"), min_run_time_s=0.02
+    )
     rows = run_sweep(spec, str(tmp_path / "n.jsonl"), progress=False, executor=RayExecutor(cpus_per_point=1))
     assert {r["status"] for r in rows} == {"ok"} and len(rows) == 3
     assert len({r["worker"]["ray_node_id"] for r in rows}) >= 2  # three chains over three 1-CPU nodes

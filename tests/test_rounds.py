@@ -3,6 +3,7 @@
 Load is simulated (the reference kernel's rate is scripted) where a real background load would
 make a test flaky; speed targets live in benchmarks/repeatability.py, not here.
 """
+
 import json
 import math
 from collections import Counter
@@ -34,11 +35,11 @@ def test_a_length_of_slow_points_takes_fewer_rounds_but_at_least_six():
     from effattn.bench.rounds import rounds_for
 
     rounds, calls = rounds_for({"fast": 1e-4, "also_fast": 2e-4}, 0.2)
-    assert rounds == 10 and calls == {"fast": 200, "also_fast": 100}   # blocks of a tenth of 0.2 s
-    rounds, calls = rounds_for({"fast": 1e-4, "slow": 0.03}, 0.2)       # a round: 20 ms + 30 ms
-    assert rounds == 8 and calls["slow"] == 1                         # 0.4 s of budget / 0.05 s
-    rounds, calls = rounds_for({"fast": 1e-4, "slow": 0.09}, 0.2)       # 0.4 s / 0.11 s: 4, raised
-    assert rounds == 6 and calls["slow"] == 1   # 6 rounds: the fewest whose median has a 95% interval
+    assert rounds == 10 and calls == {"fast": 200, "also_fast": 100}  # blocks of a tenth of 0.2 s
+    rounds, calls = rounds_for({"fast": 1e-4, "slow": 0.03}, 0.2)  # a round: 20 ms + 30 ms
+    assert rounds == 8 and calls["slow"] == 1  # 0.4 s of budget / 0.05 s
+    rounds, calls = rounds_for({"fast": 1e-4, "slow": 0.09}, 0.2)  # 0.4 s / 0.11 s: 4, raised
+    assert rounds == 6 and calls["slow"] == 1  # 6 rounds: the fewest whose median has a 95% interval
     rounds, _ = rounds_for({"very_slow": 5.0}, 0.2)
     assert rounds == 6
 
@@ -81,6 +82,7 @@ def _scripted_reference(monkeypatch, rates):
         except StopIteration:
             pass
         return last[0]
+
     monkeypatch.setattr(rounds.Reference, "gflops", gflops)
     monkeypatch.setattr(rounds, "_PROBE_HISTORY", {})
 
@@ -117,7 +119,7 @@ def test_a_load_present_from_the_start_is_found_once_a_quiet_round_sets_the_bar(
 def test_median_interval_from_order_statistics():
     lo, hi, cov = median_ci(list(range(1, 11)))  # 10 samples: ranks 2 and 9 give 97.9%
     assert (lo, hi) == (2.0, 9.0) and abs(cov - 0.9785) < 1e-3
-    lo, hi, cov = median_ci([3.0, 1.0, 2.0])     # too few for 95%: min..max, its coverage said
+    lo, hi, cov = median_ci([3.0, 1.0, 2.0])  # too few for 95%: min..max, its coverage said
     assert (lo, hi) == (1.0, 3.0) and abs(cov - 0.75) < 1e-9
     assert median_ci([])[2] == 0.0
 
@@ -133,16 +135,19 @@ def test_exponent_interval_covers_the_true_slope():
     assert math.isnan(exponent_ci([1024], [[1.0]])[0])
 
 
-@pytest.mark.parametrize("verdicts,expected", [
-    (["slower", "slower", "faster", "faster"], (512, 1024)),        # resolved: from 1024
-    (["slower", "unresolved", "faster", "faster"], (256, 1024)),    # between 256 and 1024
-    (["faster"] * 4, (None, 256)),                                  # faster everywhere
-    (["unresolved", "unresolved", "faster", "faster"], (None, 1024)),  # at most 1024
-    (["faster", "slower", "faster", "unresolved"], (None, None)),   # not faster at the longest
-    (["slower"] * 4, (None, None)),
-    (["slower", "faster", "unresolved", "faster"], (256, 2048)),   # the unresolved 1024 may be slower
-    (["faster", "unresolved", "faster", "faster"], (None, 1024)),  # no resolved slower: at most 1024
-])
+@pytest.mark.parametrize(
+    "verdicts,expected",
+    [
+        (["slower", "slower", "faster", "faster"], (512, 1024)),  # resolved: from 1024
+        (["slower", "unresolved", "faster", "faster"], (256, 1024)),  # between 256 and 1024
+        (["faster"] * 4, (None, 256)),  # faster everywhere
+        (["unresolved", "unresolved", "faster", "faster"], (None, 1024)),  # at most 1024
+        (["faster", "slower", "faster", "unresolved"], (None, None)),  # not faster at the longest
+        (["slower"] * 4, (None, None)),
+        (["slower", "faster", "unresolved", "faster"], (256, 2048)),  # the unresolved 1024 may be slower
+        (["faster", "unresolved", "faster", "faster"], (None, 1024)),  # no resolved slower: at most 1024
+    ],
+)
 def test_crossover_from_verdicts(verdicts, expected):
     assert crossover([256, 512, 1024, 2048], verdicts) == expected
 
@@ -155,22 +160,44 @@ def test_verdicts_from_intervals():
 def _row(label, n, samples, **extra):
     s = sorted(samples)
     lo, hi, _ = median_ci(s)
-    return {"label": label, "variant": label, "options": {}, "seq_len": n, "status": "ok",
-            "time_ms": s[len(s) // 2], "time_raw_ms": s, "time_ci_ms": [lo, hi], "peak_mem_bytes": n,
-            "device": "cpu", "dtype": "float32", "batch": 1, "heads": 8, "head_dim": 64, "causal": False,
-            "mode": "fwd", "level": "attention", **extra}
+    return {
+        "label": label,
+        "variant": label,
+        "options": {},
+        "seq_len": n,
+        "status": "ok",
+        "time_ms": s[len(s) // 2],
+        "time_raw_ms": s,
+        "time_ci_ms": [lo, hi],
+        "peak_mem_bytes": n,
+        "device": "cpu",
+        "dtype": "float32",
+        "batch": 1,
+        "heads": 8,
+        "head_dim": 64,
+        "causal": False,
+        "mode": "fwd",
+        "level": "attention",
+        **extra,
+    }
 
 
 def test_an_unresolved_crossover_is_a_range_and_a_resolved_one_a_number():
     import pandas as pd
 
-    full = [_row("full", n, [t * f for f in (0.95, 1, 1.05, 0.97, 1.02, 1.0, 0.99)])
-            for n, t in ((256, 10), (512, 20), (1024, 40), (2048, 80))]
+    full = [
+        _row("full", n, [t * f for f in (0.95, 1, 1.05, 0.97, 1.02, 1.0, 0.99)])
+        for n, t in ((256, 10), (512, 20), (1024, 40), (2048, 80))
+    ]
     # overlaps full at 512 (unresolved), clearly faster from 1024
-    fuzzy = [_row("fuzzy", n, [t * f for f in (0.6, 1, 1.4, 0.8, 1.2, 1.0, 0.9)])
-             for n, t in ((256, 30), (512, 20), (1024, 20), (2048, 20))]
-    crisp = [_row("crisp", n, [t * f for f in (0.99, 1, 1.01, 1.0, 1.0, 1.0, 1.0)])
-             for n, t in ((256, 30), (512, 30), (1024, 20), (2048, 20))]
+    fuzzy = [
+        _row("fuzzy", n, [t * f for f in (0.6, 1, 1.4, 0.8, 1.2, 1.0, 0.9)])
+        for n, t in ((256, 30), (512, 20), (1024, 20), (2048, 20))
+    ]
+    crisp = [
+        _row("crisp", n, [t * f for f in (0.99, 1, 1.01, 1.0, 1.0, 1.0, 1.0)])
+        for n, t in ((256, 30), (512, 30), (1024, 20), (2048, 20))
+    ]
     s = summary(pd.DataFrame(full + fuzzy + crisp)).set_index("label")
     assert s.loc["fuzzy", "crossover"] == "between 256 and 1024"
     assert pd.isna(s.loc["fuzzy", "faster_than_full_from"])  # no single number where the data cannot say
@@ -190,8 +217,18 @@ def test_a_paired_ratio_of_too_few_rounds_decides_nothing(rounds, expected):
         base = [float(n) * (1 + 0.01 * i) for i in ids]
         for label, ts in (("full", base), ("half", [t / 2 for t in base])):
             lo, hi, cov = median_ci(ts)
-            rows.append(_row(label, n, ts, group_id=f"g{n}", time_round_ids=ids, time_raw_ms=ts,
-                             time_ci_ms=[lo, hi], time_ci_coverage=cov))
+            rows.append(
+                _row(
+                    label,
+                    n,
+                    ts,
+                    group_id=f"g{n}",
+                    time_round_ids=ids,
+                    time_raw_ms=ts,
+                    time_ci_ms=[lo, hi],
+                    time_ci_coverage=cov,
+                )
+            )
     s = summary(pd.DataFrame(rows)).set_index("label")
     assert s.loc["half", "crossover"] == expected
 
@@ -208,13 +245,16 @@ def _write(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-@pytest.mark.parametrize("new_samples,loaded,verdict_text,code", [
-    ([13.0, 13.2, 12.9, 13.1, 13.05, 12.95, 13.0, 13.1], False, "REGRESSION", 1),
-    ([10.0, 10.2, 9.9, 10.1, 10.05, 9.95, 10.0, 10.1], False, "0 regressions", 0),
-    ([13.0], False, "inconclusive (8 and 1 samples", 0),              # one sample: never a regression
-    ([9.0, 9.5, 14.0, 16.0, 11.5, 12.0, 9.8, 15.0], False, "inconclusive (slower, but not beyond the noise)", 0),
-    ([13.0, 13.2, 12.9, 13.1, 13.05, 12.95, 13.0, 13.1], True, "inconclusive (measured while", 0),
-])
+@pytest.mark.parametrize(
+    "new_samples,loaded,verdict_text,code",
+    [
+        ([13.0, 13.2, 12.9, 13.1, 13.05, 12.95, 13.0, 13.1], False, "REGRESSION", 1),
+        ([10.0, 10.2, 9.9, 10.1, 10.05, 9.95, 10.0, 10.1], False, "0 regressions", 0),
+        ([13.0], False, "inconclusive (8 and 1 samples", 0),  # one sample: never a regression
+        ([9.0, 9.5, 14.0, 16.0, 11.5, 12.0, 9.8, 15.0], False, "inconclusive (slower, but not beyond the noise)", 0),
+        ([13.0, 13.2, 12.9, 13.1, 13.05, 12.95, 13.0, 13.1], True, "inconclusive (measured while", 0),
+    ],
+)
 def test_compare_decides_by_the_test_and_the_threshold(cli_here, tmp_path, new_samples, loaded, verdict_text, code):
     base = [10.0, 10.2, 9.9, 10.1, 10.05, 9.95, 10.0, 10.1]
     _write(tmp_path / "a.jsonl", [_row("full", 1024, base)])
@@ -259,6 +299,7 @@ def test_a_profile_that_lost_its_events_is_taken_again_and_never_reads_as_zero(m
             left[0] -= 1
             peak, net, seen = 0, 0, 0
         return (result, peak, net, seen) if with_events else (result, peak, net)
+
     monkeypatch.setattr(measure, "profile_memory", flaky)
     row = measure_group(SweepSpec(**SPEC), [Variant("naive", {})], 64)[0]
     assert row["status"] == "ok"
@@ -268,6 +309,7 @@ def test_a_profile_that_lost_its_events_is_taken_again_and_never_reads_as_zero(m
         assert row["peak_mem_bytes"] is None and row["retained_bytes"] is None
         assert "no allocator event" in row["memory_unmeasured"]
         import pandas as pd
+
         summary(pd.DataFrame([{**row, "seq_len": n} for n in (64, 128)]))  # a row without memory is summarised
 
 
@@ -293,6 +335,7 @@ def test_a_measuring_process_that_cannot_be_started_says_why_and_leaks_no_descri
 
     def refuse(*a, **k):
         raise OSError(11, "Resource temporarily unavailable")
+
     monkeypatch.setattr(subprocess, "Popen", refuse)
     fds = set(os.listdir("/proc/self/fd"))
     mp = worker.MeasuringProcess()

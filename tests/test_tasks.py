@@ -1,16 +1,17 @@
 """Tasks: generated answers are right (checked by independent solvers), bad options are clear,
 and a short training run moves in the right direction."""
+
 import statistics
 
 import pytest
 import torch
 
 import effattn
+from effattn.spec import Variant
 from effattn.tasks import create_task, list_tasks
 from effattn.tasks.base import IGNORE
 from effattn.tasks.listops import CLOSE, PAD, detokenize
 from effattn.tasks.train import TrainSpec, train_task
-from effattn.spec import Variant
 
 
 def solve_listops(tokens) -> int:
@@ -27,8 +28,9 @@ def solve_listops(tokens) -> int:
                 args.append(stack.pop())
             op = stack.pop()[1]
             args.reverse()
-            stack.append({11: max, 12: min, 13: lambda a: int(statistics.median_low(a)),
-                          14: lambda a: sum(a) % 10}[op](args))
+            stack.append(
+                {11: max, 12: min, 13: lambda a: int(statistics.median_low(a)), 14: lambda a: sum(a) % 10}[op](args)
+            )
     assert len(stack) == 1
     return stack[0]
 
@@ -82,8 +84,9 @@ def test_full_attention_learns_a_small_mqar_and_linear_is_worse():
     steps are before full attention's induction-head transition (measured: 0.40; it reaches
     1.00 by ~1500 steps), and with it full reached 0.984 against linear's 0.318."""
     task = create_task("mqar", num_pairs=4, vocab=32)
-    spec = TrainSpec(steps=300, batch_size=32, lr=3e-3, d_model=32, n_layers=2, n_heads=2, eval_batches=4, warmup=20,
-                     conv_kernel=4)
+    spec = TrainSpec(
+        steps=300, batch_size=32, lr=3e-3, d_model=32, n_layers=2, n_heads=2, eval_batches=4, warmup=20, conv_kernel=4
+    )
     full = train_task(task, Variant("full", {}), 24, spec, seed=0)
     linear = train_task(task, Variant("linear", {}), 24, spec, seed=0)
     assert full["test_accuracy"] > 0.9, full
@@ -93,14 +96,33 @@ def test_full_attention_learns_a_small_mqar_and_linear_is_worse():
 
 @pytest.mark.slow
 def test_task_cli_and_bad_input(run_cli, tmp_path):
-    r = run_cli("bench", "--task", "mqar:num_pairs=2:vocab=16", "--attn", "full", "--seq-lens", "12",
-                "--steps", "5", "--train-batch", "4", "--d-model", "16", "--heads", "2", "--out", "t.jsonl",
-                cwd=str(tmp_path))
+    r = run_cli(
+        "bench",
+        "--task",
+        "mqar:num_pairs=2:vocab=16",
+        "--attn",
+        "full",
+        "--seq-lens",
+        "12",
+        "--steps",
+        "5",
+        "--train-batch",
+        "4",
+        "--d-model",
+        "16",
+        "--heads",
+        "2",
+        "--out",
+        "t.jsonl",
+        cwd=str(tmp_path),
+    )
     assert r.returncode == 0, r.stderr
     assert "test accuracy" in r.stdout and "accuracy_mean" in r.stdout
-    for args, needle in ((["--task", "mqr"], "did you mean mqar"),
-                         (["--task", "mqar", "--seq-lens", "10"], "needs seq_len >= 24"),
-                         (["--task", "mqar", "--attn", "linformer"], "does not support causal")):
+    for args, needle in (
+        (["--task", "mqr"], "did you mean mqar"),
+        (["--task", "mqar", "--seq-lens", "10"], "needs seq_len >= 24"),
+        (["--task", "mqar", "--attn", "linformer"], "does not support causal"),
+    ):
         r = run_cli("bench", *args, "--out", "bad.jsonl", cwd=str(tmp_path))
         assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert not (tmp_path / "bad.jsonl").exists()

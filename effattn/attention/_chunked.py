@@ -10,10 +10,11 @@ masks, and only a few edge chunks form groups of their own.
 
 Memory is O(sum over chunks of rows x keys): the pattern's non-zero pairs plus the chunk slack.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -27,14 +28,14 @@ PairMask = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (i, j) broadc
 
 @dataclass
 class Group:
-    rows: torch.Tensor          # (G, c) query rows
-    keys: torch.Tensor          # (G, K) key indices
-    mask: torch.Tensor | None   # (c, K) shared bool mask, None when every pair attends
+    rows: torch.Tensor  # (G, c) query rows
+    keys: torch.Tensor  # (G, K) key indices
+    mask: torch.Tensor | None  # (c, K) shared bool mask, None when every pair attends
     row_keep: torch.Tensor | None  # (c, 1) zero for rows with no key at all
     # (first row, first key, key step) when chunk g holds rows [r0 + g c, r0 + (g+1) c) and keys
     # [k0 + g step, k0 + g step + K): then q, k, v are read through unfold views, with no copy
     sliding: tuple[int, int, int] | None = None
-    row_start: int | None = None   # rows are [row_start, row_start + G c): read q as a view
+    row_start: int | None = None  # rows are [row_start, row_start + G c): read q as a view
     _float_masks: dict | None = None
     _workspace: dict | None = None
 
@@ -69,8 +70,8 @@ def _sliding(rows: torch.Tensor, keys: torch.Tensor):
 class Plan:
     groups: list[Group]
     order: torch.Tensor | None  # permutation putting group outputs back in row order (None: already)
-    pairs: int                  # attended pairs (for FLOP counts)
-    computed_pairs: int         # pairs actually computed, slack included
+    pairs: int  # attended pairs (for FLOP counts)
+    computed_pairs: int  # pairs actually computed, slack included
 
 
 def build_plan(chunks: Iterable[tuple[torch.Tensor, torch.Tensor]], pair_mask: PairMask) -> Plan:
@@ -107,7 +108,7 @@ def build_plan(chunks: Iterable[tuple[torch.Tensor, torch.Tensor]], pair_mask: P
 def _padding_mask(keys_pad, shared, G, c, K, device):
     """Shared pattern & one batch element's key padding (G, K; True = pad) -> the (G, 1, c, K)
     mask and the (G, 1, c, 1) rows that keep at least one key (others attend key 0, then zeroed)."""
-    m = ~keys_pad[:, None, None, :]                                # (G, 1, 1, K)
+    m = ~keys_pad[:, None, None, :]  # (G, 1, 1, K)
     m = m if shared is None else (m & shared.to(device))
     m = m.expand(G, 1, c, K)
     has_key = m.any(-1, keepdim=True)
@@ -147,12 +148,12 @@ def _run_group(g: Group, q, k, v, key_padding_mask, scale):
     outs = []
     for b in range(B):
         if rows is None:
-            qb = q[b].narrow(1, g.row_start, G * c)                                   # (H, G*c, D)
+            qb = q[b].narrow(1, g.row_start, G * c)  # (H, G*c, D)
         else:
             qb = q[b].index_select(1, rows)
-        qb = qb.unflatten(1, (G, c)).transpose(0, 1)                                  # (G, H, c, D)
+        qb = qb.unflatten(1, (G, c)).transpose(0, 1)  # (G, H, c, D)
         if g.sliding:
-            kb = k[b].narrow(1, k0, span).unfold(1, K, step).permute(1, 0, 3, 2)      # (G, H, K, D)
+            kb = k[b].narrow(1, k0, span).unfold(1, K, step).permute(1, 0, 3, 2)  # (G, H, K, D)
             vb = v[b].narrow(1, k0, span).unfold(1, K, step).permute(1, 0, 3, 2)
             pad = None if key_padding_mask is None else key_padding_mask[b].narrow(0, k0, span).unfold(0, K, step)
         else:
@@ -162,9 +163,9 @@ def _run_group(g: Group, q, k, v, key_padding_mask, scale):
                 vb = torch.index_select(v[b], 1, flat, out=_workspace(g, "v", v, (H, G * K, v.shape[-1])))
             else:
                 kb, vb = k[b].index_select(1, flat), v[b].index_select(1, flat)
-            kb = kb.unflatten(1, (G, K)).transpose(0, 1)                              # (G, H, K, D)
+            kb = kb.unflatten(1, (G, K)).transpose(0, 1)  # (G, H, K, D)
             vb = vb.unflatten(1, (G, K)).transpose(0, 1)
-            pad = None if key_padding_mask is None else key_padding_mask[b][keys]     # (G, K)
+            pad = None if key_padding_mask is None else key_padding_mask[b][keys]  # (G, K)
         mb, keep_b = mask, row_keep
         if pad is not None:
             mb, has = _padding_mask(pad, g.mask, G, c, K, dev)
@@ -173,7 +174,7 @@ def _run_group(g: Group, q, k, v, key_padding_mask, scale):
         if keep_b is not None:
             out = out * keep_b
         outs.append(out.transpose(0, 1).reshape(H, G * c, -1))
-    return torch.stack(outs)                                                          # (B, H, G*c, D)
+    return torch.stack(outs)  # (B, H, G*c, D)
 
 
 def run_plan(plan: Plan, q, k, v, key_padding_mask=None, scale=None):
@@ -249,12 +250,17 @@ class PatternAttention(AttentionBase):
         if backend == "auto":
             from ._flex import flex_available
 
-            backend = ("flex" if q.device.type == "cuda" and q.dtype in FLEX_CUDA_DTYPES and flex_available() is None
-                       else "chunked")
+            backend = (
+                "flex"
+                if q.device.type == "cuda" and q.dtype in FLEX_CUDA_DTYPES and flex_available() is None
+                else "chunked"
+            )
         if backend == "flex":
             if q.device.type == "cuda" and q.dtype not in FLEX_CUDA_DTYPES:
-                raise UnsupportedError(f"backend 'flex': FlexAttention's CUDA kernels take float16, bfloat16 and "
-                                       f"float32, not {str(q.dtype).replace('torch.', '')}; use backend='chunked'")
+                raise UnsupportedError(
+                    f"backend 'flex': FlexAttention's CUDA kernels take float16, bfloat16 and "
+                    f"float32, not {str(q.dtype).replace('torch.', '')}; use backend='chunked'"
+                )
             from ._flex import flex_forward
 
             self.last_backend = "flex"

@@ -6,6 +6,7 @@ blocks. Compiled FlexAttention is fast (measured here: ~83 useful GFLOP/s on a C
 but compiles for seconds per new shape, and on CPU it has no backward: there this backend
 serves inference only and refuses a call that needs gradients.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -17,8 +18,8 @@ from ..errors import UnsupportedError
 
 def flex_available() -> str | None:
     try:
-        from torch.nn.attention import flex_attention  # noqa: F401
-    except Exception as e:  # noqa: BLE001
+        from torch.nn.attention import flex_attention  # noqa: F401 - importing it is the check
+    except Exception as e:  # noqa: BLE001 - any import failure makes it unavailable, with the reason
         return f"FlexAttention not available in torch {torch.__version__}: {e}"
     return None
 
@@ -51,14 +52,18 @@ def _run_compiled(fn):
 
     limit = RECOMPILE_LIMIT
     try:
-        with torch._dynamo.config.patch(recompile_limit=limit, fail_on_recompile_limit_hit=True,
-                                        accumulated_recompile_limit=max(limit, torch._dynamo.config.accumulated_recompile_limit)):
+        with torch._dynamo.config.patch(
+            recompile_limit=limit,
+            fail_on_recompile_limit_hit=True,
+            accumulated_recompile_limit=max(limit, torch._dynamo.config.accumulated_recompile_limit),
+        ):
             return fn()
     except torch._dynamo.exc.FailOnRecompileLimitHit:
         raise UnsupportedError(
             f"backend 'flex': FlexAttention was compiled {limit} times in this process; rather than "
             "fall back to eager FlexAttention (which materialises every n x n score) this call fails. "
-            "Measure fewer lengths or patterns per process, or use backend='chunked'") from None
+            "Measure fewer lengths or patterns per process, or use backend='chunked'"
+        ) from None
 
 
 def flex_forward(pair_mask, q, k, v, causal: bool, key_padding_mask, cache: dict):
@@ -73,8 +78,10 @@ def flex_forward(pair_mask, q, k, v, causal: bool, key_padding_mask, cache: dict
 
     B, n_q, n_k = q.shape[0], q.shape[2], k.shape[2]
     if key_padding_mask is None:
+
         def mask_mod(b, h, i, j):
             return pair_mask(i, j)
+
         key = (n_q, n_k, causal, str(q.device), None)
         mask_b = None
     else:
@@ -82,12 +89,14 @@ def flex_forward(pair_mask, q, k, v, causal: bool, key_padding_mask, cache: dict
 
         def mask_mod(b, h, i, j):
             return pair_mask(i, j) & keep[b, j]
+
         key, mask_b = None, B  # the padding differs per call: no caching
     block_mask = cache.get(key) if key is not None else None
     if block_mask is None:
         compiled = q.device.type == "cuda" or n_q * n_k >= COMPILED_MASK_PAIRS
-        block_mask = _run_compiled(lambda: create_block_mask(mask_mod, mask_b, None, n_q, n_k, device=q.device,
-                                                             _compile=compiled))
+        block_mask = _run_compiled(
+            lambda: create_block_mask(mask_mod, mask_b, None, n_q, n_k, device=q.device, _compile=compiled)
+        )
         if key is not None:
             cache[key] = block_mask
     out = _run_compiled(lambda: _compiled()(q, k, v, block_mask=block_mask))

@@ -1,6 +1,7 @@
 """What every built-in plugin shares: declared facts, option checks and the mask conventions of
 docs/semantics.md (causal is top-left aligned `j <= i`; `key_padding_mask` is True at padding; a query
 row left with no key outputs zeros)."""
+
 from __future__ import annotations
 
 import math
@@ -46,7 +47,6 @@ class AttentionBase(nn.Module):
                 )
         if q.shape[2] != k.shape[2] and not self.supports_cross:
             raise UnsupportedError(f"{type(self).__name__} does not support n_q != n_k (cross-attention)")
-
 
     @staticmethod
     def empty_output(q, k, v):

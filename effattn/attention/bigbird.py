@@ -8,6 +8,7 @@ O(n * (3 + 2 + r) * b) plus the two global block rows, O(2 b n).
 Interior block rows gather key blocks [0, m-1, I-1, I, I+1, random...]: all distinct, so one
 group with no mask at all (or only the ragged tail of the last block masked).
 """
+
 from __future__ import annotations
 
 import torch

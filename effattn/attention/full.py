@@ -4,6 +4,7 @@
 * `naive` - the textbook computation that materialises the n_q x n_k score matrix, kept as the
   honest O(n^2)-memory baseline.
 """
+
 from __future__ import annotations
 
 import torch

@@ -7,6 +7,7 @@ Non-causal is O(n d^2). Causal is chunked: quadratic inside a chunk of C rows, w
 state per chunk (exclusive prefix sum over chunks) - never the cumulative sum that keeps a d x d
 state for every position, which at n = 16k, 8 heads, d = 64 would hold 2 GiB.
 """
+
 from __future__ import annotations
 
 import torch
@@ -21,21 +22,21 @@ def linear_attention(fq, fk, v, causal: bool, key_padding_mask=None, eps: float 
     if key_padding_mask is not None:
         fk = fk * (~key_padding_mask)[:, None, :, None].to(fk.dtype)  # padded keys add nothing
     if not causal:
-        S = fk.transpose(-1, -2) @ v                       # (B, H, F, Dv)
-        z = fk.sum(2)                                      # (B, H, F)
+        S = fk.transpose(-1, -2) @ v  # (B, H, F, Dv)
+        z = fk.sum(2)  # (B, H, F)
         return (fq @ S) / ((fq @ z[..., None]) + eps)
     B, H, n_q, Fd = fq.shape
     n_k = fk.shape[2]
     N = -(-max(n_q, n_k) // chunk) * chunk
     m = N // chunk
     fq = F.pad(fq, (0, 0, 0, N - n_q)).view(B, H, m, chunk, Fd)
-    fk = F.pad(fk, (0, 0, 0, N - n_k)).view(B, H, m, chunk, Fd)    # padded keys: phi = 0
+    fk = F.pad(fk, (0, 0, 0, N - n_k)).view(B, H, m, chunk, Fd)  # padded keys: phi = 0
     vv = F.pad(v, (0, 0, 0, N - n_k)).view(B, H, m, chunk, -1)
-    kv = fk.transpose(-1, -2) @ vv                         # (B, H, m, F, Dv): one state per chunk
-    S_prev = kv.cumsum(2) - kv                             # exclusive prefix over chunks
-    z_prev = fk.sum(3).cumsum(2) - fk.sum(3)               # (B, H, m, F)
+    kv = fk.transpose(-1, -2) @ vv  # (B, H, m, F, Dv): one state per chunk
+    S_prev = kv.cumsum(2) - kv  # exclusive prefix over chunks
+    z_prev = fk.sum(3).cumsum(2) - fk.sum(3)  # (B, H, m, F)
     tri = torch.ones(chunk, chunk, dtype=torch.bool, device=fq.device).tril()
-    A = (fq @ fk.transpose(-1, -2)) * tri                  # (B, H, m, C, C) inside the chunk
+    A = (fq @ fk.transpose(-1, -2)) * tri  # (B, H, m, C, C) inside the chunk
     num = A @ vv + fq @ S_prev
     den = A.sum(-1) + (fq @ z_prev[..., None])[..., 0]
     out = num / (den[..., None] + eps)

@@ -5,6 +5,7 @@ E and F, sliced to the first n rows:  out = softmax(Q (E_n^T K)^T / sqrt(d)) (F_
 O(n k). Causal masking is impossible (every projected key mixes all positions): refused.
 Padding: padded keys and values are zeroed before the projection, so they contribute nothing.
 """
+
 from __future__ import annotations
 
 import torch
@@ -28,8 +29,8 @@ class LinformerAttention(AttentionBase):
         super().__init__()
         self.proj_len = check_int("proj_len", proj_len, 1)
         self.max_len = check_int("max_len", max_len, 1)
-        self.E = nn.Parameter(torch.randn(max_len, proj_len) / proj_len ** 0.5)
-        self.F = nn.Parameter(torch.randn(max_len, proj_len) / proj_len ** 0.5)
+        self.E = nn.Parameter(torch.randn(max_len, proj_len) / proj_len**0.5)
+        self.F = nn.Parameter(torch.randn(max_len, proj_len) / proj_len**0.5)
 
     def forward(self, q, k, v, causal: bool = False, key_padding_mask=None):
         self.check_call(q, k, v, causal, key_padding_mask)
@@ -42,6 +43,6 @@ class LinformerAttention(AttentionBase):
         if key_padding_mask is not None:
             keep = (~key_padding_mask)[:, None, :, None].to(k.dtype)
             k, v = k * keep, v * keep
-        kp = torch.einsum("bhnd,nk->bhkd", k, self.E[:n].to(k.dtype))   # (B, H, k, D)
+        kp = torch.einsum("bhnd,nk->bhkd", k, self.E[:n].to(k.dtype))  # (B, H, k, D)
         vp = torch.einsum("bhnd,nk->bhkd", v, self.F[:n].to(v.dtype))
         return F.scaled_dot_product_attention(q, kp, vp)

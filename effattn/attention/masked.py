@@ -3,6 +3,7 @@
 (i, j) attends when `j <= i`, always, whatever `causal` says: this is the attention a decoder
 block uses, exposed as its own variant so that it can be benchmarked against `full` causal.
 """
+
 from __future__ import annotations
 
 import torch

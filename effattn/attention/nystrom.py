@@ -5,6 +5,7 @@ out = softmax(Q K~^T / sqrt d) pinv(softmax(Q~ K~^T / sqrt d)) softmax(Q~ K^T / 
 the pseudo-inverse by Newton-Schulz iterations (Razavi et al. 2014), as in the paper. O(n L).
 Non-causal, self- or cross-attention; no padding mask (refused).
 """
+
 from __future__ import annotations
 
 import torch
@@ -16,9 +17,9 @@ from .base import AttentionBase, check_int
 def segment_means(x: torch.Tensor, L: int) -> torch.Tensor:
     """(B, H, n, D) -> (B, H, L, D), means over contiguous segments of nearly equal length."""
     n = x.shape[2]
-    seg = (torch.arange(n, device=x.device) * L) // n                  # segment of each position
+    seg = (torch.arange(n, device=x.device) * L) // n  # segment of each position
     onehot = torch.zeros(L, n, device=x.device, dtype=x.dtype)
-    onehot[seg, torch.arange(n, device=x.device)] = 1.0                # (L, n): O(n L), not n x n
+    onehot[seg, torch.arange(n, device=x.device)] = 1.0  # (L, n): O(n L), not n x n
     return (onehot / onehot.sum(1, keepdim=True)) @ x
 
 
@@ -53,7 +54,7 @@ class NystromAttention(AttentionBase):
         scale = q.shape[-1] ** -0.5
         L = min(self.num_landmarks, q.shape[2], k.shape[2])
         lq, lk = segment_means(q, L), segment_means(k, L)
-        k1 = (q @ lk.transpose(-1, -2) * scale).softmax(-1)               # (B, H, n_q, L)
-        k2 = (lq @ lk.transpose(-1, -2) * scale).softmax(-1)              # (B, H, L, L)
-        k3 = (lq @ k.transpose(-1, -2) * scale).softmax(-1)               # (B, H, L, n_k)
+        k1 = (q @ lk.transpose(-1, -2) * scale).softmax(-1)  # (B, H, n_q, L)
+        k2 = (lq @ lk.transpose(-1, -2) * scale).softmax(-1)  # (B, H, L, L)
+        k3 = (lq @ k.transpose(-1, -2) * scale).softmax(-1)  # (B, H, L, n_k)
         return k1 @ (newton_pinv(k2, self.pinv_iterations) @ (k3 @ v))

@@ -5,6 +5,7 @@ phi(x) = exp(W x' - |x'|^2 / 2) / sqrt(m),  x' = x / d^(1/4),  W: m orthogonal G
 (blocks of d orthogonal rows, rescaled to chi-distributed norms), fixed by `seed`. Then the
 linear-attention sums of `linear.py`. Supports causal (chunked) and padding.
 """
+
 from __future__ import annotations
 
 import torch
@@ -51,10 +52,10 @@ class PerformerAttention(AttentionBase):
 
     def _phi(self, x, w, per_row: bool):
         x = x * x.shape[-1] ** -0.25
-        proj = x @ w.T                                          # (B, H, n, m)
+        proj = x @ w.T  # (B, H, n, m)
         # stabiliser: a constant that cancels in the ratio (detached, so no gradient path)
         stab = (proj.amax(-1, keepdim=True) if per_row else proj.amax((-1, -2), keepdim=True)).detach()
-        return torch.exp(proj - x.square().sum(-1, keepdim=True) / 2 - stab) / self.num_features ** 0.5
+        return torch.exp(proj - x.square().sum(-1, keepdim=True) / 2 - stab) / self.num_features**0.5
 
     def forward(self, q, k, v, causal: bool = False, key_padding_mask=None):
         self.check_call(q, k, v, causal, key_padding_mask)

@@ -7,6 +7,7 @@ Rows are cut into chunks of c rows; chunk rows [s, s+c) gather keys [0, g) + [s 
 so every interior chunk shares one (c, g + c + 2w) mask (see `_chunked`). The g global rows form
 a chunk of their own over all keys.
 """
+
 from __future__ import annotations
 
 import torch

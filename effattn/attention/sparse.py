@@ -9,6 +9,7 @@ it computes the two score sets explicitly - band scores per chunk of s rows, str
 residue class (i mod s) - and normalises them in one joint softmax. The pair (i, i) lies in both
 sets and is counted in the band only.
 """
+
 from __future__ import annotations
 
 import torch
@@ -66,30 +67,30 @@ class SparseAttention(_chunked.PatternAttention):
         scale = softmax_scale(D)
         qp = F.pad(q, (0, 0, 0, Nq - n_q))
         kp, vp = F.pad(k, (0, 0, 0, Nk - n_k)), F.pad(v, (0, 0, 0, Nk - n_k))
-        valid = torch.arange(Nk, device=q.device) < n_k                      # (Nk,)
+        valid = torch.arange(Nk, device=q.device) < n_k  # (Nk,)
         keep = valid[None, :].expand(B, Nk)
         if key_padding_mask is not None:
             keep = keep & ~F.pad(key_padding_mask, (0, Nk - n_k), value=True)
         # band: query block I (s rows) against keys [(I-1)s, (I+2)s)
-        kb = F.pad(kp, (0, 0, s, s)).unfold(2, 3 * s, s)[:, :, :m].transpose(-1, -2)   # (B,H,m,3s,D)
+        kb = F.pad(kp, (0, 0, s, s)).unfold(2, 3 * s, s)[:, :, :m].transpose(-1, -2)  # (B,H,m,3s,D)
         vb = F.pad(vp, (0, 0, s, s)).unfold(2, 3 * s, s)[:, :, :m].transpose(-1, -2)
-        keepb = F.pad(keep, (s, s), value=False).unfold(1, 3 * s, s)[:, :m]           # (B,m,3s)
+        keepb = F.pad(keep, (s, s), value=False).unfold(1, 3 * s, s)[:, :m]  # (B,m,3s)
         qb = qp.view(B, H, m, s, D)
         a = torch.arange(s, device=q.device)[:, None]
-        bcol = torch.arange(3 * s, device=q.device)[None, :] - s                       # j - block start
+        bcol = torch.arange(3 * s, device=q.device)[None, :] - s  # j - block start
         band_ok = (a - bcol).abs() < s
         if causal:
             band_ok = band_ok & (bcol <= a)
-        band_ok = band_ok[None, None, None] & keepb[:, None, :, None, :]              # (B,1,m,s,3s)
-        sb = (qb @ kb.transpose(-1, -2)) * scale                                       # (B,H,m,s,3s)
+        band_ok = band_ok[None, None, None] & keepb[:, None, :, None, :]  # (B,1,m,s,3s)
+        sb = (qb @ kb.transpose(-1, -2)) * scale  # (B,H,m,s,3s)
         # strided: residue r = i mod s, t = i // s; keys u with the same residue, u != t
-        qr = qp.view(B, H, m, s, D).transpose(2, 3)                                    # (B,H,s,m,D)
+        qr = qp.view(B, H, m, s, D).transpose(2, 3)  # (B,H,s,m,D)
         kr, vr = kp.view(B, H, m, s, D).transpose(2, 3), vp.view(B, H, m, s, -1).transpose(2, 3)
-        keepr = keep.view(B, m, s).transpose(1, 2)                                     # (B,s,m)
+        keepr = keep.view(B, m, s).transpose(1, 2)  # (B,s,m)
         t = torch.arange(m, device=q.device)
         str_ok = (t[:, None] != t[None, :]) if not causal else (t[None, :] < t[:, None])
-        str_ok = str_ok[None, None, None] & keepr[:, None, :, None, :]                # (B,1,s,m,m)
-        sr = (qr @ kr.transpose(-1, -2)) * scale                                       # (B,H,s,m,m)
+        str_ok = str_ok[None, None, None] & keepr[:, None, :, None, :]  # (B,1,s,m,m)
+        sr = (qr @ kr.transpose(-1, -2)) * scale  # (B,H,s,m,m)
         neg = torch.finfo(sb.dtype).min
         sb = sb.masked_fill(~band_ok, neg)
         sr = sr.masked_fill(~str_ok, neg)
@@ -99,7 +100,7 @@ class SparseAttention(_chunked.PatternAttention):
         er = torch.exp(sr - mx.view(B, H, m, s).transpose(2, 3)[..., None]) * str_ok
         num = (eb @ vb).reshape(B, H, Nq, -1) + (er @ vr).transpose(2, 3).reshape(B, H, Nq, -1)
         den = eb.sum(-1).reshape(B, H, Nq) + er.sum(-1).transpose(2, 3).reshape(B, H, Nq)
-        out = num / den.clamp_min(torch.finfo(den.dtype).tiny)[..., None]             # empty rows: 0/tiny = 0
+        out = num / den.clamp_min(torch.finfo(den.dtype).tiny)[..., None]  # empty rows: 0/tiny = 0
         return out[:, :, :n_q]
 
     def _chunked(self, q, k, v, causal, key_padding_mask):  # strided has its own path

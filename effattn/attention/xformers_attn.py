@@ -4,9 +4,10 @@ Exact softmax attention; causal through `LowerTriangularMask` (top-left aligned,
 a local window `window=w` (|i - j| <= w, as `sliding_window` without globals) through
 `LocalAttentionFromBottomRightMask(window_left=w, window_right=w, or 0 when causal)`, which for
 n_q == n_k is exactly that band; padding, and windows with n_q != n_k (where xFormers' bottom-right
-alignment differs from the top-left one of docs/semantics.md), through an explicit additive bias. Its kernels need CUDA: elsewhere it is listed as unavailable
-with the reason, and never imported.
+alignment differs from the top-left one of docs/semantics.md), through an explicit additive bias.
+Its kernels need CUDA: elsewhere it is listed as unavailable with the reason, and never imported.
 """
+
 from __future__ import annotations
 
 import torch
@@ -33,8 +34,8 @@ class XFormersAttention(AttentionBase):
         if device != "cuda" or not torch.cuda.is_available():
             return "unavailable: needs CUDA"
         try:
-            import xformers.ops  # noqa: F401
-        except Exception as e:  # noqa: BLE001
+            import xformers.ops  # noqa: F401 - importing it is the check
+        except Exception as e:  # noqa: BLE001 - any import failure makes it unavailable, with the reason
             return f"unavailable: xformers not importable ({type(e).__name__}: {e}); pip install 'effattn[xformers]'"
         return None
 
@@ -63,7 +64,7 @@ class XFormersAttention(AttentionBase):
         import xformers.ops as xops
 
         self.last_backend = "xformers-cutlass"
-        qx, kx, vx = (t.transpose(1, 2) for t in (q, k, v))                 # (B, n, H, D)
+        qx, kx, vx = (t.transpose(1, 2) for t in (q, k, v))  # (B, n, H, D)
         B, H, n_q, n_k = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
         # xFormers' local masks align bottom-right: they match docs/semantics.md only when n_q == n_k.
         # Other cases (padding, or a window with n_q != n_k) take an explicit bias tensor.
@@ -71,8 +72,9 @@ class XFormersAttention(AttentionBase):
             if self.window >= 0:
                 from xformers.ops.fmha.attn_bias import LocalAttentionFromBottomRightMask
 
-                bias = LocalAttentionFromBottomRightMask(window_left=self.window,
-                                                         window_right=0 if causal else self.window)
+                bias = LocalAttentionFromBottomRightMask(
+                    window_left=self.window, window_right=0 if causal else self.window
+                )
             else:
                 bias = xops.LowerTriangularMask() if causal else None
             return xops.memory_efficient_attention(qx, kx, vx, attn_bias=bias).transpose(1, 2)

@@ -1,4 +1,5 @@
 """Sweeps: measure time, memory and error of attention variants across sequence lengths."""
+
 from .executors import LocalExecutor, RayExecutor
 from .point import SweepSpec
 from .rounds import measure_point

@@ -17,13 +17,15 @@ An executor is any object with `name`, `isolates` (True when every job runs in a
 `open(device)`, `submit(job)`, `pending()`, `next_done() -> (job, row)`, `cancel()` and `close()`.
 Ray is an optional dependency (`pip install 'effattn[ray]'`), imported only by `RayExecutor`.
 """
+
 from __future__ import annotations
 
 import heapq
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import EffattnError
 
@@ -36,7 +38,7 @@ class Job:
     fn: Callable = field(compare=False)
     args: tuple = field(compare=False, default=())
     base_row: dict = field(compare=False, default_factory=dict)  # what a failed job's row says it was
-    info: Any = field(compare=False, default=None)                # the caller's own bookkeeping
+    info: Any = field(compare=False, default=None)  # the caller's own bookkeeping
 
 
 class LocalExecutor:
@@ -87,8 +89,7 @@ def _import_ray():
     try:
         import ray
     except ImportError as e:
-        raise RayUnavailable("--executor ray needs Ray, which is not installed here: "
-                             "pip install 'effattn[ray]'") from e
+        raise RayUnavailable("--executor ray needs Ray, which is not installed here: pip install 'effattn[ray]'") from e
     return ray
 
 
@@ -100,14 +101,17 @@ def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
     hostport = address.split("://", 1)[1] if "://" in address else address
     host, sep, port = hostport.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise EffattnError(f"--ray-address {address!r}: expected HOST:PORT (e.g. 127.0.0.1:6379), "
-                           "ray://HOST:PORT or auto")
+        raise EffattnError(
+            f"--ray-address {address!r}: expected HOST:PORT (e.g. 127.0.0.1:6379), ray://HOST:PORT or auto"
+        )
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
     except OSError as e:
-        raise EffattnError(f"--ray-address {address}: no Ray cluster answers there "
-                           f"({e.strerror or type(e).__name__}); start one with `ray start --head` "
-                           "or check the address") from e
+        raise EffattnError(
+            f"--ray-address {address}: no Ray cluster answers there "
+            f"({e.strerror or type(e).__name__}); start one with `ray start --head` "
+            "or check the address"
+        ) from e
 
 
 class RayExecutor:
@@ -152,8 +156,9 @@ class RayExecutor:
                     # seen with Ray 2.60: a client given an explicit address does not use the
                     # cluster's token unless told to, and is refused after about 30 s
                     hint = " (if the cluster uses token authentication, set RAY_AUTH_MODE=token)"
-                raise EffattnError(f"cannot connect to Ray{' at ' + self.address if self.address else ''}: "
-                                   f"{_first_line(e)}{hint}") from e
+                raise EffattnError(
+                    f"cannot connect to Ray{' at ' + self.address if self.address else ''}: {_first_line(e)}{hint}"
+                ) from e
             self._connected_here = True
         return dict(ray.cluster_resources())
 
@@ -180,22 +185,32 @@ class RayExecutor:
         if not fits:
             most = max((r.get("CPU", 0) for r in nodes), default=0)
             need = f"{self.cpus_per_point:g} CPUs" + (" and a GPU" if self.gpus_per_point else "")
-            raise EffattnError(f"no node of the Ray cluster has {need} for one point (the largest has "
-                               f"{most:g} CPUs); lower --cpus-per-point")
+            raise EffattnError(
+                f"no node of the Ray cluster has {need} for one point (the largest has "
+                f"{most:g} CPUs); lower --cpus-per-point"
+            )
         self._opened_for = device
 
     def describe(self) -> str:
         res = self._ray.cluster_resources() if self._ray else {}
         nodes = sum(1 for n in self._ray.nodes() if n.get("Alive")) if self._ray else 0
-        return (f"ray ({nodes} node{'s' if nodes != 1 else ''}, {res.get('CPU', 0):g} CPUs, "
-                f"{res.get('GPU', 0):g} GPUs; {self.cpus_per_point:g} CPUs"
-                + (" + 1 GPU" if self.gpus_per_point else "") + " per point)")
+        return (
+            f"ray ({nodes} node{'s' if nodes != 1 else ''}, {res.get('CPU', 0):g} CPUs, "
+            f"{res.get('GPU', 0):g} GPUs; {self.cpus_per_point:g} CPUs"
+            + (" + 1 GPU" if self.gpus_per_point else "")
+            + " per point)"
+        )
 
     # -- jobs --------------------------------------------------------------------------------
     def submit(self, job: Job) -> None:
         name = f"effattn:{job.base_row.get('label', '?')}:{job.base_row.get('seq_len', '?')}"
-        task = self._task.options(num_cpus=self.cpus_per_point, num_gpus=self.gpus_per_point,
-                                  max_retries=self.retries, retry_exceptions=False, name=name)
+        task = self._task.options(
+            num_cpus=self.cpus_per_point,
+            num_gpus=self.gpus_per_point,
+            max_retries=self.retries,
+            retry_exceptions=False,
+            name=name,
+        )
         self._inflight[task.remote(job.fn, job.args)] = job
 
     def pending(self) -> int:
@@ -205,22 +220,27 @@ class RayExecutor:
         ray = self._ray
         try:
             ready, _ = ray.wait(list(self._inflight), num_returns=1)
-        except Exception as e:  # noqa: BLE001 - the connection, not a point, failed
+        except Exception as e:
             raise ExecutorLost(f"lost the Ray cluster: {type(e).__name__}: {_first_line(e)}") from e
         ref = ready[0]
         job = self._inflight.pop(ref)
         try:
             return job, ray.get(ref)
         except ray.exceptions.OutOfMemoryError as e:
-            return job, {**job.base_row, "status": "oom",
-                         "reason": f"Ray's memory monitor killed the worker: {_first_line(e)}"}
+            return job, {
+                **job.base_row,
+                "status": "oom",
+                "reason": f"Ray's memory monitor killed the worker: {_first_line(e)}",
+            }
         except ray.exceptions.WorkerCrashedError as e:
-            return job, {**job.base_row, "status": "error",
-                         "reason": f"the Ray worker died {self.retries + 1} times measuring this point "
-                                   f"(retried {self.retries}): {_first_line(e)}"}
+            return job, {
+                **job.base_row,
+                "status": "error",
+                "reason": f"the Ray worker died {self.retries + 1} times measuring this point "
+                f"(retried {self.retries}): {_first_line(e)}",
+            }
         except ray.exceptions.RayError as e:
-            return job, {**job.base_row, "status": "error",
-                         "reason": f"Ray: {type(e).__name__}: {_first_line(e)}"}
+            return job, {**job.base_row, "status": "error", "reason": f"Ray: {type(e).__name__}: {_first_line(e)}"}
 
     def cancel(self) -> None:
         for ref in list(self._inflight):
@@ -249,8 +269,12 @@ def _ray_run(fn, args):
         import ray
 
         ctx = ray.get_runtime_context()
-        where = {"host": socket.gethostname(), "pid": os.getpid(), "ray_node_id": ctx.get_node_id(),
-                 "resources": ctx.get_assigned_resources()}
+        where = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "ray_node_id": ctx.get_node_id(),
+            "resources": ctx.get_assigned_resources(),
+        }
     except Exception:  # noqa: BLE001 - bookkeeping only
         where = {"host": socket.gethostname(), "pid": os.getpid()}
     for row in result if isinstance(result, list) else [result]:

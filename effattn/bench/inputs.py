@@ -6,6 +6,7 @@ approximations err differently there than on Gaussian noise. The backbone (d_mod
 head_dim, so the shapes match the sweep's) is trained once and cached on disk, so isolated
 workers reuse it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -18,7 +19,9 @@ TRAIN = dict(task="mqar", num_pairs=8, vocab=128, seq_len=64, steps=300, batch_s
 
 
 def _cache_path(heads: int, head_dim: int) -> str:
-    key = hashlib.sha1(json.dumps({**TRAIN, "heads": heads, "head_dim": head_dim}, sort_keys=True).encode()).hexdigest()[:12]
+    key = hashlib.sha1(
+        json.dumps({**TRAIN, "heads": heads, "head_dim": head_dim}, sort_keys=True).encode()
+    ).hexdigest()[:12]
     root = os.environ.get("EFFATTN_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "effattn"))
     return os.path.join(root, f"trained-mqar-{key}.pt")
 
@@ -29,8 +32,15 @@ def trained_model(heads: int, head_dim: int, log=None):
     from ..tasks.train import TrainSpec, build_for_task, train_task
 
     task = create_task(TRAIN["task"], num_pairs=TRAIN["num_pairs"], vocab=TRAIN["vocab"])
-    spec = TrainSpec(steps=TRAIN["steps"], batch_size=TRAIN["batch_size"], lr=TRAIN["lr"], d_model=heads * head_dim,
-                     n_layers=TRAIN["n_layers"], n_heads=heads, eval_batches=2)
+    spec = TrainSpec(
+        steps=TRAIN["steps"],
+        batch_size=TRAIN["batch_size"],
+        lr=TRAIN["lr"],
+        d_model=heads * head_dim,
+        n_layers=TRAIN["n_layers"],
+        n_heads=heads,
+        eval_batches=2,
+    )
     path = _cache_path(heads, head_dim)
     torch.manual_seed(TRAIN["seed"])
     model = build_for_task(task, Variant("full", {}), spec)
@@ -44,8 +54,9 @@ def trained_model(heads: int, head_dim: int, log=None):
     def capture(*_):
         pass
 
-    res = train_task(task, Variant("full", {}), TRAIN["seq_len"], spec, TRAIN["seed"], progress=capture,
-                     keep_model=holder)
+    res = train_task(
+        task, Variant("full", {}), TRAIN["seq_len"], spec, TRAIN["seed"], progress=capture, keep_model=holder
+    )
     model = holder["model"]
     os.makedirs(os.path.dirname(path), exist_ok=True)
     # Written under a private name and renamed: processes that share the cache (isolated points,

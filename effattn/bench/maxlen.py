@@ -8,6 +8,7 @@ and with `--resume` a probe already in the file is reused, not run again. (Cappi
 heap with RLIMIT_DATA was tried and dropped: glibc's per-thread arenas count against it, so small
 budgets failed spuriously.)
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -28,8 +29,9 @@ def probe(spec: SweepSpec, variant: Variant, n: int, budget: int) -> dict:
     return {**row, "probe": PROBE, "memory_budget_bytes": budget}
 
 
-def find_max_len(spec: SweepSpec, variant: Variant, budget: int, start: int, limit: int,
-                 out: ResultsFile | None = None, log=None) -> tuple[int | None, list[dict], str | None]:
+def find_max_len(
+    spec: SweepSpec, variant: Variant, budget: int, start: int, limit: int, out: ResultsFile | None = None, log=None
+) -> tuple[int | None, list[dict], str | None]:
     """(the longest n that fits, every probe's row, why the search stopped early or None). Only an
     `oom` probe means "over the budget": an `error`, `timeout` or `unsupported` probe ends the
     search there and is reported as what it is, never as the memory limit. `out`, an open
@@ -52,8 +54,11 @@ def find_max_len(spec: SweepSpec, variant: Variant, budget: int, start: int, lim
                 row = out.append(row)
         rows.append(row)
         if log:
-            log(f"{variant.label} n={n}: {row['status']}" + (" (from the file)" if reused else "")
-                + (f" ({row['reason']})" if row.get("reason") else ""))
+            log(
+                f"{variant.label} n={n}: {row['status']}"
+                + (" (from the file)" if reused else "")
+                + (f" ({row['reason']})" if row.get("reason") else "")
+            )
         return row["status"]
 
     def stopped(n, status):

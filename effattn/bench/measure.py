@@ -5,6 +5,7 @@ peak, benchmarks/peers.py) through `torch.utils.benchmark.Timer.blocked_autorang
 A sweep's points are not timed here: `rounds.py` times them in interleaved rounds of bare blocks,
 and `point.py` makes and checks their first calls.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,7 +25,8 @@ def time_callable(fn, min_run_time: float = 0.2) -> dict:
         torch.cuda.synchronize()
     first = time.perf_counter() - t0
     m = tbench.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()).blocked_autorange(
-        min_run_time=min_run_time)
+        min_run_time=min_run_time
+    )
     med, iqr = m.median, m.iqr
     return {
         "time_ms": med * 1e3,

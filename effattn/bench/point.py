@@ -5,6 +5,7 @@ before anything was allocated, the output (and under `fwdbwd` the gradients of q
 the right shape, dtype and finite values, and its FLOP count is exact. Anything else is a status
 with its reason.
 """
+
 from __future__ import annotations
 
 import math
@@ -67,7 +68,7 @@ class SweepSpec:
     min_run_time_s: float = 0.2
     error: bool = True
     seed: int = 0
-    inputs: str = "random"   # or "trained": q, k, v from a backbone trained on MQAR (attention level)
+    inputs: str = "random"  # or "trained": q, k, v from a backbone trained on MQAR (attention level)
 
     def __post_init__(self):
         from ..registry import get_entry, option_names
@@ -85,16 +86,20 @@ class SweepSpec:
             if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= MAX_SEQ_LEN:
                 raise EffattnError(f"sequence lengths must be integers in 1..{MAX_SEQ_LEN}, got {n!r}")
         if any(b <= a for a, b in zip(lens, lens[1:])):
-            raise EffattnError(f"seq_lens must increase without repeats (a variant's longer lengths are skipped "
-                               f"after an oom or timeout), got {lens}; sorted: {sorted(set(lens))}")
+            raise EffattnError(
+                f"seq_lens must increase without repeats (a variant's longer lengths are skipped "
+                f"after an oom or timeout), got {lens}; sorted: {sorted(set(lens))}"
+            )
         for v in self.variants:
             if not isinstance(v, Variant):
                 raise EffattnError(f"variants must be effattn.spec.Variant, got {type(v).__name__}")
             names, var_kw = option_names(get_entry(v.name).target)  # no plugin code runs here
             unknown = [k for k in v.options if k not in names]
             if unknown and not var_kw:
-                raise EffattnError(f"attention {v.name!r} has no option {', '.join(map(repr, unknown))}; "
-                                   f"valid options: {', '.join(names) or 'none'}")
+                raise EffattnError(
+                    f"attention {v.name!r} has no option {', '.join(map(repr, unknown))}; "
+                    f"valid options: {', '.join(names) or 'none'}"
+                )
         if len({v.label for v in self.variants}) != len(self.variants):
             raise EffattnError("the same variant is listed twice")
         choices = {"device": DEVICES, "dtype": DTYPES, "mode": MODES, "level": LEVELS, "inputs": INPUTS}
@@ -131,7 +136,9 @@ def _inputs(spec: SweepSpec, n: int, requires_grad: bool):
 
         qkv, _ = trained_qkv(spec.batch, spec.heads, spec.head_dim, n, spec.seed)
         return tuple(t.to(device=spec.device, dtype=dtype).requires_grad_(requires_grad) for t in qkv)
-    mk = lambda *shape: torch.randn(*shape, generator=g).to(device=spec.device, dtype=dtype).requires_grad_(requires_grad)
+    mk = lambda *shape: (
+        torch.randn(*shape, generator=g).to(device=spec.device, dtype=dtype).requires_grad_(requires_grad)
+    )
     B, H, D = spec.batch, spec.heads, spec.head_dim
     if spec.level == "attention":
         return mk(B, H, n, D), mk(B, H, n, D), mk(B, H, n, D)
@@ -147,13 +154,21 @@ def _build(spec: SweepSpec, variant: Variant):
     if spec.level == "layer":
         from ..model import MultiHeadAttention
 
-        return MultiHeadAttention(spec.heads * spec.head_dim, spec.heads, variant.name, variant.options,
-                                  causal=spec.causal).to(spec.device, dtype)
+        return MultiHeadAttention(
+            spec.heads * spec.head_dim, spec.heads, variant.name, variant.options, causal=spec.causal
+        ).to(spec.device, dtype)
     from ..model import Transformer, TransformerConfig
 
-    cfg = TransformerConfig(vocab_size=MODEL_VOCAB, d_model=spec.heads * spec.head_dim, n_heads=spec.heads,
-                            n_layers=MODEL_LAYERS, d_ff=4 * spec.heads * spec.head_dim, dropout=0.0,
-                            attention=variant.name, attention_options=variant.options)
+    cfg = TransformerConfig(
+        vocab_size=MODEL_VOCAB,
+        d_model=spec.heads * spec.head_dim,
+        n_heads=spec.heads,
+        n_layers=MODEL_LAYERS,
+        d_ff=4 * spec.heads * spec.head_dim,
+        dropout=0.0,
+        attention=variant.name,
+        attention_options=variant.options,
+    )
     return Transformer(cfg, "decoder" if spec.causal else "encoder").to(spec.device, dtype)
 
 
@@ -174,8 +189,13 @@ def _cores(module, level) -> list:
 
 def base_row(spec: SweepSpec, variant: Variant, n: int) -> dict:
     """What every row of this point says it is, whatever became of it."""
-    row = {"variant": variant.name, "options": variant.options, "label": variant.label, "seq_len": n,
-           **spec.point_config()}
+    row = {
+        "variant": variant.name,
+        "options": variant.options,
+        "label": variant.label,
+        "seq_len": n,
+        **spec.point_config(),
+    }
     row.pop("min_run_time_s", None)
     return row
 
@@ -187,7 +207,7 @@ def estimate_bytes(spec: SweepSpec, core, n: int) -> tuple[int, str]:
     es = torch.empty(0, dtype=getattr(torch, spec.dtype)).element_size()
     B, H, D = spec.batch, spec.heads, spec.head_dim
     grad = spec.mode == "fwdbwd"
-    act = B * H * n * D * es                      # one (B, H, n, D) or (B, n, H*D) tensor
+    act = B * H * n * D * es  # one (B, H, n, D) or (B, n, H*D) tensor
     tensors = {"attention": 4, "layer": 6, "model": 6 * MODEL_LAYERS}[spec.level]  # q, k, v, out (+ x, proj)
     est = act * tensors * (2 if grad else 1)
     parts = [f"inputs and outputs {_gib(est)}"]
@@ -225,8 +245,8 @@ class Prepared:
 
     variant: Variant
     row: dict
-    step: object = None          # the timed call, for points still `ok`
-    per_call_s: float = 0.0      # one warm call, to size the timed blocks
+    step: object = None  # the timed call, for points still `ok`
+    per_call_s: float = 0.0  # one warm call, to size the timed blocks
     cores: list = field(default_factory=list)  # the attention cores, watched on the last call
 
     @property
@@ -299,8 +319,10 @@ def prepare_point(spec: SweepSpec, variant: Variant, n: int, inputs: InputSet, t
         row["estimated_bytes"] = est
         if est > limit:
             what = f"the memory budget {_gib(budget)}" if budget else f"the {_gib(limit)} of memory available"
-            return Prepared(variant, {**row, "status": "oom",
-                                      "reason": f"needs at least {_gib(est)} ({parts}) > {what}; not attempted"})
+            return Prepared(
+                variant,
+                {**row, "status": "oom", "reason": f"needs at least {_gib(est)} ({parts}) > {what}; not attempted"},
+            )
         fwdbwd = spec.mode == "fwdbwd"
         tensors = inputs.get()
         row["input_bytes"] = measure.storage_bytes(tensors)
@@ -323,6 +345,7 @@ def prepare_point(spec: SweepSpec, variant: Variant, n: int, inputs: InputSet, t
                     return out
                 with torch.no_grad():
                     return call()
+
             return step
 
         step = step_of(module)
@@ -343,8 +366,9 @@ def prepare_point(spec: SweepSpec, variant: Variant, n: int, inputs: InputSet, t
         if watch.problem:
             return Prepared(variant, {**row, "status": "error", "reason": watch.problem})
         if not watch.calls:
-            return Prepared(variant, {**row, "status": "error",
-                                      "reason": f"the attention core of {variant.label} was never called"})
+            return Prepared(
+                variant, {**row, "status": "error", "reason": f"the attention core of {variant.label} was never called"}
+            )
         retained = max(0, net - measure.storage_bytes(_alive(module, [out])))
         module.zero_grad(set_to_none=True)
         for _ in range(2):  # the profiler lost the first call's events: a fresh module's first call again
@@ -359,12 +383,19 @@ def prepare_point(spec: SweepSpec, variant: Variant, n: int, inputs: InputSet, t
         lost = not seen and bool(out.numel())
         del out
         if not inputs.intact():
-            return Prepared(variant, {**row, "status": "error",
-                                      "reason": f"{variant.label} modified its inputs in place"})
+            return Prepared(
+                variant, {**row, "status": "error", "reason": f"{variant.label} modified its inputs in place"}
+            )
         row["first_call_ms"] = first_ms
         if first_ms / 1e3 > spec.timeout_s:
-            return Prepared(variant, {**row, "status": "timeout",
-                                      "reason": f"one call took {first_ms / 1e3:.1f} s > timeout {spec.timeout_s:g} s"})
+            return Prepared(
+                variant,
+                {
+                    **row,
+                    "status": "timeout",
+                    "reason": f"one call took {first_ms / 1e3:.1f} s > timeout {spec.timeout_s:g} s",
+                },
+            )
         row["backend"] = getattr(core, "last_backend", None)
         # 3. the steady-state peak of two more calls; what they too create and keep counts (a cache
         #    built on the second or third call is no less kept than one built on the first)
@@ -389,17 +420,33 @@ def prepare_point(spec: SweepSpec, variant: Variant, n: int, inputs: InputSet, t
         row["retained_bytes"] = retained
         row["peak_mem_bytes"] = None if lost else max(first_peak, retained + steady_peak)
         if budget and not lost and row["input_bytes"] + row["peak_mem_bytes"] > budget:
-            return Prepared(variant, {**row, "status": "oom", "reason": (
-                f"inputs {row['input_bytes']} + peak {row['peak_mem_bytes']} bytes exceed the memory budget {budget}")})
+            return Prepared(
+                variant,
+                {
+                    **row,
+                    "status": "oom",
+                    "reason": (
+                        f"inputs {row['input_bytes']} + peak {row['peak_mem_bytes']} bytes exceed the memory "
+                        f"budget {budget}"
+                    ),
+                },
+            )
         # 4. useful FLOPs from the exact count of attended pairs
         beat()
         pairs = measure.attended_pairs(core, n, n, spec.causal)
         if pairs is not None and not 0 <= pairs <= n * n:
-            return Prepared(variant, {**row, "status": "error",
-                                      "reason": f"the plugin counts {pairs} attended pairs, outside 0..n^2 = {n * n}"})
+            return Prepared(
+                variant,
+                {
+                    **row,
+                    "status": "error",
+                    "reason": f"the plugin counts {pairs} attended pairs, outside 0..n^2 = {n * n}",
+                },
+            )
         row["attended_pairs"] = pairs
-        row["flops"] = None if pairs is None else 4 * spec.batch * spec.heads * spec.head_dim * pairs * (
-            3.5 if fwdbwd else 1.0)
+        row["flops"] = (
+            None if pairs is None else 4 * spec.batch * spec.heads * spec.head_dim * pairs * (3.5 if fwdbwd else 1.0)
+        )
         row["exact"] = bool(getattr(core, "exact", False))
         if spec.error and spec.level == "attention":
             beat()
@@ -409,8 +456,9 @@ def prepare_point(spec: SweepSpec, variant: Variant, n: int, inputs: InputSet, t
             row.update(errs)
         del last_out
         if not inputs.intact():
-            return Prepared(variant, {**row, "status": "error",
-                                      "reason": f"{variant.label} modified its inputs in place"})
+            return Prepared(
+                variant, {**row, "status": "error", "reason": f"{variant.label} modified its inputs in place"}
+            )
         return Prepared(variant, row, clean_step, per_call, cores)
     except torch.cuda.OutOfMemoryError as e:
         row.update(status="oom", reason=str(e).splitlines()[0])
@@ -450,7 +498,7 @@ def _failed(row, watch, reason):
     row.update(status="error", reason=problem or reason, traceback=traceback.format_exc(limit=6)[-MAX_TRACEBACK:])
 
 
-def _errors(spec, core, tensors, n, inputs: "InputSet", out=None) -> tuple[dict, str | None]:
+def _errors(spec, core, tensors, n, inputs: InputSet, out=None) -> tuple[dict, str | None]:
     """Error of this variant against exact softmax (`full`) and, for exact pattern plugins,
     against its own dense masked reference (a bug detector: should be ~1e-6). `out` is the
     output of a forward call already made on these inputs (fwd mode); otherwise one more call,

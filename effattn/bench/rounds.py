@@ -8,10 +8,12 @@ short block of calls, in an order shuffled per round, so a slow change in load l
 variant alike. Each round is bracketed by a reference kernel (a matmul) timed at its start and
 end: the reference is the matmul peak that `peak_fraction` divides by, measured under the same
 conditions as the points, and it is the load probe - a round whose reference ran slower than the
-quiet rate (`quiet_rate`: the third-highest of this process's readings) by more than LOAD_TOLERANCE is a loaded round, its samples are set aside
-and more rounds are run, within a time budget. A group that still has fewer than MIN_ROUNDS clean
-rounds uses its MIN_ROUNDS least loaded rounds and flags its points `loaded`.
+quiet rate (`quiet_rate`: the third-highest of this process's readings) by more than LOAD_TOLERANCE
+is a loaded round, its samples are set aside and more rounds are run, within a time budget. A group
+that still has fewer than MIN_ROUNDS clean rounds uses its MIN_ROUNDS least loaded rounds and flags
+its points `loaded`.
 """
+
 from __future__ import annotations
 
 import os
@@ -117,8 +119,9 @@ class _Block:
         return (time.perf_counter() - t0) / k
 
 
-def measure_group(spec: SweepSpec, variants: list[Variant], n: int, tick=None,
-                  baseline_gflops: float | None = None) -> list[dict]:
+def measure_group(
+    spec: SweepSpec, variants: list[Variant], n: int, tick=None, baseline_gflops: float | None = None
+) -> list[dict]:
     """Measure every variant of one length, interleaved; one row per variant, in their order.
     `baseline_gflops`: the quiet reference rate the caller has seen in this run (the median of
     its groups' quiet rates); load detection judges against the higher of it and this process's
@@ -135,11 +138,18 @@ def measure_group(spec: SweepSpec, variants: list[Variant], n: int, tick=None,
         # first: its memory is taken before any point's budget is checked, and a device that
         # cannot run it fails here, for every point alike
         ref = Reference(spec.device, getattr(torch, spec.dtype))
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - a reference that cannot run is every point's recorded failure
         status = "oom" if _is_oom(e) else "error"
-        return [{**base_row(spec, v, n), "status": status, "env": env, "matmul_peak_gflops": None,
-                 "reason": f"cannot run the reference matmul on {spec.device}: {type(e).__name__}: {e}"}
-                for v in variants]
+        return [
+            {
+                **base_row(spec, v, n),
+                "status": status,
+                "env": env,
+                "matmul_peak_gflops": None,
+                "reason": f"cannot run the reference matmul on {spec.device}: {type(e).__name__}: {e}",
+            }
+            for v in variants
+        ]
     inputs = InputSet(spec, n)
     guard = _TorchState()
     prepared = []
@@ -178,8 +188,9 @@ def _is_oom(e: BaseException) -> bool:
     if isinstance(e, (MemoryError, torch.cuda.OutOfMemoryError)):
         return True
     msg = str(e)
-    return isinstance(e, RuntimeError) and ("DefaultCPUAllocator: can't allocate memory" in msg
-                                            or msg.startswith("CUDA out of memory"))
+    return isinstance(e, RuntimeError) and (
+        "DefaultCPUAllocator: can't allocate memory" in msg or msg.startswith("CUDA out of memory")
+    )
 
 
 class _TorchState:
@@ -187,9 +198,17 @@ class _TorchState:
     thread count, the matmul precision settings (TF32 on CUDA, float32 matmul precision), and the
     torch functions other plugins and the references call."""
 
-    FUNCTIONS = [(torch.nn.functional, "scaled_dot_product_attention"), (torch.nn.functional, "softmax"),
-                 (torch, "matmul"), (torch, "bmm"), (torch, "mm"), (torch, "softmax"), (torch, "einsum"),
-                 (torch.Tensor, "__matmul__"), (torch.Tensor, "softmax")]
+    FUNCTIONS = [
+        (torch.nn.functional, "scaled_dot_product_attention"),
+        (torch.nn.functional, "softmax"),
+        (torch, "matmul"),
+        (torch, "bmm"),
+        (torch, "mm"),
+        (torch, "softmax"),
+        (torch, "einsum"),
+        (torch.Tensor, "__matmul__"),
+        (torch.Tensor, "softmax"),
+    ]
 
     def __init__(self):
         self.threads = torch.get_num_threads()
@@ -198,9 +217,11 @@ class _TorchState:
 
     @staticmethod
     def _flags() -> dict:
-        return {"float32 matmul precision": torch.get_float32_matmul_precision(),
-                "TF32 in CUDA matmuls": torch.backends.cuda.matmul.allow_tf32,
-                "TF32 in cuDNN": torch.backends.cudnn.allow_tf32}
+        return {
+            "float32 matmul precision": torch.get_float32_matmul_precision(),
+            "TF32 in CUDA matmuls": torch.backends.cuda.matmul.allow_tf32,
+            "TF32 in cuDNN": torch.backends.cudnn.allow_tf32,
+        }
 
     def _set_flags(self, flags: dict) -> None:
         torch.set_float32_matmul_precision(flags["float32 matmul precision"])
@@ -242,7 +263,7 @@ def _last_call(ready, timing, guard, tick) -> None:
             with CoreWatch(*p.cores) as watch:
                 p.step()
             problem = watch.problem
-        except (Exception, SystemExit) as e:  # noqa: BLE001
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - a plugin's failure is a recorded status
             problem = f"{type(e).__name__}: {e}"
         changed = guard.restore()
         if problem or changed:
@@ -266,7 +287,8 @@ def _rounds(spec: SweepSpec, ready, ref: Reference, n: int, tick, baseline_gflop
 
     def bar() -> float:
         return max(quiet_rate(history[-HISTORY:] + readings), baseline_gflops or 0.0)
-    samples = {label: [] for label in per_call}        # (per-call seconds, round index)
+
+    samples = {label: [] for label in per_call}  # (per-call seconds, round index)
     failed: dict[str, str] = {}
     probes, brackets, loadavg = [], [], []
     seed = hash((spec.seed, n)) & 0xFFFFFFFF
@@ -339,10 +361,16 @@ def _rounds(spec: SweepSpec, ready, ref: Reference, n: int, tick, baseline_gflop
         points[label] = _stats(use, len(got) - len(use), group_loaded)
     import uuid
 
-    group = {"group_id": uuid.uuid4().hex[:12], "matmul_peak_gflops": peak, "probe_gflops_raw": probes,
-             "rounds_total": len(probes),
-             "loaded_rounds_total": len(loaded_rounds), "probe_best_gflops": best,
-             "loadavg_1m": (max(loadavg) if loadavg else None), "rounds_s": time.monotonic() - started}
+    group = {
+        "group_id": uuid.uuid4().hex[:12],
+        "matmul_peak_gflops": peak,
+        "probe_gflops_raw": probes,
+        "rounds_total": len(probes),
+        "loaded_rounds_total": len(loaded_rounds),
+        "probe_best_gflops": best,
+        "loadavg_1m": (max(loadavg) if loadavg else None),
+        "rounds_s": time.monotonic() - started,
+    }
     return {"points": points, "group": group}
 
 
@@ -356,10 +384,18 @@ def _stats(samples: list[tuple[float, int]], set_aside: int, loaded: bool) -> di
     med = ms[m // 2] if m % 2 else (ms[m // 2 - 1] + ms[m // 2]) / 2
     q1, q3 = ms[max(0, (m - 1) // 4)], ms[min(m - 1, (3 * (m - 1) + 3) // 4)]
     lo, hi, cov = median_ci(ms)
-    return {"time_ms": med, "time_iqr_ms": q3 - q1, "time_raw_ms": [t * 1e3 for t, _ in in_order],
-            "time_round_ids": [i for _, i in in_order], "time_ci_ms": [lo, hi], "time_ci_coverage": cov,
-            "rounds": m, "loaded_rounds": set_aside, "loaded": loaded,
-            "noisy": bool(med > 0 and (q3 - q1) / med > measure.NOISY_IQR_RATIO)}
+    return {
+        "time_ms": med,
+        "time_iqr_ms": q3 - q1,
+        "time_raw_ms": [t * 1e3 for t, _ in in_order],
+        "time_round_ids": [i for _, i in in_order],
+        "time_ci_ms": [lo, hi],
+        "time_ci_coverage": cov,
+        "rounds": m,
+        "loaded_rounds": set_aside,
+        "loaded": loaded,
+        "noisy": bool(med > 0 and (q3 - q1) / med > measure.NOISY_IQR_RATIO),
+    }
 
 
 def _rate(row: dict, spec: SweepSpec) -> None:
@@ -374,9 +410,11 @@ def _rate(row: dict, spec: SweepSpec) -> None:
     if row["gflops"] and peak:
         row["peak_fraction"] = row["gflops"] / peak
         if row["peak_fraction"] > 1.0:
-            row["fault"] = (f"useful FLOP rate {row['gflops']:.1f} GFLOP/s is {row['peak_fraction']:.0%} of the "
-                            f"matmul peak {peak:.1f} measured in the same rounds: the time, the FLOP count or the "
-                            "peak is wrong")
+            row["fault"] = (
+                f"useful FLOP rate {row['gflops']:.1f} GFLOP/s is {row['peak_fraction']:.0%} of the "
+                f"matmul peak {peak:.1f} measured in the same rounds: the time, the FLOP count or the "
+                "peak is wrong"
+            )
 
 
 def measure_point(spec: SweepSpec, variant: Variant, n: int, tick=None) -> dict:

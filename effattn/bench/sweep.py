@@ -18,6 +18,7 @@ Where groups run (`isolation`):
 * "process" (`--isolate`): a fresh measuring process per group;
 * "none": in this process (no timeout for a hung call; for debugging and the Python API).
 """
+
 from __future__ import annotations
 
 import os
@@ -39,8 +40,14 @@ def read_rows(path: str) -> list[dict]:
     return read_results(path)[0]
 
 
-def group_job(spec: SweepSpec, variants: list[Variant], n: int, isolation: str = "process",
-              worker: MeasuringProcess | None = None, baseline_gflops: float | None = None) -> list[dict]:
+def group_job(
+    spec: SweepSpec,
+    variants: list[Variant],
+    n: int,
+    isolation: str = "process",
+    worker: MeasuringProcess | None = None,
+    baseline_gflops: float | None = None,
+) -> list[dict]:
     """One group - these variants at length n, timed interleaved - measured as `isolation` says;
     one row per variant. A variant that crashes or hangs the measuring process is recorded as such
     and the others are measured again without it. Runs wherever the executor puts it: here, or on
@@ -54,8 +61,12 @@ def group_job(spec: SweepSpec, variants: list[Variant], n: int, isolation: str =
     try:
         while todo:
             base = {v.label: base_row(spec, v, n) for v in todo}
-            job = {"spec": spec.point_config(), "variants": [{"name": v.name, "options": v.options} for v in todo],
-                   "n": n, "baseline_gflops": baseline_gflops}
+            job = {
+                "spec": spec.point_config(),
+                "variants": [{"name": v.name, "options": v.options} for v in todo],
+                "n": n,
+                "baseline_gflops": baseline_gflops,
+            }
             got, redo = mp.run(job, spec.timeout_s, base)
             rows += got
             todo = [v for v in todo if v.label in redo]
@@ -107,8 +118,9 @@ def _log(msg: str) -> None:
     sys.stderr.write(msg + "\n")
 
 
-def open_results(out, *, resume: bool = False, overwrite: bool = False, executor: str = "local",
-                 run_id: str | None = None, log=_log) -> ResultsFile:
+def open_results(
+    out, *, resume: bool = False, overwrite: bool = False, executor: str = "local", run_id: str | None = None, log=_log
+) -> ResultsFile:
     """The results file for a sweep: `out` as given (already open) or a path, opened and locked
     as `resume`/`overwrite` say; what was repaired or skipped on opening is logged."""
     if isinstance(out, ResultsFile):
@@ -141,9 +153,21 @@ def _same_limits(row: dict, spec: SweepSpec) -> bool:
     return True
 
 
-def run_sweep(spec: SweepSpec, out, *, resume: bool = False, overwrite: bool = False, isolate: bool = False,
-              isolation: str = "worker", progress=True, run_id: str | None = None, executor=None,
-              on_row=None, log=_log, worker: MeasuringProcess | None = None) -> list[dict]:
+def run_sweep(
+    spec: SweepSpec,
+    out,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    isolate: bool = False,
+    isolation: str = "worker",
+    progress=True,
+    run_id: str | None = None,
+    executor=None,
+    on_row=None,
+    log=_log,
+    worker: MeasuringProcess | None = None,
+) -> list[dict]:
     """Measure every point not yet done in `out` (a path or an open `ResultsFile`); return this
     run's rows.
 
@@ -196,10 +220,12 @@ def run_sweep(spec: SweepSpec, out, *, resume: bool = False, overwrite: bool = F
                 elif not (status == "skipped" and v.label in stopped and stopped[v.label][1] < n):
                     need.setdefault(n, []).append(v)
         if remeasured and log:
-            log(f"{rf.path}: {remeasured} point(s) ended oom or timeout under another --memory-budget or "
-                "--timeout; measuring them again under this run's")
+            log(
+                f"{rf.path}: {remeasured} point(s) ended oom or timeout under another --memory-budget or "
+                "--timeout; measuring them again under this run's"
+            )
         chains = [list(spec.variants)] if not concurrent else [[v] for v in spec.variants]
-        position = {i: 0 for i in range(len(chains))}   # index into spec.seq_lens
+        position = {i: 0 for i in range(len(chains))}  # index into spec.seq_lens
         total = sum(len(vs) for vs in need.values())
         bar = LineProgress() if progress is True else progress or None
         if bar:
@@ -237,8 +263,15 @@ def run_sweep(spec: SweepSpec, out, *, resume: bool = False, overwrite: bool = F
                     else:
                         group.append(v)
                 if group:
-                    executor.submit(Job(position[i], group_job, (spec, group, n, isolation, worker, statistics.median(bars) if bars else None),
-                                        base_row(spec, group[0], n), (i, n, group)))
+                    executor.submit(
+                        Job(
+                            position[i],
+                            group_job,
+                            (spec, group, n, isolation, worker, statistics.median(bars) if bars else None),
+                            base_row(spec, group[0], n),
+                            (i, n, group),
+                        )
+                    )
                     if bar and concurrent:  # (a local executor says when each job starts, below)
                         bar.start(", ".join(v.label for v in group), n, running=executor.pending())
                     return
@@ -253,8 +286,9 @@ def run_sweep(spec: SweepSpec, out, *, resume: bool = False, overwrite: bool = F
                 job, got = executor.next_done()
                 i, n, group = job.info
                 if isinstance(got, dict):  # an executor's own failure row for the whole job
-                    got = [{**base_row(spec, v, n), **{k: got[k] for k in ("status", "reason") if k in got}}
-                           for v in group]
+                    got = [
+                        {**base_row(spec, v, n), **{k: got[k] for k in ("status", "reason") if k in got}} for v in group
+                    ]
                 for row in got:
                     if row.get("status") in STOPPING and (row["label"] not in stopped or n < stopped[row["label"]][1]):
                         stopped[row["label"]] = (row["status"], n)

@@ -6,6 +6,7 @@ exist, match their tensors' shape and dtype, and be finite. The checks watch the
 hooks, so they hold at every level (attention, layer, model): a plugin returning (B, n, H, D)
 inside a layer that happens to reshape it anyway is still caught.
 """
+
 from __future__ import annotations
 
 import torch
@@ -32,7 +33,9 @@ def check_output(out, q: torch.Tensor, v: torch.Tensor, what: str = "output") ->
     if tuple(out.shape) != want:
         return f"{what} shape {tuple(out.shape)} != {want}"
     if out.dtype != q.dtype:
-        return f"{what} dtype {str(out.dtype).replace('torch.', '')} != the input's {str(q.dtype).replace('torch.', '')}"
+        return (
+            f"{what} dtype {str(out.dtype).replace('torch.', '')} != the input's {str(q.dtype).replace('torch.', '')}"
+        )
     if out.device != q.device:
         return f"{what} on {out.device}, inputs on {q.device}"
     if not _finite(out) and all(_finite(t) for t in (q, v)):
@@ -64,7 +67,7 @@ class CoreWatch:
         self._seen: dict[str, int] = {}
         self._handles: list = []
 
-    def __enter__(self) -> "CoreWatch":
+    def __enter__(self) -> CoreWatch:
         for core in self.cores:
             self._handles.append(core.register_forward_hook(self._on_forward, with_kwargs=True))
         return self
@@ -80,7 +83,7 @@ class CoreWatch:
 
     def _on_forward(self, module, args, kwargs, out):
         self.calls += 1
-        qkv = list(args[:3]) + [kwargs.get(k) for k in ("q", "k", "v")[len(args[:3]):]]
+        qkv = list(args[:3]) + [kwargs.get(k) for k in ("q", "k", "v")[len(args[:3]) :]]
         if len(qkv) < 3 or not all(isinstance(t, torch.Tensor) for t in qkv[:3]):
             return
         q, k, v = qkv[:3]
@@ -97,6 +100,7 @@ class CoreWatch:
         def hook(grad):
             self._seen[name] = self._seen.get(name, 0) + 1
             self._note(check_grad(grad, shape, dtype, name))
+
         return hook
 
     def check_backward(self) -> None:

@@ -14,6 +14,7 @@ calls start and `{"rows": [...]}` at the end; parent -> child one job per line:
 {"spec": {...}, "variants": [{"name", "options"}, ...], "n": n, "baseline_gflops": x}. A job is
 one length's variants, measured interleaved (`effattn.bench.rounds`).
 """
+
 from __future__ import annotations
 
 import json
@@ -59,7 +60,7 @@ def serve(job_fd: int, result_fd: int, parent: int | None) -> None:
     point.IN_MEASURING_PROCESS = True
     # What the first job would otherwise pay inside its timeout, paid before saying "ready": the
     # plugins' imports, scipy's statistics, the environment's git call.
-    import scipy.stats  # noqa: F401
+    import scipy.stats  # noqa: F401 - imported for its cost, paid before "ready"
 
     from ..env import environment
     from ..registry import list_attention
@@ -156,11 +157,11 @@ class MeasuringProcess:
     def __init__(self, label: str = "the measuring process"):
         self.label = label
         self.proc: subprocess.Popen | None = None
-        self._jobs = None        # parent's write end of the job pipe
-        self._results = None     # parent's read end of the result pipe (raw fd)
+        self._jobs = None  # parent's write end of the job pipe
+        self._results = None  # parent's read end of the result pipe (raw fd)
         self._buf = b""
         self._log = None
-        self.starts = 0          # how many children this object started (for tests and notes)
+        self.starts = 0  # how many children this object started (for tests and notes)
 
     # -- life cycle --------------------------------------------------------------------------
     def _start(self) -> str | None:
@@ -177,8 +178,13 @@ class MeasuringProcess:
             # its own process group: a kill reaches whatever processes a plugin started too
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "effattn.bench.worker", str(job_r), str(res_w), str(os.getpid())],
-                stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log, pass_fds=(job_r, res_w),
-                close_fds=True, start_new_session=True)
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=self._log,
+                pass_fds=(job_r, res_w),
+                close_fds=True,
+                start_new_session=True,
+            )
         except OSError as e:  # e.g. out of processes or memory: close what was opened, say why
             for fd in (job_w, res_r, self._log):
                 os.close(fd)
@@ -232,9 +238,11 @@ class MeasuringProcess:
             self._cleanup()
 
     def _cleanup(self) -> None:
-        for closer in (lambda: self._jobs and self._jobs.close(),
-                       lambda: self._results is not None and os.close(self._results),
-                       lambda: self._log is not None and os.close(self._log)):
+        for closer in (
+            lambda: self._jobs and self._jobs.close(),
+            lambda: self._results is not None and os.close(self._results),
+            lambda: self._log is not None and os.close(self._log),
+        ):
             try:
                 closer()
             except OSError:
@@ -316,8 +324,11 @@ class MeasuringProcess:
         msg, current = self._exchange({"check": variants}, timeout_s)
         if isinstance(msg, dict) and "checked" in msg:
             return msg["checked"]
-        what = (f"building it took longer than {timeout_s:g} s" if msg == "timeout" else
-                f"building it ended {self.label} ({self._log_tail() or 'no output'})")
+        what = (
+            f"building it took longer than {timeout_s:g} s"
+            if msg == "timeout"
+            else f"building it ended {self.label} ({self._log_tail() or 'no output'})"
+        )
         self.kill()
         try:
             at = int(current)
@@ -326,8 +337,11 @@ class MeasuringProcess:
         if not 0 <= at < len(variants):  # before the first variant (importing, starting): none checked
             return [f"{v.get('label', v['name'])}: could not be checked: {what}" for v in variants]
         # those before it built; those after it were never tried: check them in a fresh process
-        return [None] * at + [f"{variants[at].get('label', variants[at]['name'])}: {what}"] + \
-            self.check(variants[at + 1:], timeout_s)
+        return (
+            [None] * at
+            + [f"{variants[at].get('label', variants[at]['name'])}: {what}"]
+            + self.check(variants[at + 1 :], timeout_s)
+        )
 
     def run(self, job: dict, timeout_s: float, base_rows: dict[str, dict]) -> tuple[list[dict], list[str]]:
         """Measure one group (`job["variants"]` at length `job["n"]`). Returns (rows, redo): the
@@ -356,15 +370,27 @@ class MeasuringProcess:
             self.kill()
             culprit = current if current in base_rows else None
             if culprit is None:
-                return [{**base_rows[lb], "status": "timeout", "reason": f"the group ran past the {timeout_s:g} s "
-                         f"timeout between calls; {self.label} was killed"} for lb in labels], []
-            row = {**base_rows[culprit], "status": "timeout",
-                   "reason": f"a call ran past the {timeout_s:g} s timeout; {self.label} was killed"}
+                return [
+                    {
+                        **base_rows[lb],
+                        "status": "timeout",
+                        "reason": f"the group ran past the {timeout_s:g} s "
+                        f"timeout between calls; {self.label} was killed",
+                    }
+                    for lb in labels
+                ], []
+            row = {
+                **base_rows[culprit],
+                "status": "timeout",
+                "reason": f"a call ran past the {timeout_s:g} s timeout; {self.label} was killed",
+            }
             return [row], [lb for lb in labels if lb != culprit]
         if msg == "garbled":
             self.kill()
-            return [{**base_rows[lb], "status": "error", "reason": f"{self.label} sent an unreadable result"}
-                    for lb in labels], []
+            return [
+                {**base_rows[lb], "status": "error", "reason": f"{self.label} sent an unreadable result"}
+                for lb in labels
+            ], []
         return self._died(base_rows, current, kills_before)
 
     def _died(self, base_rows: dict, current: str | None, kills_before: int) -> tuple[list[dict], list[str]]:
@@ -380,20 +406,31 @@ class MeasuringProcess:
         self.kill()  # the process group: whatever the plugin started goes too
         after = _oom_kills()
         oom_killed = kills_before >= 0 and after > kills_before
-        what = ("exited with status 0 before reporting" if code == 0 else
-                f"was killed by {_signal_name(code)}" if code is not None and code < 0 else f"exited with status {code}")
+        what = (
+            "exited with status 0 before reporting"
+            if code == 0
+            else f"was killed by {_signal_name(code)}"
+            if code is not None and code < 0
+            else f"exited with status {code}"
+        )
         if code == -signal.SIGKILL and oom_killed:
-            failure = {"status": "oom", "reason": f"{self.label} was killed by the kernel's OOM killer "
-                                                  f"(its oom_kill count rose {kills_before} -> {after})"}
+            failure = {
+                "status": "oom",
+                "reason": f"{self.label} was killed by the kernel's OOM killer "
+                f"(its oom_kill count rose {kills_before} -> {after})",
+            }
         else:
-            failure = {"status": "error", "reason": f"{self.label} {what}" + (f"; its last output: {tail}" if tail else ""),
-                       "crashed": True}
+            failure = {
+                "status": "error",
+                "reason": f"{self.label} {what}" + (f"; its last output: {tail}" if tail else ""),
+                "crashed": True,
+            }
         labels = list(base_rows)
         if current in base_rows:
             return [{**base_rows[current], **failure}], [lb for lb in labels if lb != current]
         return [{**base_rows[lb], **failure} for lb in labels], []
 
-    def __enter__(self) -> "MeasuringProcess":
+    def __enter__(self) -> MeasuringProcess:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -1,6 +1,7 @@
 """The `effattn` command line: the top layer. It imports the rest of the package; nothing in the
 package imports it. Each command lives in its own module and is added to the group here. Usage
 errors print one line and exit 2, never a traceback."""
+
 from __future__ import annotations
 
 import sys

@@ -1,4 +1,5 @@
 """`python -m effattn.cli ...` is the `effattn` command."""
+
 from . import main
 
 main()

@@ -6,6 +6,7 @@ is an error, never silently ignored. Everything is validated before any file is 
 results file is opened (created atomically, locked for the run) by `effattn.store.ResultsFile`,
 its one writer.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,14 +22,28 @@ DEFAULT_SEQ_LENS = "256,512,1k,2k,4k"
 
 # Which options each mode reads (click parameter names). Everything else given is refused.
 _COMMON = {"seq_lens", "attn", "out_path", "resume", "overwrite"}
-_SHAPES = {"device", "dtype", "batch", "heads", "head_dim", "causal", "mode", "level", "seed", "inputs",
-           "timeout_s", "memory_budget", "min_run_time"}
+_SHAPES = {
+    "device",
+    "dtype",
+    "batch",
+    "heads",
+    "head_dim",
+    "causal",
+    "mode",
+    "level",
+    "seed",
+    "inputs",
+    "timeout_s",
+    "memory_budget",
+    "min_run_time",
+}
 _RAY = {"executor", "ray_address", "cpus_per_point"}
 MODE_OPTIONS = {
     "timing": _COMMON | _SHAPES | _RAY | {"isolate", "no_error"},
     "find-max-len": _COMMON | _SHAPES | {"find_max_len", "executor"},
-    "task": _COMMON | _RAY | {"task_spec", "steps", "lr", "train_batch", "seeds", "d_model", "layers",
-                              "conv_kernel", "heads", "device"},
+    "task": _COMMON
+    | _RAY
+    | {"task_spec", "steps", "lr", "train_batch", "seeds", "d_model", "layers", "conv_kernel", "heads", "device"},
 }
 _WHY_NOT = {
     ("find-max-len", "isolate"): "every probe already runs in its own process",
@@ -69,8 +84,9 @@ def _on_sigterm(signum, frame):
 def _default_variants(device: str) -> str:
     from ..registry import get_entry, list_attention
 
-    return ",".join(n for n in list_attention() if get_entry(n).source == "builtin"
-                    and get_entry(n).availability(device) is None)
+    return ",".join(
+        n for n in list_attention() if get_entry(n).source == "builtin" and get_entry(n).availability(device) is None
+    )
 
 
 def _check_dtype(device: str, dtype: str):
@@ -79,7 +95,7 @@ def _check_dtype(device: str, dtype: str):
     try:
         a = torch.ones(8, 8, device=device, dtype=getattr(torch, dtype))
         torch.nn.functional.scaled_dot_product_attention(a[None, None], a[None, None], a[None, None])
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - whatever the probe raises, the dtype cannot run here
         fail(f"--dtype {dtype} is not supported on {device}: {str(e).splitlines()[0]}")
 
 
@@ -87,8 +103,9 @@ def _check_dtype(device: str, dtype: str):
 @click.option("--seq-lens", default=None, help=f"comma list; k = 1024 [default: {DEFAULT_SEQ_LENS}; 64 with --task]")
 @click.option("--attn", "attn", default=None, help="NAME[:KEY=VALUE...] comma list [default: every available built-in]")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16", "float64"]), default="float32",
-              show_default=True)
+@click.option(
+    "--dtype", type=click.Choice(["float32", "bfloat16", "float16", "float64"]), default="float32", show_default=True
+)
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--heads", type=click.IntRange(min=1), default=None, help="[default: 8; 4 with --task]")
 @click.option("--head-dim", type=click.IntRange(min=1), default=64, show_default=True)
@@ -99,34 +116,76 @@ def _check_dtype(device: str, dtype: str):
 @click.option("--resume", is_flag=True, help="complete only the points missing from --out")
 @click.option("--overwrite", is_flag=True, help="replace an existing --out instead of refusing")
 @click.option("--isolate", is_flag=True, help="a fresh process per point [default: one reused measuring process]")
-@click.option("--timeout", "timeout_s", type=FiniteFloat(7 * 24 * 3600), default=120.0, show_default=True,
-              help="seconds one call of the attention may take")
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=FiniteFloat(7 * 24 * 3600),
+    default=120.0,
+    show_default=True,
+    help="seconds one call of the attention may take",
+)
 @click.option("--memory-budget", default=None, help="e.g. 4GB: a point above it is recorded as oom")
-@click.option("--min-run-time", type=FiniteFloat(3600), default=0.2, show_default=True,
-              help="seconds of timed repeats per point")
+@click.option(
+    "--min-run-time", type=FiniteFloat(3600), default=0.2, show_default=True, help="seconds of timed repeats per point"
+)
 @click.option("--no-error", is_flag=True, help="skip the error-vs-full columns")
 @click.option("--seed", type=click.IntRange(min=0, max=2**62), default=0, show_default=True)
-@click.option("--inputs", type=click.Choice(["random", "trained"]), default="random", show_default=True,
-              help="q, k, v: Gaussian, or from a backbone trained on MQAR (peaked attention)")
-@click.option("--find-max-len", is_flag=True,
-              help="find each variant's longest length within --memory-budget (default: free memory)")
-@click.option("--task", "task_spec", default=None, help="train on a task instead of timing: NAME[:KEY=VALUE...] "
-              "(mqar, listops, retrieval_distance)")
+@click.option(
+    "--inputs",
+    type=click.Choice(["random", "trained"]),
+    default="random",
+    show_default=True,
+    help="q, k, v: Gaussian, or from a backbone trained on MQAR (peaked attention)",
+)
+@click.option(
+    "--find-max-len",
+    is_flag=True,
+    help="find each variant's longest length within --memory-budget (default: free memory)",
+)
+@click.option(
+    "--task",
+    "task_spec",
+    default=None,
+    help="train on a task instead of timing: NAME[:KEY=VALUE...] (mqar, listops, retrieval_distance)",
+)
 @click.option("--steps", type=click.IntRange(min=1), default=2000, show_default=True, help="--task: training steps")
-@click.option("--lr", type=FiniteFloat(10.0), default=3e-3, show_default=True,
-              help="--task: peak learning rate (AdamW, 50 warm-up steps, linear decay)")
+@click.option(
+    "--lr",
+    type=FiniteFloat(10.0),
+    default=3e-3,
+    show_default=True,
+    help="--task: peak learning rate (AdamW, 50 warm-up steps, linear decay)",
+)
 @click.option("--train-batch", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True, help="--task: repeats")
 @click.option("--d-model", type=click.IntRange(min=1), default=64, show_default=True, help="--task: model width")
 @click.option("--layers", type=click.IntRange(min=1), default=2, show_default=True, help="--task: layers")
-@click.option("--conv-kernel", type=click.IntRange(min=0), default=0, show_default=True,
-              help="--task: short causal conv before attention (0 = off)")
-@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="where points run: here, one at a time, or as tasks on a Ray cluster")
-@click.option("--ray-address", default=None, help="--executor ray: the cluster (HOST:PORT, ray://HOST:PORT or auto) "
-              "[default: $RAY_ADDRESS, else a new local instance]")
-@click.option("--cpus-per-point", type=click.IntRange(min=1), default=None,
-              help="--executor ray: CPUs (and torch threads) each point gets [default: 1]")
+@click.option(
+    "--conv-kernel",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="--task: short causal conv before attention (0 = off)",
+)
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="where points run: here, one at a time, or as tasks on a Ray cluster",
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    help="--executor ray: the cluster (HOST:PORT, ray://HOST:PORT or auto) "
+    "[default: $RAY_ADDRESS, else a new local instance]",
+)
+@click.option(
+    "--cpus-per-point",
+    type=click.IntRange(min=1),
+    default=None,
+    help="--executor ray: CPUs (and torch threads) each point gets [default: 1]",
+)
 @click.pass_context
 def bench(ctx, **o):
     """Sweep sequence lengths and measure time, memory and error of attention variants."""
@@ -156,8 +215,10 @@ def _check_options(ctx, mode: str, o: dict) -> None:
     for name in given:
         if name not in MODE_OPTIONS[mode]:
             why = _WHY_NOT.get((mode, name)) or (
-                "it applies only to --task" if name in MODE_OPTIONS["task"] - MODE_OPTIONS["timing"] else
-                f"it does not apply to {'--task' if mode == 'task' else '--find-max-len'}")
+                "it applies only to --task"
+                if name in MODE_OPTIONS["task"] - MODE_OPTIONS["timing"]
+                else f"it does not apply to {'--task' if mode == 'task' else '--find-max-len'}"
+            )
             fail(f"{_flag(ctx, name)} cannot be used here: {why}")
     for name in ("seq_lens", "attn", "task_spec", "memory_budget", "out_path", "ray_address"):
         if o[name] is not None and not str(o[name]).strip():
@@ -176,9 +237,9 @@ def _timing_spec(o: dict):
     """Validate a timing or find-max-len request and return (SweepSpec, executor)."""
     import torch
 
-    from ..spec import parse_seq_lens, parse_size
     from ..bench.executors import make_executor
     from ..bench.point import SweepSpec
+    from ..spec import parse_seq_lens, parse_size
 
     lens = parse_seq_lens(o["seq_lens"] if o["seq_lens"] is not None else DEFAULT_SEQ_LENS)
     if o["attn"]:
@@ -203,11 +264,24 @@ def _timing_spec(o: dict):
         why = __import__("effattn").get_entry(v.name).availability(device)
         if why and o["attn"] and here:
             fail(f"{v.label}: {why}")
-    spec = SweepSpec(seq_lens=lens, variants=variants, device=device, dtype=o["dtype"], batch=o["batch"],
-                     heads=o["heads"] or 8, head_dim=o["head_dim"], causal=o["causal"], mode=o["mode"],
-                     level=o["level"], timeout_s=o["timeout_s"],
-                     memory_budget_bytes=parse_size(o["memory_budget"]) if o["memory_budget"] else None,
-                     min_run_time_s=o["min_run_time"], error=not o["no_error"], seed=o["seed"], inputs=o["inputs"])
+    spec = SweepSpec(
+        seq_lens=lens,
+        variants=variants,
+        device=device,
+        dtype=o["dtype"],
+        batch=o["batch"],
+        heads=o["heads"] or 8,
+        head_dim=o["head_dim"],
+        causal=o["causal"],
+        mode=o["mode"],
+        level=o["level"],
+        timeout_s=o["timeout_s"],
+        memory_budget_bytes=parse_size(o["memory_budget"]) if o["memory_budget"] else None,
+        min_run_time_s=o["min_run_time"],
+        error=not o["no_error"],
+        seed=o["seed"],
+        inputs=o["inputs"],
+    )
     return spec, ex
 
 
@@ -228,22 +302,26 @@ def _variants(text: str):
             names, var_kw = option_names(entry.target)
             unknown = [k for k in v.options if k not in names]
             if unknown and not var_kw:
-                fail(f"attention {v.name!r} has no option {', '.join(map(repr, unknown))}; "
-                     f"valid options: {', '.join(names) or 'none'}")
+                fail(
+                    f"attention {v.name!r} has no option {', '.join(map(repr, unknown))}; "
+                    f"valid options: {', '.join(names) or 'none'}"
+                )
     return variants
 
 
 def _check_third_party(spec, isolation: str):
     """Build every third-party variant once in a measuring process, with a time limit; a failure is
     bad input (one line, exit 2, no file). Returns that process to measure with, or None."""
-    from ..registry import get_entry
     from ..bench.worker import MeasuringProcess
+    from ..registry import get_entry
 
     theirs = [v for v in spec.variants if get_entry(v.name).source != "builtin"]
     if not theirs:
         return None
     mp = MeasuringProcess()
-    why = mp.check([{"name": v.name, "options": v.options, "label": v.label} for v in theirs], min(spec.timeout_s, 120.0))
+    why = mp.check(
+        [{"name": v.name, "options": v.options, "label": v.label} for v in theirs], min(spec.timeout_s, 120.0)
+    )
     bad = [w for w in why if w]
     if bad or isolation != "worker":
         mp.kill()
@@ -265,18 +343,21 @@ def _results_file(o: dict, executor_name: str):
             os.makedirs(out_dir, exist_ok=True)
         else:
             fail(f"--out {out_path}: folder {out_dir} does not exist")
-    if os.path.isdir(out_path) or not os.access(out_dir, os.W_OK) or (
-            os.path.exists(out_path) and not os.access(out_path, os.W_OK)):
+    if (
+        os.path.isdir(out_path)
+        or not os.access(out_dir, os.W_OK)
+        or (os.path.exists(out_path) and not os.access(out_path, os.W_OK))
+    ):
         fail(f"--out {out_path}: cannot be written")
     mode = "resume" if o["resume"] else "overwrite" if o["overwrite"] else "new"
     return ResultsFile(out_path, mode, executor=executor_name).open()
 
 
 def _timing_mode(spec, ex, o):
-    from ..results import load, summary
-    from ..store import config_key
     from ..bench.point import base_row
     from ..bench.sweep import run_sweep
+    from ..results import load, summary
+    from ..store import config_key
     from .progress import ClickProgress
 
     ex.open(spec.device)  # a cluster that cannot hold one point fails here, before the file is touched
@@ -288,18 +369,28 @@ def _timing_mode(spec, ex, o):
 
         trained_model(spec.heads, spec.head_dim, log=log)  # train once, before the sweep
     how = "a fresh process per point" if o["isolate"] or getattr(ex, "isolates", False) else "one measuring process"
-    log(f"effattn bench: {len(spec.variants)} variants x {len(spec.seq_lens)} lengths on {spec.device} "
-        f"({spec.dtype}, {spec.mode}, {spec.level}) via {ex.describe()}, {how} -> {rf.path}")
-    _keeping_results(rf.path, "point", lambda: run_sweep(spec, rf, isolate=o["isolate"], executor=ex, log=log,
-                                                         worker=worker, progress=ClickProgress()))
+    log(
+        f"effattn bench: {len(spec.variants)} variants x {len(spec.seq_lens)} lengths on {spec.device} "
+        f"({spec.dtype}, {spec.mode}, {spec.level}) via {ex.describe()}, {how} -> {rf.path}"
+    )
+    _keeping_results(
+        rf.path,
+        "point",
+        lambda: run_sweep(
+            spec, rf, isolate=o["isolate"], executor=ex, log=log, worker=worker, progress=ClickProgress()
+        ),
+    )
 
     df = load(rf.path, on_problem=log)
     mine = config_key(base_row(spec, spec.variants[0], spec.seq_lens[0]))
     df = df[[config_key(r) == mine for r in df.to_dict("records")]]
     # rows arrive in completion order on Ray; tables follow --attn's order
     rank = {v.label: i for i, v in enumerate(spec.variants)}
-    df = df.assign(_rank=df["label"].map(rank).fillna(len(rank))).sort_values(
-        ["_rank", "seq_len"], kind="stable").drop(columns="_rank")
+    df = (
+        df.assign(_rank=df["label"].map(rank).fillna(len(rank)))
+        .sort_values(["_rank", "seq_len"], kind="stable")
+        .drop(columns="_rank")
+    )
     _print_summary(df, summary(df))
     click.echo(f"\nresults: {rf.path}  (effattn report {rf.path})")
 
@@ -318,8 +409,7 @@ def _keeping_results(out_path, what, run):
         if getattr(e, "sweep_complete", False):
             click.echo(f"\n{how} while shutting down: every {what} was measured and is in {out_path}", err=True)
         else:
-            click.echo(f"\n{how}: every finished {what} is in {out_path}; rerun with --resume to complete it",
-                       err=True)
+            click.echo(f"\n{how}: every finished {what} is in {out_path}; rerun with --resume to complete it", err=True)
         sys.exit(143 if isinstance(e, Terminated) else 130)
     except ExecutorLost as e:
         click.echo(f"effattn: error: {e}; every finished {what} is in {out_path}; rerun with --resume", err=True)
@@ -343,7 +433,8 @@ def _print_summary(df, summ):
         return f"{r['time_ms']:.2f}" + ("*" if r.get("loaded") is True else "")
 
     t = pd.DataFrame({"label": df["label"], "seq_len": df["seq_len"], "cell": df.apply(cell, axis=1)}).pivot_table(
-        index="label", columns="seq_len", values="cell", aggfunc="last", sort=False)
+        index="label", columns="seq_len", values="cell", aggfunc="last", sort=False
+    )
     click.echo("\ntime (ms, median of the rounds) per sequence length")
     click.echo(t.to_string())
     ok = df[df["status"] == "ok"]
@@ -351,8 +442,10 @@ def _print_summary(df, summ):
     if ok.empty:
         click.echo("(no point ended ok)")
     else:
-        mem = ok.pivot_table(index="label", columns="seq_len", values="peak_mem_bytes", aggfunc="last",
-                             sort=False) / 2**20
+        mem = (
+            ok.pivot_table(index="label", columns="seq_len", values="peak_mem_bytes", aggfunc="last", sort=False)
+            / 2**20
+        )
         click.echo(mem.round(1).to_string())
     s = summ.copy()
 
@@ -361,22 +454,32 @@ def _print_summary(df, summ):
             return "-"
         return f"{e:.2f}" + ("" if pd.isna(lo) else f" [{lo:.2f}, {hi:.2f}]")
 
-    s["time exponent [95%]"] = [interval(e, lo, hi) for e, lo, hi in
-                                zip(s["time_exponent"], s["time_exponent_lo"], s["time_exponent_hi"])]
+    s["time exponent [95%]"] = [
+        interval(e, lo, hi) for e, lo, hi in zip(s["time_exponent"], s["time_exponent_lo"], s["time_exponent_hi"])
+    ]
     s["memory exponent"] = ["-" if pd.isna(e) else f"{e:.2f}" for e in s["mem_exponent"]]
     cross = [c for c in s.columns if c.startswith("faster_than_")][0]
     s[cross.replace("_", " ")] = s["crossover"].replace("", "-")
     click.echo("\nscaling (log-log fit)")
-    click.echo(s[["label", "time exponent [95%]", "memory exponent", "fit_from", cross.replace("_", " "),
-                  "points"]].to_string(index=False))
+    click.echo(
+        s[["label", "time exponent [95%]", "memory exponent", "fit_from", cross.replace("_", " "), "points"]].to_string(
+            index=False
+        )
+    )
     if s["crossover"].str.startswith(("between", "<=")).any():
-        click.echo("(a range: the points' 95% intervals overlap there, so the data cannot place the crossover "
-                   "more precisely)")
-    loaded = df[df.get("loaded", pd.Series(False, index=df.index)).fillna(False).astype(bool)] \
-        if "loaded" in df else df.iloc[:0]
+        click.echo(
+            "(a range: the points' 95% intervals overlap there, so the data cannot place the crossover more precisely)"
+        )
+    loaded = (
+        df[df.get("loaded", pd.Series(False, index=df.index)).fillna(False).astype(bool)]
+        if "loaded" in df
+        else df.iloc[:0]
+    )
     if len(loaded):
-        click.echo("\n* measured while the machine was busy (fewer than 6 quiet rounds within the wait): "
-                   + ", ".join(f"{r['label']} n={r['seq_len']}" for _, r in loaded.iterrows()))
+        click.echo(
+            "\n* measured while the machine was busy (fewer than 6 quiet rounds within the wait): "
+            + ", ".join(f"{r['label']} n={r['seq_len']}" for _, r in loaded.iterrows())
+        )
     faults = df[df["fault"].notna()] if "fault" in df else df.iloc[:0]
     if len(faults):
         click.echo("\nmeasurement faults (not to be trusted):")
@@ -418,13 +521,13 @@ def _find_max_len(spec, o):
 
 
 def _task_mode(o):
+    from ..bench.executors import make_executor
+    from ..bench.sweep import read_rows
+    from ..bench.tasksweep import run_task_sweep, task_summary
     from ..registry import get_entry
     from ..spec import parse_seq_lens, parse_variant, parse_variants
     from ..tasks import create_task
     from ..tasks.train import TrainSpec
-    from ..bench.executors import make_executor
-    from ..bench.sweep import read_rows
-    from ..bench.tasksweep import run_task_sweep, task_summary
 
     lens = parse_seq_lens(o["seq_lens"] if o["seq_lens"] is not None else "64")
     variants = parse_variants(o["attn"] or "full,linear")
@@ -435,19 +538,31 @@ def _task_mode(o):
     for n in lens:
         task.check_length(n)
     # task models are small (d_model 64): 16-dim heads, as in Zoology's runs
-    spec = TrainSpec(steps=o["steps"], batch_size=o["train_batch"], lr=o["lr"], d_model=o["d_model"],
-                     n_layers=o["layers"], n_heads=o["heads"] or 4, conv_kernel=o["conv_kernel"])
+    spec = TrainSpec(
+        steps=o["steps"],
+        batch_size=o["train_batch"],
+        lr=o["lr"],
+        d_model=o["d_model"],
+        n_layers=o["layers"],
+        n_heads=o["heads"] or 4,
+        conv_kernel=o["conv_kernel"],
+    )
     if task.kind == "lm":
         for v in variants:
             if not get_entry(v.name).facts.supports_causal:
-                fail(f"{v.label} cannot run {task.name}: the task trains a causal decoder and it does not support causal")
+                fail(
+                    f"{v.label} cannot run {task.name}: the task trains a causal decoder and it does not support causal"
+                )
     ex = make_executor(o["executor"], address=o["ray_address"], cpus_per_point=o["cpus_per_point"] or 1)
     ex.open("cpu")
     rf = _results_file(o, ex.name)
-    log(f"effattn bench --task {o['task_spec']}: {len(variants)} variants x {len(lens)} lengths x {o['seeds']} "
-         f"seeds, {spec.steps} steps of batch {spec.batch_size} via {ex.describe()} -> {rf.path}")
-    _keeping_results(rf.path, "run", lambda: run_task_sweep(task, variants, lens, o["seeds"], spec, rf, log=log,
-                                                            executor=ex))
+    log(
+        f"effattn bench --task {o['task_spec']}: {len(variants)} variants x {len(lens)} lengths x {o['seeds']} "
+        f"seeds, {spec.steps} steps of batch {spec.batch_size} via {ex.describe()} -> {rf.path}"
+    )
+    _keeping_results(
+        rf.path, "run", lambda: run_task_sweep(task, variants, lens, o["seeds"], spec, rf, log=log, executor=ex)
+    )
     summ = task_summary([r for r in read_rows(rf.path) if r.get("task") == task.name])
     click.echo(f"\n{task.name} {task.options()}: test accuracy (mean over seeds)")
     click.echo(summ.to_string(index=False, float_format=lambda x: f"{x:.3f}"))

@@ -1,4 +1,5 @@
 """What every command module shares: the one-line usage failure and warnings on stderr."""
+
 from __future__ import annotations
 
 import click

@@ -1,5 +1,6 @@
 """`effattn list`, `effattn info` and `effattn check`: what plugins there are, the machine, and
 the conformance suite run on one plugin."""
+
 from __future__ import annotations
 
 import fnmatch
@@ -21,11 +22,23 @@ def list_cmd(device, pattern):
     for name in list_attention(pattern):
         e = get_entry(name)
         f = e.facts
-        masks = [m for m, ok in (("causal", f.supports_causal), ("padding", f.supports_padding),
-                                 ("cross", f.supports_cross)) if ok]
+        masks = [
+            m
+            for m, ok in (("causal", f.supports_causal), ("padding", f.supports_padding), ("cross", f.supports_cross))
+            if ok
+        ]
         why = e.availability(device)
-        rows.append((name, "exact" if f.exact else "approx", f.complexity, ",".join(masks) or "-",
-                     ",".join(f.devices), "yes" if why is None else why, e.source))
+        rows.append(
+            (
+                name,
+                "exact" if f.exact else "approx",
+                f.complexity,
+                ",".join(masks) or "-",
+                ",".join(f.devices),
+                "yes" if why is None else why,
+                e.source,
+            )
+        )
     head = ("name", "kind", "complexity", "masks", "devices", f"available ({device})", "source")
     widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
     for r in [head] + rows:

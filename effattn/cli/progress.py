@@ -1,5 +1,6 @@
 """The sweep's progress for a person: click's progress bar (with ETA and the point being measured)
 when stderr is a terminal, else the plain line per point that a log file or pipe can hold."""
+
 from __future__ import annotations
 
 import sys
@@ -22,8 +23,14 @@ class ClickProgress:
     def begin(self, total: int):
         if self.lines:
             return self.lines.begin(total)
-        self.bar = click.progressbar(length=max(total, 1), label="points", file=self.stream, show_eta=True,
-                                     show_pos=True, item_show_func=lambda item: item)
+        self.bar = click.progressbar(
+            length=max(total, 1),
+            label="points",
+            file=self.stream,
+            show_eta=True,
+            show_pos=True,
+            item_show_func=lambda item: item,
+        )
         self.bar.__enter__()
 
     def start(self, label: str, n: int, running: int = 1):

@@ -1,4 +1,5 @@
 """`effattn report` and `effattn compare`: the commands over `effattn.report`."""
+
 from __future__ import annotations
 
 import math
@@ -39,10 +40,20 @@ def report(results, out_dir, fmt):
 @click.command()
 @click.argument("base")
 @click.argument("new")
-@click.option("--threshold", type=float, default=0.10, show_default=True,
-              help="a slowdown must exceed this fraction to count as a regression")
-@click.option("--alpha", type=float, default=0.05, show_default=True,
-              help="significance level of the one-sided Mann-Whitney U test on the points' round times")
+@click.option(
+    "--threshold",
+    type=float,
+    default=0.10,
+    show_default=True,
+    help="a slowdown must exceed this fraction to count as a regression",
+)
+@click.option(
+    "--alpha",
+    type=float,
+    default=0.05,
+    show_default=True,
+    help="significance level of the one-sided Mann-Whitney U test on the points' round times",
+)
 def compare(base, new, threshold, alpha):
     """Per-point time ratio NEW/BASE; exit 1 on a regression.
 
@@ -64,13 +75,17 @@ def compare(base, new, threshold, alpha):
 
     c = compare_runs(load(base, on_problem=warn), load(new, on_problem=warn), threshold, alpha)
     if not c.points:
-        fail(f"the two runs share no measured point of the same configuration ({base}: "
-             f"{configs_text(c.only_base) or 'no ok point'}; {new}: {configs_text(c.only_new) or 'no ok point'})")
+        fail(
+            f"the two runs share no measured point of the same configuration ({base}: "
+            f"{configs_text(c.only_base) or 'no ok point'}; {new}: {configs_text(c.only_new) or 'no ok point'})"
+        )
     click.echo(f"{'variant':40s} {'n':>7s} {'base ms':>10s} {'new ms':>10s} {'ratio':>7s} {'p':>7s}  verdict")
     for r in c.points:
         p_text = "-" if r["p"] != r["p"] else f"{r['p']:.3f}"
-        click.echo(f"{r['label']:40s} {r['seq_len']:7d} {r['base_ms']:10.2f} {r['new_ms']:10.2f} {r['ratio']:7.2f} "
-                   f"{p_text:>7s}  {r['verdict']}")
+        click.echo(
+            f"{r['label']:40s} {r['seq_len']:7d} {r['base_ms']:10.2f} {r['new_ms']:10.2f} {r['ratio']:7.2f} "
+            f"{p_text:>7s}  {r['verdict']}"
+        )
     for what, rows in (("only in " + base, c.only_base), ("only in " + new, c.only_new)):
         if rows:
             click.echo(f"\n{len(rows)} point(s) {what} (not compared):")
@@ -78,6 +93,8 @@ def compare(base, new, threshold, alpha):
                 click.echo(f"  {r['label']} n={r['seq_len']} ({config_text(r)})")
             if len(rows) > 20:
                 click.echo(f"  ... and {len(rows) - 20} more")
-    click.echo(f"\n{len(c.points)} points compared: {c.regressions} regressions (slower by more than "
-               f"{threshold:.0%} and p < {alpha:g}), {c.inconclusive} inconclusive")
+    click.echo(
+        f"\n{len(c.points)} points compared: {c.regressions} regressions (slower by more than "
+        f"{threshold:.0%} and p < {alpha:g}), {c.inconclusive} inconclusive"
+    )
     sys.exit(1 if c.regressions else 0)

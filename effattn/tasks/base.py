@@ -1,4 +1,5 @@
 """Task registry and base class."""
+
 from __future__ import annotations
 
 import difflib
@@ -26,7 +27,7 @@ def list_tasks() -> list[str]:
     return sorted(_TASKS)
 
 
-def create_task(name: str, **options) -> "Task":
+def create_task(name: str, **options) -> Task:
     if name not in _TASKS:
         close = difflib.get_close_matches(name, list(_TASKS), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else f"; tasks: {', '.join(sorted(_TASKS))}"
@@ -36,7 +37,9 @@ def create_task(name: str, **options) -> "Task":
     valid = [p for p in inspect.signature(_TASKS[name].__init__).parameters if p not in ("self", "seq_len")]
     unknown = [k for k in options if k not in valid]
     if unknown:
-        raise OptionError(f"task {name!r} has no option {', '.join(map(repr, unknown))}; valid options: {', '.join(valid)}")
+        raise OptionError(
+            f"task {name!r} has no option {', '.join(map(repr, unknown))}; valid options: {', '.join(valid)}"
+        )
     return _TASKS[name](**options)
 
 

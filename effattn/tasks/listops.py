@@ -4,14 +4,15 @@ SUM_MOD expressions over digits; classify the value, 0-9. Sequences are padded t
 Tokens: 0 pad, 1-10 digits 0-9, 11 MAX, 12 MIN, 13 MED, 14 SM (sum mod 10), 15 "]".
 An operator token opens its bracket, as in LRA's "[MAX 2 9 ]".
 """
+
 from __future__ import annotations
 
 import statistics
 
 import torch
 
-from ..options import check_int
 from ..errors import OptionError
+from ..options import check_int
 from .base import Task, register_task
 
 PAD, CLOSE = 0, 15

@@ -4,13 +4,14 @@ Key-value pairs come first (k1 v1 k2 v2 ... kP vP, keys from the lower half of t
 values from the upper half), then each key is asked again at a random later position; the target
 at a query position is that key's value. Other positions hold token 0 and are not scored.
 """
+
 from __future__ import annotations
 
 import torch
 
+from ..errors import OptionError
 from ..options import check_int
 from .base import IGNORE, Task, register_task
-from ..errors import OptionError
 
 
 @register_task("mqar")
@@ -35,10 +36,10 @@ class MQAR(Task):
         tokens = torch.zeros(batch_size, seq_len, dtype=torch.long)
         targets = torch.full((batch_size, seq_len), IGNORE, dtype=torch.long)
         for b in range(batch_size):
-            keys = torch.randperm(half - 1, generator=generator)[:P] + 1              # 1 .. half-1
+            keys = torch.randperm(half - 1, generator=generator)[:P] + 1  # 1 .. half-1
             values = torch.randint(half, self.vocab, (P,), generator=generator)
-            tokens[b, 0:2 * P:2], tokens[b, 1:2 * P:2] = keys, values
-            slots = torch.randperm(seq_len - 2 * P, generator=generator)[:P] + 2 * P   # query positions
+            tokens[b, 0 : 2 * P : 2], tokens[b, 1 : 2 * P : 2] = keys, values
+            slots = torch.randperm(seq_len - 2 * P, generator=generator)[:P] + 2 * P  # query positions
             order = torch.randperm(P, generator=generator)
             tokens[b, slots] = keys[order]
             targets[b, slots] = values[order]

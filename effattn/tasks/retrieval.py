@@ -5,12 +5,13 @@ end, and a final query marker; the target at the last position is the value. A c
 with a window w per layer sees at most layers * w back, so accuracy falls to chance once the
 needle is farther than that, unless global tokens or random blocks reach it.
 """
+
 from __future__ import annotations
 
 import torch
 
-from ..options import check_int
 from ..errors import OptionError
+from ..options import check_int
 from .base import IGNORE, Task, register_task
 
 NEEDLE, QUERY = 1, 2
@@ -29,14 +30,15 @@ class RetrievalDistance(Task):
 
     def check_length(self, seq_len: int) -> None:
         if seq_len < self.distance + 1:
-            raise OptionError(f"retrieval_distance with distance {self.distance} needs seq_len > {self.distance}, "
-                              f"got {seq_len}")
+            raise OptionError(
+                f"retrieval_distance with distance {self.distance} needs seq_len > {self.distance}, got {seq_len}"
+            )
 
     def batch(self, batch_size: int, seq_len: int, generator: torch.Generator):
         self.check_length(seq_len)
         tokens = torch.randint(3, 3 + self.noise_vocab, (batch_size, seq_len), generator=generator)
         values = torch.randint(3 + self.noise_vocab, self.vocab_size, (batch_size,), generator=generator)
-        pos = seq_len - 1 - self.distance            # the marker; the value follows it
+        pos = seq_len - 1 - self.distance  # the marker; the value follows it
         tokens[:, pos] = NEEDLE
         tokens[:, pos + 1] = values
         tokens[:, -1] = QUERY

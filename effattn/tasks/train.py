@@ -1,5 +1,6 @@
 """Train the shared backbone on a task under a fixed budget and measure what a variant costs in
 accuracy. Every knob (steps, batch, learning rate, seed, model size) is recorded in the row."""
+
 from __future__ import annotations
 
 import time
@@ -24,55 +25,83 @@ class TrainSpec:
     conv_kernel: int = 0
     eval_batches: int = 8
     warmup: int = 50
-    norm_first: bool = False   # the paper's post-norm; pre-norm is available but measured no better on MQAR
+    norm_first: bool = False  # the paper's post-norm; pre-norm is available but measured no better on MQAR
 
     def __post_init__(self):
         import math
 
         from ..errors import EffattnError
 
-        for k, lo in (("steps", 1), ("batch_size", 1), ("d_model", 1), ("n_layers", 1), ("n_heads", 1),
-                      ("conv_kernel", 0), ("eval_batches", 1), ("warmup", 0)):
+        for k, lo in (
+            ("steps", 1),
+            ("batch_size", 1),
+            ("d_model", 1),
+            ("n_layers", 1),
+            ("n_heads", 1),
+            ("conv_kernel", 0),
+            ("eval_batches", 1),
+            ("warmup", 0),
+        ):
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise EffattnError(f"{k} must be an integer >= {lo}, got {v!r}")
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) \
-                or self.lr <= 0:
+        if (
+            isinstance(self.lr, bool)
+            or not isinstance(self.lr, (int, float))
+            or not math.isfinite(self.lr)
+            or self.lr <= 0
+        ):
             raise EffattnError(f"lr must be a finite number > 0, got {self.lr!r}")
         if self.d_model % self.n_heads:
             raise EffattnError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
 
 
 def build_for_task(task: Task, variant: Variant, spec: TrainSpec) -> Transformer:
-    cfg = TransformerConfig(vocab_size=task.vocab_size, d_model=spec.d_model, n_heads=spec.n_heads,
-                            n_layers=spec.n_layers, d_ff=4 * spec.d_model, dropout=0.0,
-                            num_classes=max(task.num_classes, 1), attention=variant.name,
-                            attention_options=variant.options, conv_kernel=spec.conv_kernel,
-                            norm_first=spec.norm_first)
+    cfg = TransformerConfig(
+        vocab_size=task.vocab_size,
+        d_model=spec.d_model,
+        n_heads=spec.n_heads,
+        n_layers=spec.n_layers,
+        d_ff=4 * spec.d_model,
+        dropout=0.0,
+        num_classes=max(task.num_classes, 1),
+        attention=variant.name,
+        attention_options=variant.options,
+        conv_kernel=spec.conv_kernel,
+        norm_first=spec.norm_first,
+    )
     return Transformer(cfg, "decoder" if task.kind == "lm" else "encoder")
 
 
 def _loss_acc(model, task, tokens, targets, kpm):
     if task.kind == "lm":
-        logits = model(tokens)                                          # (B, n, V)
+        logits = model(tokens)  # (B, n, V)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE)
         scored = targets != IGNORE
         correct = (logits.argmax(-1) == targets) & scored
         return loss, int(correct.sum()), int(scored.sum())
-    logits = model(tokens, key_padding_mask=kpm)                        # (B, classes)
+    logits = model(tokens, key_padding_mask=kpm)  # (B, classes)
     loss = F.cross_entropy(logits, targets)
     return loss, int((logits.argmax(-1) == targets).sum()), targets.numel()
 
 
-def train_task(task: Task, variant: Variant, seq_len: int, spec: TrainSpec, seed: int = 0, progress=None,
-               keep_model: dict | None = None) -> dict:
+def train_task(
+    task: Task,
+    variant: Variant,
+    seq_len: int,
+    spec: TrainSpec,
+    seed: int = 0,
+    progress=None,
+    keep_model: dict | None = None,
+) -> dict:
     """-> {test_accuracy, final_loss, train_time_s, tokens_per_s, ...}."""
     task.check_length(seq_len)
     torch.manual_seed(seed)
     model = build_for_task(task, variant, spec)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / spec.warmup) * max(0.0, 1 - s / spec.steps) if spec.warmup else 1.0)
+        opt, lambda s: min(1.0, (s + 1) / spec.warmup) * max(0.0, 1 - s / spec.steps) if spec.warmup else 1.0
+    )
     g_train = torch.Generator().manual_seed(seed)
     losses = []
     model.train()
@@ -99,7 +128,14 @@ def train_task(task: Task, variant: Variant, seq_len: int, spec: TrainSpec, seed
             correct, total = correct + c, total + t
     if keep_model is not None:
         keep_model["model"] = model
-    tail = losses[-max(1, len(losses) // 20):]
-    return {"test_accuracy": correct / max(1, total), "final_loss": sum(tail) / len(tail),
-            "train_time_s": train_time, "tokens_per_s": spec.steps * spec.batch_size * seq_len / train_time,
-            "train_spec": asdict(spec), "seed": seed, "task": task.name, "task_options": task.options()}
+    tail = losses[-max(1, len(losses) // 20) :]
+    return {
+        "test_accuracy": correct / max(1, total),
+        "final_loss": sum(tail) / len(tail),
+        "train_time_s": train_time,
+        "tokens_per_s": spec.steps * spec.batch_size * seq_len / train_time,
+        "train_spec": asdict(spec),
+        "seed": seed,
+        "task": task.name,
+        "task_options": task.options(),
+    }

@@ -3,6 +3,7 @@
 Each is exact softmax attention (through SDPA) except for the one thing its name says, which it
 does at every length >= `at_len` (default 0: always).
 """
+
 import atexit
 import os
 import signal

@@ -6,6 +6,7 @@ this plugin kills its parent (the Ray worker) and then itself, as a node failure
 of the worker would. Otherwise it is exact softmax attention. Never use it in a local sweep: there
 its parent is the sweep itself.
 """
+
 import os
 import signal
 

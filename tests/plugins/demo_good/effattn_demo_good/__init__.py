@@ -3,6 +3,7 @@
 
 It attends a window of `k` keys on either side, an exact pattern checked by the suite.
 """
+
 import torch
 import torch.nn.functional as F
 
