@@ -1,4 +1,5 @@
 """`effattn report` and `effattn compare` on full, partial and failed sweeps."""
+
 import json
 
 import pytest
@@ -12,10 +13,18 @@ from effattn.spec import Variant
 def sweep(tmp_path_factory):
     d = tmp_path_factory.mktemp("rep")
     out = d / "r.jsonl"
-    spec = SweepSpec(seq_lens=[64, 128, 256], variants=[Variant("full", {}), Variant("naive", {}),
-                                                         Variant("sliding_window", {"window": 8}),
-                                                         Variant("performer", {"num_features": 16})],
-                     heads=2, head_dim=8, min_run_time_s=0.01)
+    spec = SweepSpec(
+        seq_lens=[64, 128, 256],
+        variants=[
+            Variant("full", {}),
+            Variant("naive", {}),
+            Variant("sliding_window", {"window": 8}),
+            Variant("performer", {"num_features": 16}),
+        ],
+        heads=2,
+        head_dim=8,
+        min_run_time_s=0.01,
+    )
     run_sweep(spec, str(out), progress=False)
     return out
 
@@ -25,10 +34,10 @@ def test_report_renders_tables_plots_patterns(sweep, tmp_path):
     names = {p.rsplit("/", 1)[-1] for p in written}
     assert {"report.md", "report.html", "time.png", "memory.png", "error.png", "pareto.png"} <= names
     md = (tmp_path / "rep" / "report.md").read_text()
-    assert "### Time (ms" in md and "**" in md            # best value marked
+    assert "### Time (ms" in md and "**" in md  # best value marked
     assert "time exponent" in md and "sliding_window:window=8" in md
-    assert "pattern_sliding_window_window_8.png" in md    # exact variant pictured
-    assert "pattern_performer" not in md                  # approximate: no pattern
+    assert "pattern_sliding_window_window_8.png" in md  # exact variant pictured
+    assert "pattern_performer" not in md  # approximate: no pattern
     assert (tmp_path / "rep" / "time.svg").exists()
     assert "<table>" in (tmp_path / "rep" / "report.html").read_text()
 
@@ -38,7 +47,7 @@ def test_report_survives_partial_and_failed_sweeps(sweep, tmp_path):
     partial = tmp_path / "partial.jsonl"
     keep = [r for r in rows if not (r["label"] == "naive" and r["seq_len"] == 128)]  # a missing point
     for r in keep:
-        if r["label"] == "full":   # a variant that hit OOM everywhere
+        if r["label"] == "full":  # a variant that hit OOM everywhere
             r.update(status="oom", reason="test", time_ms=None, peak_mem_bytes=None)
     partial.write_text("\n".join(json.dumps(r) for r in keep) + "\n{torn line")
     build_report([str(partial)], str(tmp_path / "p"), ("md",))
@@ -82,12 +91,16 @@ def test_compare_flags_regressions(sweep, tmp_path, run_cli):
 def test_report_of_mixed_configurations_keeps_them_apart(sweep, tmp_path):
     """Two files, forward and forward+backward: both render, as separate series."""
     bwd = tmp_path / "bwd.jsonl"
-    spec = SweepSpec(seq_lens=[64, 128], variants=[Variant("full", {})], heads=2, head_dim=8, mode="fwdbwd",
-                     min_run_time_s=0.01)
+    spec = SweepSpec(
+        seq_lens=[64, 128], variants=[Variant("full", {})], heads=2, head_dim=8, mode="fwdbwd", min_run_time_s=0.01
+    )
     run_sweep(spec, str(bwd), progress=False)
     build_report([str(sweep), str(bwd)], str(tmp_path / "m"), ("md",))
     md = (tmp_path / "m" / "report.md").read_text()
     assert "full [mode=fwd]" in md and "full [mode=fwdbwd]" in md
+    # one pattern picture per variant: forward and forward+backward share the pattern
+    patterns = md.split("### Attention patterns", 1)[1].split("###", 1)[0]
+    assert patterns.count("| full |") == 1 and "[mode=" not in patterns, patterns
 
 
 def test_report_context_of_a_run_spread_over_workers(sweep, tmp_path):
@@ -113,8 +126,11 @@ def test_report_context_of_a_run_spread_over_workers(sweep, tmp_path):
     peaks = sorted({r["matmul_peak_gflops"] for r in map(json.loads, sweep.read_text().splitlines())})
     shown = [float(x) for x in re.findall(r"[\d.]+", local.split("matmul peak", 1)[1].split("GFLOP/s", 1)[0])]
     # (the range's ends as printed: 3 significant figures, so compare within rounding, whatever the magnitude)
-    assert "on Ray" not in local and shown[0] == pytest.approx(peaks[0], rel=0.01) \
-        and shown[-1] == pytest.approx(peaks[-1], rel=0.01), (shown, peaks)
+    assert (
+        "on Ray" not in local
+        and shown[0] == pytest.approx(peaks[0], rel=0.01)
+        and shown[-1] == pytest.approx(peaks[-1], rel=0.01)
+    ), (shown, peaks)
 
 
 def test_tables_format_numpy_integers_and_mark_the_best():
@@ -127,6 +143,49 @@ def test_tables_format_numpy_integers_and_mark_the_best():
     t = pd.DataFrame({64: [np.int64(2**21), np.int64(2**20)]}, index=["a", "b"], dtype=object)
     md = table_md(t, "Peak memory", "MiB", scale=1 / 2**20)
     assert "| a | 2 |" in md and "| b | **1** |" in md, md
+    assert "| --- | ---: |" in md  # numbers right-aligned, names left
+
+
+def test_a_variant_with_no_value_gets_no_empty_row_and_no_legend_entry(tmp_path):
+    """Approximate variants have no FLOP count: the throughput table and the peak-fraction plot
+    showed a blank row and a legend entry with no line for each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import pandas as pd
+
+    from effattn.report import table_md
+    from effattn.report.plots import _plot_lines
+
+    t = pd.DataFrame({64: [1.5, np.nan, "oom"]}, index=["exact", "approx", "failed"], dtype=object)
+    md = table_md(t, "Throughput", "GFLOP/s")
+    assert "| exact |" in md and "| failed | oom |" in md and "approx" not in md, md
+    df = pd.DataFrame(
+        [
+            {"label": "exact", "seq_len": 64, "status": "ok", "peak_fraction": 0.5},
+            {"label": "approx", "seq_len": 64, "status": "ok", "peak_fraction": np.nan},
+            {"label": "failed", "seq_len": 64, "status": "oom", "peak_fraction": np.nan},
+        ]
+    )
+    fig, ax = plt.subplots()
+    _plot_lines(ax, df, "peak_fraction")
+    assert [h.get_label() for h in ax.get_legend_handles_labels()[0]] == ["exact", "failed"]
+    plt.close(fig)
+
+
+def test_noisy_and_loaded_points_are_listed_by_variant(sweep, tmp_path):
+    rows = [json.loads(x) for x in sweep.read_text().splitlines()]
+    for r in rows:
+        r["noisy"] = r["label"] == "naive"
+        r["loaded"] = r["label"] == "full" and r["seq_len"] == 256
+    f = tmp_path / "flagged.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    build_report([str(f)], str(tmp_path / "rep"), ("md",))
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert f"Noisy points (IQR/median > 10%), 3 of {len(rows)}:\n- naive: n = 64, 128, 256" in md, md
+    assert f"certain), 1 of {len(rows)}:\n- full: n = 256" in md, md
 
 
 def test_the_report_shows_both_error_columns_for_what_they_mean(sweep, tmp_path):
@@ -159,11 +218,12 @@ def test_an_all_attending_pattern_is_drawn_black_not_blank(tmp_path, monkeypatch
     monkeypatch.setattr(registry, "option_names", lambda t: ([], None))
     monkeypatch.setattr(registry, "option_defaults", lambda t: {})
     import pandas as pd
+
     df = pd.DataFrame([{"label": "everything", "variant": "everything", "options": {}}])
     made = report.pattern_pictures(df, str(tmp_path))
     img = mpimg.imread(str(tmp_path / made[0][1]))
     h, w = img.shape[:2]
-    centre = img[h // 3: 2 * h // 3, w // 3: 2 * w // 3, :3]
+    centre = img[h // 3 : 2 * h // 3, w // 3 : 2 * w // 3, :3]
     assert centre.mean() < 0.2, centre.mean()  # black where every pair attends
 
 
@@ -209,13 +269,17 @@ def test_each_pattern_is_drawn_at_a_size_where_its_structure_shows(tmp_path):
 
     from effattn.report import pattern_pictures
 
-    df = pd.DataFrame([{"label": "bigbird", "variant": "bigbird", "options": {}},
-                       {"label": "sliding_window", "variant": "sliding_window", "options": {}}])
+    df = pd.DataFrame(
+        [
+            {"label": "bigbird", "variant": "bigbird", "options": {}},
+            {"label": "sliding_window", "variant": "sliding_window", "options": {}},
+        ]
+    )
     made = {label: f for label, f, _ in pattern_pictures(df, str(tmp_path))}
     for label, f in made.items():
         img = mpimg.imread(str(tmp_path / f))[..., :3]
         h, w = img.shape[:2]
-        inner = img[h // 8: 7 * h // 8, w // 8: 7 * w // 8]  # inside the frame and title
+        inner = img[h // 8 : 7 * h // 8, w // 8 : 7 * w // 8]  # inside the frame and title
         dark = float((inner.mean(-1) < 0.5).mean())
         assert 0.05 < dark < 0.6, (label, dark)  # some pairs attended, most not
 

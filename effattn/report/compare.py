@@ -1,4 +1,5 @@
 """Comparing two runs point by point: is NEW slower than BASE beyond the noise?"""
+
 from __future__ import annotations
 
 import math
@@ -20,8 +21,7 @@ class Comparison:
     inconclusive: int = 0
 
 
-def compare_runs(base: pd.DataFrame, new: pd.DataFrame, threshold: float = 0.10,
-                 alpha: float = 0.05) -> Comparison:
+def compare_runs(base: pd.DataFrame, new: pd.DataFrame, threshold: float = 0.10, alpha: float = 0.05) -> Comparison:
     """Per-point time ratio NEW/BASE over the points both measured ok.
 
     A regression is a point whose median slowed by more than `threshold` AND whose round times are
@@ -39,8 +39,10 @@ def compare_runs(base: pd.DataFrame, new: pd.DataFrame, threshold: float = 0.10,
     a, b = latest(base), latest(new)
     ra_all = {k: r for k, r in zip(point_keys(a), a.to_dict("records")) if r["status"] == "ok"}
     rb_all = {k: r for k, r in zip(point_keys(b), b.to_dict("records")) if r["status"] == "ok"}
-    out = Comparison(only_base=[r for k, r in ra_all.items() if k not in rb_all],
-                     only_new=[r for k, r in rb_all.items() if k not in ra_all])
+    out = Comparison(
+        only_base=[r for k, r in ra_all.items() if k not in rb_all],
+        only_new=[r for k, r in rb_all.items() if k not in ra_all],
+    )
     for k in (k for k in ra_all if k in rb_all):
         ra, rb = ra_all[k], rb_all[k]
         sa, sb = _samples(ra), _samples(rb)
@@ -65,8 +67,17 @@ def compare_runs(base: pd.DataFrame, new: pd.DataFrame, threshold: float = 0.10,
             verdict = "faster (within the threshold)"
         out.regressions += verdict == "REGRESSION"
         out.inconclusive += verdict.startswith("inconclusive")
-        out.points.append({"label": ra["label"], "seq_len": int(ra["seq_len"]), "base_ms": ta, "new_ms": tb,
-                           "ratio": ratio, "p": min(p_slower, p_faster), "verdict": verdict})
+        out.points.append(
+            {
+                "label": ra["label"],
+                "seq_len": int(ra["seq_len"]),
+                "base_ms": ta,
+                "new_ms": tb,
+                "ratio": ratio,
+                "p": min(p_slower, p_faster),
+                "verdict": verdict,
+            }
+        )
     return out
 
 

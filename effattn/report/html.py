@@ -1,4 +1,5 @@
 """The report as a standalone HTML page."""
+
 from __future__ import annotations
 
 
@@ -9,8 +10,10 @@ def to_html(md: str) -> str:
     from markdown_it import MarkdownIt
 
     body = MarkdownIt("commonmark", {"html": False}).enable("table").render(md)
-    return ("<!doctype html>\n<html lang='en'><head><meta charset='utf-8'><title>effattn report</title>\n"
-            "<style>body{font-family:sans-serif;max-width:1100px;margin:auto;padding:0 1em}"
-            "table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #ccc;padding:2px 6px}"
-            "td{text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}</style>"
-            "</head><body>\n" + body + "</body></html>\n")
+    return (
+        "<!doctype html>\n<html lang='en'><head><meta charset='utf-8'><title>effattn report</title>\n"
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto;padding:0 1em}"
+        "table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #ccc;padding:2px 6px}"
+        "img{max-width:100%}</style>"
+        "</head><body>\n" + body + "</body></html>\n"
+    )

@@ -2,6 +2,7 @@
 panels), the speed-up over `full` with its intervals and crossovers, the fraction of the matmul
 peak, the error against `full`, and speed against accuracy. Each variant keeps one colour and
 marker in every plot; noisy or loaded points are drawn hollow."""
+
 from __future__ import annotations
 
 import os
@@ -14,6 +15,7 @@ STATUS_MARKERS = {"oom": "X", "timeout": "v", "error": "s", "unsupported": "d"}
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 
+
 def _style(i: int) -> dict:
     """The i-th series' colour and marker: the 10 strong colours, then their 10 light shades, each
     with another marker: no two of 100 series look alike, and the first 20 differ in colour."""
@@ -23,6 +25,7 @@ def _style(i: int) -> dict:
     colour = tab20[2 * (i % 10) + (i // 10) % 2]
     return {"color": colour, "marker": MARKERS[(i + i // 10) % 10]}
 
+
 def _flagged(g: pd.DataFrame) -> pd.Series:
     """Points measured while noisy or loaded: drawn hollow."""
     out = pd.Series(False, index=g.index)
@@ -31,26 +34,45 @@ def _flagged(g: pd.DataFrame) -> pd.Series:
             out |= g[c].fillna(False).astype(bool)
     return out
 
+
 def _plot_lines(ax, df, col, scale=1.0, styles=None):
     for i, (label, g) in enumerate(df.groupby("label", sort=False)):
         st = (styles or {}).get(label) or _style(i)
         g = g.sort_values("seq_len")
         ok = g[g["status"] == "ok"]
+        if not pd.to_numeric(ok[col], errors="coerce").notna().any() and not g["status"].isin(STATUS_MARKERS).any():
+            continue  # nothing to draw (e.g. no FLOP count for an approximate variant): no legend entry
         (line,) = ax.plot(ok["seq_len"], ok[col] * scale, ms=4, lw=1.2, label=label, **st)
         hollow = ok[_flagged(ok)]
         if len(hollow):  # noisy or loaded: a white-filled marker over the line's
-            ax.plot(hollow["seq_len"], hollow[col] * scale, linestyle="none", marker=st["marker"], ms=4,
-                    markerfacecolor="white", markeredgecolor=st["color"])
+            ax.plot(
+                hollow["seq_len"],
+                hollow[col] * scale,
+                linestyle="none",
+                marker=st["marker"],
+                ms=4,
+                markerfacecolor="white",
+                markeredgecolor=st["color"],
+            )
         bad = g[g["status"].isin(STATUS_MARKERS)]
         for _, r in bad.iterrows():  # failures sit at the top edge, in the line's colour
-            ax.annotate(STATUS_MARKERS[r["status"]], (r["seq_len"], 1.0), xycoords=("data", "axes fraction"),
-                        color=line.get_color(), ha="center", va="top", fontsize=9)
+            ax.annotate(
+                STATUS_MARKERS[r["status"]],
+                (r["seq_len"], 1.0),
+                xycoords=("data", "axes fraction"),
+                color=line.get_color(),
+                ha="center",
+                va="top",
+                fontsize=9,
+            )
+
 
 def _split_exact(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """(title, rows) for the exact variants and the approximate ones, each where there are any."""
     exact = df["exact"].fillna(False).astype(bool) if "exact" in df else pd.Series(True, index=df.index)
     parts = [("exact variants", df[exact]), ("approximate variants", df[~exact])]
     return [(t, d) for t, d in parts if len(d)]
+
 
 def _ref_slopes(ax, df, col, scale):
     ok = df[(df["status"] == "ok") & df[col].notna()]
@@ -62,6 +84,7 @@ def _ref_slopes(ax, df, col, scale):
     ax.plot(xs, y0 * (xs / n0), "k--", lw=0.8, alpha=0.6, label="∝ n")
     ax.plot(xs, y0 * (xs / n0) ** 2, "k:", lw=0.8, alpha=0.6, label="∝ n²")
 
+
 def _speedups(df: pd.DataFrame, baseline: str = "full") -> pd.DataFrame:
     """Per variant and length: full's time over the variant's (the round-by-round paired ratio
     where they were timed together, else the ratio of medians), its 95% interval where known, and
@@ -71,10 +94,13 @@ def _speedups(df: pd.DataFrame, baseline: str = "full") -> pd.DataFrame:
     ok = df[df["status"] == "ok"]
 
     def config(label: str) -> str:  # "sliding_window [mode=fwd]" -> " [mode=fwd]" (see results.label_series)
-        return label[label.index(" ["):] if " [" in label else ""
+        return label[label.index(" [") :] if " [" in label else ""
 
-    base = {(config(r["label"]), int(r["seq_len"])): r for r in ok.to_dict("records")
-            if r["label"] == baseline + config(r["label"])}
+    base = {
+        (config(r["label"]), int(r["seq_len"])): r
+        for r in ok.to_dict("records")
+        if r["label"] == baseline + config(r["label"])
+    }
     if not base:
         return pd.DataFrame()
     cross = {}
@@ -93,12 +119,29 @@ def _speedups(df: pd.DataFrame, baseline: str = "full") -> pd.DataFrame:
         pr = paired_ratio(r, b)
         if pr:
             med, lo, hi = pr[0], pr[1], pr[2]
-            out.append({"label": r["label"], "seq_len": n, "speedup": 1 / med, "lo": 1 / hi, "hi": 1 / lo,
-                        "crossover": cross.get(r["label"])})
+            out.append(
+                {
+                    "label": r["label"],
+                    "seq_len": n,
+                    "speedup": 1 / med,
+                    "lo": 1 / hi,
+                    "hi": 1 / lo,
+                    "crossover": cross.get(r["label"]),
+                }
+            )
         elif r.get("time_ms") and b.get("time_ms"):
-            out.append({"label": r["label"], "seq_len": n, "speedup": b["time_ms"] / r["time_ms"],
-                        "lo": np.nan, "hi": np.nan, "crossover": cross.get(r["label"])})
+            out.append(
+                {
+                    "label": r["label"],
+                    "seq_len": n,
+                    "speedup": b["time_ms"] / r["time_ms"],
+                    "lo": np.nan,
+                    "hi": np.nan,
+                    "crossover": cross.get(r["label"]),
+                }
+            )
     return pd.DataFrame(out).sort_values(["label", "seq_len"], kind="stable") if out else pd.DataFrame()
+
 
 def make_plots(df: pd.DataFrame, out_dir: str) -> list[str]:
     import matplotlib
@@ -120,8 +163,10 @@ def make_plots(df: pd.DataFrame, out_dir: str) -> list[str]:
 
     labels = list(dict.fromkeys(df["label"]))
     styles = {label: _style(i) for i, label in enumerate(labels)}  # one look per variant in every plot
-    for col, name, ylabel, scale in (("time_ms", "time", "time (ms)", 1.0),
-                                     ("peak_mem_bytes", "memory", "peak memory (MiB)", 1 / 2**20)):
+    for col, name, ylabel, scale in (
+        ("time_ms", "time", "time (ms)", 1.0),
+        ("peak_mem_bytes", "memory", "peak memory (MiB)", 1 / 2**20),
+    ):
         if not plottable(col):
             continue
         parts = _split_exact(df)
@@ -136,8 +181,9 @@ def make_plots(df: pd.DataFrame, out_dir: str) -> list[str]:
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
         axes[0][0].set_ylabel(ylabel)
-        fig.suptitle(f"{ylabel.split(' (')[0]} against n (log-log); X = oom, v = timeout, hollow = noisy or loaded",
-                     fontsize=9)
+        fig.suptitle(
+            f"{ylabel.split(' (')[0]} against n (log-log); X = oom, v = timeout, hollow = noisy or loaded", fontsize=9
+        )
         save(fig, name)
     speedup = _speedups(df)
     if len(speedup):
@@ -158,8 +204,7 @@ def make_plots(df: pd.DataFrame, out_dir: str) -> list[str]:
         ax.set_yscale("log")
         ax.set_xlabel("sequence length n")
         ax.set_ylabel("speed-up over full (full's time / variant's time)")
-        ax.set_title("speed-up over full; band = 95% interval of the paired ratio; | = faster from here on",
-                     fontsize=9)
+        ax.set_title("speed-up over full; band = 95% interval of the paired ratio; | = faster from here on", fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
         save(fig, "speedup")

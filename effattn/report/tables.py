@@ -1,4 +1,6 @@
-"""Markdown tables: one row per variant, one column per length, the best value in bold."""
+"""Markdown tables: one row per variant, one column per length, the best value in bold; a variant
+with no value in a table is left out of it."""
+
 from __future__ import annotations
 
 import math
@@ -15,6 +17,7 @@ def _fmt(x, digits=3):
         return str(int(x))
     return f"{x:.{digits}g}"
 
+
 def pivot(df: pd.DataFrame, col: str) -> pd.DataFrame:
     """label x seq_len; cells hold the value for ok points and the status otherwise."""
     rows = {}
@@ -23,6 +26,7 @@ def pivot(df: pd.DataFrame, col: str) -> pd.DataFrame:
         rows.setdefault(label, {})[n] = r[col] if r["status"] == "ok" else r["status"]
     t = pd.DataFrame(rows).T
     return t.reindex(sorted(t.columns), axis=1) if len(t.columns) else t
+
 
 def _best(t: pd.DataFrame, lower_is_better=True):
     """Per column, the label of the best numeric value (marked in tables)."""
@@ -33,12 +37,14 @@ def _best(t: pd.DataFrame, lower_is_better=True):
             best[c] = vals.idxmin() if lower_is_better else vals.idxmax()
     return best
 
+
 def table_md(t: pd.DataFrame, title: str, unit: str, lower_is_better=True, scale=1.0) -> str:
     if t.empty:
         return f"### {title}\n\n(no points)\n"
     best = _best(t, lower_is_better)
     head = "| variant | " + " | ".join(f"n={c}" for c in t.columns) + " |"
-    lines = [f"### {title} ({unit}; **bold** = best in column)", "", head, "|" + " --- |" * (len(t.columns) + 1)]
+    # numbers right-aligned (in the HTML page and wherever the markdown is rendered)
+    lines = [f"### {title} ({unit}; **bold** = best in column)", "", head, "| --- |" + " ---: |" * len(t.columns)]
     for label, row in t.iterrows():
         cells = []
         for c in t.columns:
@@ -48,8 +54,11 @@ def table_md(t: pd.DataFrame, title: str, unit: str, lower_is_better=True, scale
                 cells.append(f"**{s}**" if best.get(c) == label else s)
             else:
                 cells.append("" if pd.isna(v) else str(v))
+        if not any(cells):  # a variant with no value here (no FLOP count, say) gets no empty row
+            continue
         lines.append(f"| {_cell(label)} | " + " | ".join(_cell(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
+
 
 def _cell(text: str) -> str:
     """Text for a markdown table cell: a `|` would end the cell (even inside a code span)."""
