@@ -88,6 +88,30 @@ def test_compare_flags_regressions(sweep, tmp_path, run_cli):
     assert r.returncode == 2
 
 
+def test_compare_runs_from_python(sweep, tmp_path):
+    from effattn.report import compare_runs
+    from effattn.results import load
+
+    rows = [json.loads(x) for x in sweep.read_text().splitlines()]
+    for r in rows:
+        if r["label"] == "full" and r.get("time_ms"):
+            r["time_ms"] *= 3
+            r["time_raw_ms"] = [t * 3 for t in r["time_raw_ms"]]
+    rows = [r for r in rows if not (r["label"] == "naive" and r["seq_len"] == 256)]  # one point only in base
+    slower = tmp_path / "slow.jsonl"
+    slower.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    c = compare_runs(load(str(sweep)), load(str(slower)))
+    verdicts = {(p["label"], p["seq_len"]): p["verdict"] for p in c.points}
+    assert c.regressions == 3 and all(verdicts[("full", n)] == "REGRESSION" for n in (64, 128, 256)), verdicts
+    assert [(r["label"], r["seq_len"]) for r in c.only_base] == [("naive", 256)] and not c.only_new
+    assert all(p["ratio"] == pytest.approx(3.0) for p in c.points if p["label"] == "full")
+    same = compare_runs(load(str(sweep)), load(str(sweep)))
+    assert same.regressions == 0 and len(same.points) == len(c.points) + 1
+    for bad in ({"threshold": -0.1}, {"threshold": float("nan")}, {"alpha": 0}, {"alpha": 1.5}):
+        with pytest.raises(ValueError):
+            compare_runs(load(str(sweep)), load(str(sweep)), **bad)
+
+
 def test_report_of_mixed_configurations_keeps_them_apart(sweep, tmp_path):
     """Two files, forward and forward+backward: both render, as separate series."""
     bwd = tmp_path / "bwd.jsonl"
