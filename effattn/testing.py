@@ -1,19 +1,27 @@
-"""The conformance suite every plugin goes through: `check_attention(name_or_module, **options)`.
+"""The conformance suite every plugin goes through.
 
-Plugin authors call it from their own tests; it raises `AssertionError` naming the failed check.
-`run_checks` returns every check's outcome instead (the CLI's `effattn check` prints them).
+    from effattn.testing import check_attention, conformance_tests
+    check_attention("my_window", w=3)            # raises AssertionError naming every failed check
+    test_my_window = conformance_tests("my_window", w=3)   # in a plugin's own tests: one pytest
+                                                           # test per check, skips shown as skips
 
-What is checked depends on what the plugin declares (see `effattn.registry.Facts`):
-shape and dtype, finite outputs and gradients, exactness against a float64 dense reference
-built from `dense_mask` (exact plugins; forward and gradients, causal, padding, cross and
-lengths that are no multiple of any block), no leak from the future (causal) or from padding,
-and determinism for a fixed seed.
+`run_checks` returns every check's outcome instead (`effattn check` prints them). Each check is a
+named function in CHECKS, run in that order; a new check is one more function with the `@check`
+decorator. What is checked depends on what the plugin declares (`effattn.registry.Facts`): shape
+and dtype, finite outputs and gradients, exactness against a float64 dense reference built from
+`dense_mask` (exact plugins; forward and gradients, causal, padding, cross, and lengths that are
+no multiple of any block), no leak from the future (causal) or from padding, and determinism.
+
+The lengths come from the plugin's own pattern: past the lengths asked for, n doubles (up to
+PATTERN_BOUND) until `dense_mask` excludes a pair, and exactness is checked at every length tried,
+so a wrong mask cannot hide behind a window wider than the inputs. Where the pattern attends
+every pair up to the bound, `pattern_exercised` is skipped and says so.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -21,6 +29,10 @@ from .registry import Facts, create_attention
 
 #: relative error allowed between an exact plugin in float32 and the float64 reference.
 EXACT_RTOL = 1e-5
+#: the longest length tried while looking for a length at which the pattern excludes a pair
+PATTERN_BOUND = 1024
+#: failing cases listed per check (the rest are counted)
+MAX_LISTED = 8
 
 
 @dataclass
@@ -29,6 +41,18 @@ class CheckResult:
     passed: bool
     detail: str = ""
     skipped: bool = False
+
+    @property
+    def status(self) -> str:
+        return "skipped" if self.skipped else "passed" if self.passed else "failed"
+
+
+class PluginRaised(Exception):
+    """The plugin under test raised (as opposed to a check finding a wrong result)."""
+
+
+class Skip(Exception):
+    """Raised by a check that does not apply; its message is the reason."""
 
 
 def reference_attention(q, k, v, allowed: torch.Tensor) -> torch.Tensor:
@@ -50,17 +74,314 @@ def _rel_err(a, b) -> float:
 
 def _inputs(b, h, n_q, n_k, d, dtype, device, seed):
     g = torch.Generator().manual_seed(seed)
-    mk = lambda n: torch.randn(b, h, n, d, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
+
+    def mk(n):
+        return torch.randn(b, h, n, d, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
+
     return mk(n_q), mk(n_k), mk(n_k)
 
 
-def _padding(b, n_k, seed, device):
-    """Row 0 pads a tail, row 1 (if any) pads everything: the all-padded row must give zeros."""
+def _padding(b, n_k, device):
+    """Batch row 0 pads a tail, row 1 (if any) pads everything: that row's output must be zeros."""
     kpm = torch.zeros(b, n_k, dtype=torch.bool)
     kpm[0, max(1, n_k - max(1, n_k // 3)) :] = True
     if b > 1:
         kpm[1, :] = True
     return kpm.to(device)
+
+
+def _label(n_q, n_k, causal, pad) -> str:
+    return f"n_q={n_q} n_k={n_k}" + (" causal" if causal else "") + (" padded" if pad else "")
+
+
+@dataclass
+class Suite:
+    """What every check sees: the plugin, how to build it again, its facts and the cases."""
+
+    build: Callable[[], torch.nn.Module]
+    rebuilds_from_name: bool
+    facts: Facts
+    device: str
+    batch: int
+    heads: int
+    head_dim: int
+    seed: int
+    seq_lens: tuple[int, ...]  # the lengths asked for, then those the pattern search tried
+    sparse_from: int | None  # the first length at which dense_mask excludes a pair
+    attn: torch.nn.Module = field(init=False)
+
+    def __post_init__(self):
+        torch.manual_seed(self.seed)
+        self.attn = self.build().to(self.device)
+
+    @property
+    def n_max(self) -> int:
+        return max(self.seq_lens)
+
+    def call(self, q, k, v, **kw):
+        """The plugin's forward; what it raises is reported as the plugin's, never as a check's."""
+        try:
+            return self.attn(q, k, v, **kw)
+        except Exception as e:  # whatever it raises is the plugin's failure, named so
+            raise PluginRaised(f"the plugin raised {type(e).__name__}: {e}") from e
+
+    def cases(self) -> list[tuple[int, int, bool, bool]]:
+        """(n_q, n_k, causal, padded) for every case the plugin's facts allow."""
+        f, n = self.facts, self.n_max
+        out = [(m, m, False, False) for m in self.seq_lens]
+        if f.supports_causal:
+            out += [(m, m, True, False) for m in self.seq_lens]
+        if f.supports_padding:
+            out += [(n, n, False, True)] + ([(n, n, True, True)] if f.supports_causal else [])
+        if f.supports_cross:
+            out += [(max(1, n // 2), n, False, False), (n, max(1, n // 2) + 3, False, False)]
+            if f.supports_causal:
+                out.append((max(1, n // 2), n, True, False))
+        return out
+
+    def inputs(self, n_q, n_k, dtype=torch.float32, seed_offset=0, batch=None):
+        return _inputs(batch or self.batch, self.heads, n_q, n_k, self.head_dim, dtype, self.device,
+                       self.seed + seed_offset)  # fmt: skip
+
+
+class _Failures:
+    """A check's failing cases: every one is kept, the first MAX_LISTED are shown."""
+
+    def __init__(self):
+        self.items: list[str] = []
+
+    def case(self, where: str, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except (AssertionError, PluginRaised) as e:
+            self.items.append(f"{where}: {e}")
+
+    def raise_any(self) -> None:
+        if self.items:
+            shown = self.items[:MAX_LISTED]
+            more = len(self.items) - len(shown)
+            raise AssertionError("\n".join(shown + ([f"... and {more} more failing cases"] if more else [])))
+
+
+CHECKS: list[tuple[str, Callable[[Suite], str | None]]] = []
+
+
+def check(name: str):
+    """Add a check to the suite: a function of the Suite that returns a detail line (or None),
+    raises AssertionError with what is wrong, or raises Skip with why it does not apply."""
+
+    def deco(fn):
+        CHECKS.append((name, fn))
+        return fn
+
+    return deco
+
+
+@check("shape_and_dtype")
+def shape_and_dtype(s: Suite):
+    fails = _Failures()
+    for dt in ("float32",) + tuple(x for x in ("bfloat16",) if x in s.facts.dtypes and s.device == "cpu"):
+        dtype = getattr(torch, dt)
+
+        def one(dtype=dtype):
+            q, k, v = s.inputs(11, 11, dtype)
+            out = s.call(q, k, v)
+            assert tuple(out.shape) == tuple(q.shape), f"output shape {tuple(out.shape)}, want {tuple(q.shape)}"
+            assert out.dtype == dtype, f"output dtype {out.dtype}, want {dtype} (the inputs' dtype)"
+
+        fails.case(dt, one)
+    fails.raise_any()
+
+
+@check("finite_outputs_and_gradients")
+def finite_outputs_and_gradients(s: Suite):
+    fails = _Failures()
+    for n_q, n_k, causal, pad in s.cases():
+
+        def one(n_q=n_q, n_k=n_k, causal=causal, pad=pad):
+            q, k, v = (t.requires_grad_() for t in s.inputs(n_q, n_k))
+            kpm = _padding(s.batch, n_k, s.device) if pad else None
+            out = s.call(q, k, v, causal=causal, key_padding_mask=kpm)
+            assert tuple(out.shape) == tuple(q.shape), f"output shape {tuple(out.shape)}, want {tuple(q.shape)}"
+            assert torch.isfinite(out).all(), "non-finite output"
+            if pad and s.batch > 1:
+                worst = out[1].abs().max().item()
+                assert worst == 0, (
+                    f"batch row 1 is fully padded (key_padding_mask all True), so its output must be zeros; "
+                    f"max |out| there is {worst:.2e}"
+                )
+            out.square().sum().backward()
+            for nm, t in zip("qkv", (q, k, v)):
+                assert t.grad is not None, f"no gradient reaches {nm}"
+                assert torch.isfinite(t.grad).all(), f"non-finite gradient of {nm}"
+
+        fails.case(_label(n_q, n_k, causal, pad), one)
+    fails.raise_any()
+    return f"{len(s.cases())} cases"
+
+
+@check("pattern_exercised")
+def pattern_exercised(s: Suite):
+    if not s.facts.exact or getattr(s.attn, "dense_mask", None) is None:
+        raise Skip("approximate plugin: no pattern to exercise")
+    lens = ", ".join(map(str, s.seq_lens))
+    if s.sparse_from is None:
+        raise Skip(
+            f"the pattern was never exercised: dense_mask attends every pair at every length up to "
+            f"{PATTERN_BOUND} (a full pattern; otherwise pass options that make it sparse, e.g. window=16)"
+        )
+    return f"dense_mask excludes pairs from n={s.sparse_from}; exactness checked at n = {lens}"
+
+
+@check("exact_vs_reference")
+def exact_vs_reference(s: Suite):
+    if not s.facts.exact:
+        raise Skip("approximate plugin")
+    dense_mask = getattr(s.attn, "dense_mask", None)
+    assert dense_mask is not None, "an exact plugin must have dense_mask(n_q, n_k, causal)"
+    fails, worst = _Failures(), [0.0]
+    for n_q, n_k, causal, pad in s.cases():
+
+        def one(n_q=n_q, n_k=n_k, causal=causal, pad=pad):
+            q, k, v = s.inputs(n_q, n_k, seed_offset=1)
+            kpm = _padding(s.batch, n_k, s.device) if pad else None
+            m = dense_mask(n_q, n_k, causal=causal).to(s.device)
+            assert tuple(m.shape) == (n_q, n_k) and m.dtype == torch.bool, (
+                f"dense_mask returned {m.dtype} {tuple(m.shape)}, want torch.bool ({n_q}, {n_k})"
+            )
+            allowed = m if kpm is None else (m & ~kpm[:, None, None, :])
+            qr, kr, vr = (t.detach().clone().requires_grad_() for t in (q, k, v))
+            q32, k32, v32 = (t.detach().clone().requires_grad_() for t in (q, k, v))
+            ref = reference_attention(qr, kr, vr, allowed)
+            out = s.call(q32, k32, v32, causal=causal, key_padding_mask=kpm)
+            if pad and s.batch > 1 and out[1].abs().max() != 0:
+                raise AssertionError(
+                    "batch row 1 is fully padded (key_padding_mask all True), so its output must be zeros; "
+                    f"max |out| there is {out[1].abs().max().item():.2e}"
+                )
+            err = _rel_err(out, ref)
+            assert err <= EXACT_RTOL, f"forward relative error {err:.2e} > {EXACT_RTOL:g} against dense_mask's pattern"
+            g = torch.randn(out.shape, generator=torch.Generator().manual_seed(7)).to(s.device)
+            (ref * g.double()).sum().backward()
+            (out * g).sum().backward()
+            for nm, a, b in zip("qkv", (q32, k32, v32), (qr, kr, vr)):
+                if b.grad.norm() == 0:
+                    # exactly zero in float64 (n_k = 1, or a window of 0): float32 roundoff is
+                    # allowed, measured against the scale of the value gradient
+                    small = 0.0 if a.grad is None else float(a.grad.norm() / vr.grad.norm().clamp_min(1e-30))
+                    assert small <= EXACT_RTOL, f"gradient of {nm} should be 0, relative size {small:.1e}"
+                    continue
+                assert a.grad is not None, f"no gradient reaches {nm}"
+                e = _rel_err(a.grad, b.grad)
+                assert e <= EXACT_RTOL, f"gradient of {nm}: relative error {e:.2e} > {EXACT_RTOL:g}"
+                worst[0] = max(worst[0], e)
+            worst[0] = max(worst[0], err)
+
+        fails.case(_label(n_q, n_k, causal, pad), one)
+    fails.raise_any()
+    return f"worst relative error {worst[0]:.1e} over {len(s.cases())} cases at n = {', '.join(map(str, s.seq_lens))}"
+
+
+@check("causal_no_future_leak")
+def causal_no_future_leak(s: Suite):
+    if not s.facts.supports_causal:
+        raise Skip("causal not supported")
+    n = s.n_max
+    q, k, v = (t.requires_grad_() for t in s.inputs(n, n, batch=1))
+    out = s.call(q, k, v, causal=True)
+    fails = _Failures()
+    for t in sorted({0, n // 3, n - 2}):
+        if t < 0 or t >= n - 1:
+            continue
+
+        def one(t=t):
+            grads = torch.autograd.grad(out[:, :, t].sum(), (q, k, v), retain_graph=True, allow_unused=True)
+            for nm, gr in zip("qkv", grads):
+                leak = 0.0 if gr is None else gr[:, :, t + 1 :].abs().max().item()
+                assert leak == 0, f"the output at position {t} depends on {nm} after {t} (max |grad| {leak:.2e})"
+
+        fails.case(f"n={n}", one)
+    fails.raise_any()
+
+
+@check("padding_no_leak")
+def padding_no_leak(s: Suite):
+    if not s.facts.supports_padding:
+        raise Skip("key_padding_mask not supported")
+    n = s.n_max
+    q, k, v = (t.requires_grad_() for t in s.inputs(n, n))
+    kpm = _padding(s.batch, n, s.device)
+    out = s.call(q, k, v, key_padding_mask=kpm)
+    gk, gv = torch.autograd.grad(out.sum(), (k, v), allow_unused=True)
+    pad = kpm[:, None, :, None].expand(s.batch, s.heads, n, s.head_dim)
+    fails = _Failures()
+    for nm, gr in (("k", gk), ("v", gv)):
+
+        def one(gr=gr):
+            leak = 0.0 if gr is None or not pad.any() else gr[pad].abs().max().item()
+            assert leak == 0, f"the output depends on padded positions (max |grad| {leak:.2e})"
+
+        fails.case(f"n={n}, gradient of {nm}", one)
+    fails.raise_any()
+
+
+@check("deterministic")
+def deterministic(s: Suite):
+    q, k, v = s.inputs(s.n_max, s.n_max)
+    torch.manual_seed(s.seed)
+    a = s.build().to(s.device)
+    out1, out2 = a(q, k, v), a(q, k, v)
+    torch.manual_seed(s.seed + 12345)  # a rebuilt plugin must not depend on the global RNG state...
+    if s.rebuilds_from_name:  # ...unless it was handed over built (then it is the same module)
+        torch.manual_seed(s.seed)
+    out3 = s.build().to(s.device)(q, k, v)
+    assert torch.equal(out1, out2), "two calls on the same input differ"
+    assert torch.equal(out1, out3), "two plugins built with the same seed differ"
+
+
+def _sparse_from(attn, facts: Facts, seq_lens) -> tuple[tuple[int, ...], int | None]:
+    """The lengths to check, and the first at which the plugin's dense_mask excludes a pair:
+    the asked lengths, then doublings of the longest up to PATTERN_BOUND until one does."""
+    lens = sorted(set(seq_lens))
+    mask = getattr(attn, "dense_mask", None)
+    if not facts.exact or mask is None:
+        return tuple(lens), None
+
+    def sparse(n):
+        try:
+            return not bool(mask(n, n, causal=False).all())
+        except Exception:  # noqa: BLE001 - a dense_mask that fails is reported by exact_vs_reference
+            return True
+
+    for n in lens:
+        if sparse(n):
+            return tuple(lens), n
+    n = lens[-1]
+    while n < PATTERN_BOUND:
+        n = min(2 * n, PATTERN_BOUND)
+        lens.append(n)
+        if sparse(n):
+            return tuple(lens), n
+    return tuple(lens), None
+
+
+def _suite(name_or_module, seq_lens, batch, heads, head_dim, device, seed, options) -> Suite:
+    if isinstance(name_or_module, str):
+
+        def build():
+            return create_attention(name_or_module, **options)
+    else:
+        module = name_or_module
+
+        def build():
+            return module
+
+    torch.manual_seed(seed)
+    first = build().to(device)
+    facts = Facts.of(first)
+    lens, sparse_from = _sparse_from(first, facts, seq_lens)
+    return Suite(build, isinstance(name_or_module, str), facts, device, batch, heads, head_dim, seed, lens,
+                 sparse_from)  # fmt: skip
 
 
 def run_checks(
@@ -72,178 +393,63 @@ def run_checks(
     head_dim: int = 16,
     device: str = "cpu",
     seed: int = 0,
+    only: str | None = None,
     **options,
 ) -> list[CheckResult]:
-    """Run every applicable check and return their results (never raises for a failed check)."""
-    if isinstance(name_or_module, str):
-        build: Callable[[], torch.nn.Module] = lambda: create_attention(name_or_module, **options)
-    else:
-        module = name_or_module
-        build = lambda: module
-    torch.manual_seed(seed)
-    attn = build().to(device)
-    facts = Facts.of(attn)
-    results: list[CheckResult] = []
-
-    def check(name, fn):
+    """Run every check (or only the one named `only`) and return the results; never raises for
+    a failed check. `seq_lens` are the first lengths; the pattern search may add longer ones."""
+    names = [n for n, _ in CHECKS]
+    if only is not None and only not in names:
+        raise ValueError(f"no check named {only!r}; the checks are {', '.join(names)}")
+    suite = _suite(name_or_module, seq_lens, batch, heads, head_dim, device, seed, options)
+    results = []
+    for name, fn in CHECKS:
+        if only is not None and name != only:
+            continue
         try:
-            detail = fn()
-        except AssertionError as e:
+            detail = fn(suite)
+        except Skip as e:
+            results.append(CheckResult(name, True, str(e), skipped=True))
+        except (AssertionError, PluginRaised) as e:
             results.append(CheckResult(name, False, str(e)))
         except Exception as e:  # noqa: BLE001 - a crash is a failed check, reported by name
-            results.append(CheckResult(name, False, f"raised {type(e).__name__}: {e}"))
+            results.append(CheckResult(name, False, f"the plugin raised {type(e).__name__}: {e}"))
         else:
             results.append(CheckResult(name, True, detail or ""))
-
-    def skip(name, why):
-        results.append(CheckResult(name, True, why, skipped=True))
-
-    n_max = max(seq_lens)
-    cases = [(n, n, False, False) for n in seq_lens]
-    if facts.supports_causal:
-        cases += [(n, n, True, False) for n in seq_lens]
-    if facts.supports_padding:
-        cases += [(n_max, n_max, False, True)] + ([(n_max, n_max, True, True)] if facts.supports_causal else [])
-    if facts.supports_cross:
-        cases += [(max(1, n_max // 2), n_max, False, False), (n_max, max(1, n_max // 2) + 3, False, False)]
-        if facts.supports_causal:
-            cases.append((max(1, n_max // 2), n_max, True, False))
-
-    def label(n_q, n_k, causal, pad):
-        return f"n_q={n_q} n_k={n_k}" + (" causal" if causal else "") + (" padded" if pad else "")
-
-    def shape_dtype():
-        for dt in ("float32",) + tuple(x for x in ("bfloat16",) if x in facts.dtypes and device == "cpu"):
-            dtype = getattr(torch, dt)
-            q, k, v = _inputs(batch, heads, 11, 11, head_dim, dtype, device, seed)
-            out = attn(q, k, v)
-            assert out.shape == q.shape, f"{dt}: output shape {tuple(out.shape)} != {tuple(q.shape)}"
-            assert out.dtype == dtype, f"{dt}: output dtype {out.dtype} != {dtype}"
-
-    check("shape_and_dtype", shape_dtype)
-
-    def finite():
-        for n_q, n_k, causal, pad in cases:
-            q, k, v = (
-                t.requires_grad_() for t in _inputs(batch, heads, n_q, n_k, head_dim, torch.float32, device, seed)
-            )
-            kpm = _padding(batch, n_k, seed, device) if pad else None
-            out = attn(q, k, v, causal=causal, key_padding_mask=kpm)
-            assert out.shape == q.shape, f"{label(n_q, n_k, causal, pad)}: shape {tuple(out.shape)}"
-            assert torch.isfinite(out).all(), f"{label(n_q, n_k, causal, pad)}: non-finite output"
-            out.square().sum().backward()
-            for nm, t in zip("qkv", (q, k, v)):
-                assert t.grad is not None and torch.isfinite(t.grad).all(), (
-                    f"{label(n_q, n_k, causal, pad)}: gradient of {nm} missing or non-finite"
-                )
-            if pad and batch > 1:
-                assert out[1].abs().max() == 0, f"{label(n_q, n_k, causal, pad)}: fully padded row is not zero"
-
-    check("finite_outputs_and_gradients", finite)
-
-    if facts.exact:
-        dense_mask = getattr(attn, "dense_mask", None)
-        if dense_mask is None:
-            results.append(CheckResult("exact_vs_reference", False, "exact plugin has no dense_mask(n_q, n_k, causal)"))
-        else:
-
-            def exact():
-                worst = 0.0
-                for n_q, n_k, causal, pad in cases:
-                    q, k, v = _inputs(batch, heads, n_q, n_k, head_dim, torch.float32, device, seed + 1)
-                    kpm = _padding(batch, n_k, seed, device) if pad else None
-                    m = dense_mask(n_q, n_k, causal=causal).to(device)
-                    assert m.shape == (n_q, n_k) and m.dtype == torch.bool, (
-                        f"dense_mask returned {m.dtype} {tuple(m.shape)}, want bool ({n_q}, {n_k})"
-                    )
-                    allowed = m if kpm is None else (m & ~kpm[:, None, None, :])
-                    qr, kr, vr = (t.detach().clone().requires_grad_() for t in (q, k, v))
-                    q32, k32, v32 = (t.detach().clone().requires_grad_() for t in (q, k, v))
-                    ref = reference_attention(qr, kr, vr, allowed)
-                    out = attn(q32, k32, v32, causal=causal, key_padding_mask=kpm)
-                    err = _rel_err(out, ref)
-                    where = label(n_q, n_k, causal, pad)
-                    assert err <= EXACT_RTOL, f"{where}: forward relative error {err:.2e} > {EXACT_RTOL:g}"
-                    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(7)).to(device)
-                    (ref * g.double()).sum().backward()
-                    (out * g).sum().backward()
-                    for nm, a, b in zip("qkv", (q32, k32, v32), (qr, kr, vr)):
-                        if b.grad.norm() == 0:
-                            # exactly zero in float64 (n_k = 1, or a window of 0): float32 roundoff
-                            # is allowed, measured against the scale of the value gradient.
-                            small = 0.0 if a.grad is None else float(a.grad.norm() / vr.grad.norm().clamp_min(1e-30))
-                            assert small <= EXACT_RTOL, (
-                                f"{where}: gradient of {nm} should be 0, relative size {small:.1e}"
-                            )
-                            continue
-                        e = _rel_err(a.grad, b.grad)
-                        assert e <= EXACT_RTOL, f"{where}: gradient of {nm} relative error {e:.2e} > {EXACT_RTOL:g}"
-                        worst = max(worst, e)
-                    worst = max(worst, err)
-                return f"worst relative error {worst:.1e} over {len(cases)} cases"
-
-            check("exact_vs_reference", exact)
-    else:
-        skip("exact_vs_reference", "approximate plugin")
-
-    if facts.supports_causal:
-
-        def no_future_leak():
-            n = n_max
-            q, k, v = (t.requires_grad_() for t in _inputs(1, heads, n, n, head_dim, torch.float32, device, seed))
-            out = attn(q, k, v, causal=True)
-            for t in sorted({0, n // 3, n - 2}):
-                if t < 0 or t >= n - 1:
-                    continue
-                gq, gk, gv = torch.autograd.grad(out[:, :, t].sum(), (q, k, v), retain_graph=True)
-                for nm, gr in zip("qkv", (gq, gk, gv)):
-                    leak = gr[:, :, t + 1 :].abs().max().item()
-                    assert leak == 0, f"output at {t} depends on {nm} after {t} (max |grad| {leak:.2e})"
-
-        check("causal_no_future_leak", no_future_leak)
-    else:
-        skip("causal_no_future_leak", "causal not supported")
-
-    if facts.supports_padding:
-
-        def no_padding_leak():
-            n = n_max
-            q, k, v = (t.requires_grad_() for t in _inputs(batch, heads, n, n, head_dim, torch.float32, device, seed))
-            kpm = _padding(batch, n, seed, device)
-            out = attn(q, k, v, key_padding_mask=kpm)
-            gk, gv = torch.autograd.grad(out.sum(), (k, v))
-            pad = kpm[:, None, :, None].expand_as(gk)
-            leak = max(
-                gk[pad].abs().max().item() if pad.any() else 0.0, gv[pad].abs().max().item() if pad.any() else 0.0
-            )
-            assert leak == 0, f"output depends on padded keys/values (max |grad| {leak:.2e})"
-
-        check("padding_no_leak", no_padding_leak)
-    else:
-        skip("padding_no_leak", "key_padding_mask not supported")
-
-    def deterministic():
-        q, k, v = _inputs(batch, heads, n_max, n_max, head_dim, torch.float32, device, seed)
-        torch.manual_seed(seed)
-        a = build().to(device)
-        out1 = a(q, k, v)
-        out2 = a(q, k, v)
-        torch.manual_seed(seed + 12345)  # a rebuilt plugin must not depend on the global RNG state
-        if isinstance(name_or_module, str):
-            torch.manual_seed(seed)
-        b = build().to(device)
-        out3 = b(q, k, v)
-        assert torch.equal(out1, out2), "two calls on the same input differ"
-        assert torch.equal(out1, out3), "two plugins built with the same seed differ"
-
-    check("deterministic", deterministic)
     return results
+
+
+def summarize(results: list[CheckResult]) -> str:
+    """`5 passed, 1 failed, 2 skipped`."""
+    count = {s: sum(r.status == s for r in results) for s in ("passed", "failed", "skipped")}
+    return f"{count['passed']} passed, {count['failed']} failed, {count['skipped']} skipped"
 
 
 def check_attention(name_or_module, **kwargs) -> list[CheckResult]:
-    """Run the suite; raise AssertionError naming every failed check. Returns the results."""
+    """Run the suite; raise AssertionError naming every failed check and its failing cases.
+    Returns the results."""
     results = run_checks(name_or_module, **kwargs)
-    failed = [r for r in results if not r.passed]
+    failed = [r for r in results if r.status == "failed"]
     if failed:
-        raise AssertionError("; ".join(f"{r.name}: {r.detail}" for r in failed))
+        raise AssertionError(
+            f"{summarize(results)}\n" + "\n".join(f"{r.name}: " + r.detail.replace("\n", "\n    ") for r in failed)
+        )
     return results
+
+
+def conformance_tests(name_or_module, **kwargs):
+    """A pytest test function, parametrized over the checks, for a plugin package's own tests:
+
+        test_my_window = conformance_tests("my_window", w=3)
+
+    Each check is its own test; one that does not apply is a pytest skip with its reason."""
+    import pytest
+
+    @pytest.mark.parametrize("check_name", [n for n, _ in CHECKS])
+    def test_conformance(check_name):
+        (r,) = run_checks(name_or_module, only=check_name, **kwargs)
+        if r.skipped:
+            pytest.skip(r.detail)
+        assert r.passed, f"{r.name}: {r.detail}"
+
+    return test_conformance

@@ -67,3 +67,97 @@ def test_reference_zero_rows():
     q = torch.randn(1, 1, 3, 4)
     allowed = torch.zeros(3, 3, dtype=torch.bool)
     assert reference_attention(q, q, q, allowed).abs().max() == 0
+
+
+class _Window(torch.nn.Module):
+    """A banded window of +-window keys, computed densely. `claim` decides what dense_mask says."""
+
+    exact = True
+    supports_causal = True
+    supports_padding = True
+
+    def __init__(self, window: int = 128, claim: str = "band", raise_in_forward: bool = False,
+                 pad_row_nonzero: bool = False):  # fmt: skip
+        super().__init__()
+        self.window, self.claim, self.raise_in_forward, self.pad_row_nonzero = (
+            window, claim, raise_in_forward, pad_row_nonzero)  # fmt: skip
+
+    def dense_mask(self, n_q, n_k, causal=False):
+        i, j = torch.arange(n_q)[:, None], torch.arange(n_k)[None, :]
+        m = (i - j).abs() <= self.window if self.claim == "band" else torch.ones(n_q, n_k, dtype=torch.bool)
+        return m & (j <= i) if causal else m
+
+    def forward(self, q, k, v, causal=False, key_padding_mask=None):
+        assert not self.raise_in_forward, "my own invariant broke"
+        i, j = torch.arange(q.shape[-2])[:, None], torch.arange(k.shape[-2])[None, :]
+        allowed = (i - j).abs() <= self.window
+        if causal:
+            allowed = allowed & (j <= i)
+        if key_padding_mask is not None:
+            allowed = allowed & ~key_padding_mask[:, None, None, :]
+        out = reference_attention(q, k, v, allowed).to(q.dtype)
+        if self.pad_row_nonzero and key_padding_mask is not None:
+            out = out + key_padding_mask.all(-1).to(q.dtype)[:, None, None, None]
+        return out
+
+
+def test_a_wrong_dense_mask_at_default_options_is_caught():
+    """The window (128) is wider than the old check lengths (<= 77): a dense_mask that claims
+    full attention passed there. The suite now grows n until the pattern shows."""
+    results = {r.name: r for r in run_checks(_Window(claim="full"))}
+    assert results["exact_vs_reference"].status == "failed", results["exact_vs_reference"]
+    assert "n_q=154 n_k=154" in results["exact_vs_reference"].detail
+    assert results["pattern_exercised"].status == "skipped"
+    assert (
+        "never exercised" in results["pattern_exercised"].detail and "window=16" in results["pattern_exercised"].detail
+    )
+    right = {r.name: r for r in run_checks(_Window())}
+    assert all(r.status == "passed" for r in right.values()), right
+    assert "excludes pairs from n=154" in right["pattern_exercised"].detail
+
+
+def test_every_failing_case_is_listed_and_counts_are_apart(run_cli):
+    r = {x.name: x for x in run_checks(_Window(claim="full"))}["exact_vs_reference"]
+    cases = r.detail.splitlines()
+    # not only the first: 8 shown, the rest counted
+    assert len(cases) == 9 and all("relative error" in c for c in cases[:8]), cases
+    assert cases[-1].startswith("... and ") and cases[-1].endswith(" more failing cases"), cases
+    with pytest.raises(AssertionError, match=r"passed, 1 failed, 1 skipped\nexact_vs_reference: "):
+        check_attention(_Window(claim="full"))
+    out = run_cli("check", "linear")
+    assert out.returncode == 0 and "linear: 5 passed, 0 failed, 2 skipped" in out.stdout, out.stdout
+
+
+def test_failures_say_what_to_fix():
+    r = {x.name: x for x in run_checks(_Window(pad_row_nonzero=True))}
+    detail = r["finite_outputs_and_gradients"].detail
+    assert "batch row 1 is fully padded" in detail and "must be zeros" in detail, detail
+    r = {x.name: x for x in run_checks(_Window(raise_in_forward=True))}
+    assert "the plugin raised AssertionError: my own invariant broke" in r["exact_vs_reference"].detail
+    assert "the plugin raised AssertionError" in r["shape_and_dtype"].detail
+
+
+def test_each_check_is_a_named_function_and_runs_alone():
+    from effattn.testing import CHECKS
+
+    names = [n for n, _ in CHECKS]
+    assert names[:2] == ["shape_and_dtype", "finite_outputs_and_gradients"] and len(set(names)) == len(names)
+    (only,) = run_checks("full", only="deterministic")
+    assert only.name == "deterministic" and only.status == "passed"
+    with pytest.raises(ValueError, match="no check named 'nope'"):
+        run_checks("full", only="nope")
+
+
+def test_the_pytest_helper_runs_each_check_as_a_test():
+    from effattn.testing import conformance_tests
+
+    test = conformance_tests("sliding_window", window=4)
+    (mark,) = [m for m in test.pytestmark if m.name == "parametrize"]
+    assert list(mark.args[1]) == [n for n, _ in __import__("effattn.testing").testing.CHECKS]
+    for name in mark.args[1]:
+        test(name)  # passes
+    wrong = conformance_tests(_Window(claim="full"))
+    with pytest.raises(AssertionError, match="exact_vs_reference"):
+        wrong("exact_vs_reference")
+    with pytest.raises(pytest.skip.Exception, match="never exercised"):
+        wrong("pattern_exercised")

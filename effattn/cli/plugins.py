@@ -70,7 +70,7 @@ def check(variant, device, seq_lens):
 
     from ..registry import get_entry
     from ..spec import parse_seq_lens, parse_variant
-    from ..testing import run_checks
+    from ..testing import run_checks, summarize
 
     v = parse_variant(variant)
     if device == "cuda" and not torch.cuda.is_available():
@@ -80,8 +80,13 @@ def check(variant, device, seq_lens):
         fail(f"{v.label}: {why}")
     results = run_checks(v.name, device=device, seq_lens=tuple(parse_seq_lens(seq_lens)), **v.options)
     for r in results:
-        mark = "skip" if r.skipped else ("ok" if r.passed else "FAIL")
-        click.echo(f"{mark:5s} {r.name}" + (f"  ({r.detail})" if r.detail else ""))
-    failed = sum(not r.passed for r in results)
-    click.echo(f"{v.label}: {len(results) - failed} passed, {failed} failed")
-    sys.exit(1 if failed else 0)
+        mark = {"passed": "ok", "failed": "FAIL", "skipped": "skip"}[r.status]
+        lines = r.detail.splitlines() or [""]
+        if r.status == "failed":  # every failing case on its own line
+            click.echo(f"{mark:5s} {r.name}")
+            for line in lines:
+                click.echo(f"        {line}")
+        else:
+            click.echo(f"{mark:5s} {r.name}" + (f"  ({lines[0]})" if lines[0] else ""))
+    click.echo(f"{v.label}: {summarize(results)}")
+    sys.exit(1 if any(r.status == "failed" for r in results) else 0)
