@@ -55,6 +55,8 @@ class PluginEntry:
     target: Any  # an nn.Module subclass or a factory returning one
     source: str = "builtin"  # "builtin", or "entry point (dist-name)"
     facts: Facts = field(default_factory=Facts)
+    dist: str | None = None  # the distribution that provided it, where an entry point says so
+    dist_version: str | None = None
 
     def availability(self, device: str = "cpu") -> str | None:
         """None when the plugin can run on `device` here, else the reason it cannot."""
@@ -120,13 +122,84 @@ def load_entry_points(force: bool = False) -> None:
         old = _REGISTRY.get(ep.name)
         if old is not None and old.target is target:
             old.source = f"entry point ({dist})"
-            continue
-        try:
-            register_attention(ep.name, source=f"entry point ({dist})")(target)
-        except ValueError as e:
-            _BROKEN[ep.name] = str(e)
         else:
+            try:
+                register_attention(ep.name, source=f"entry point ({dist})")(target)
+            except ValueError as e:
+                _BROKEN[ep.name] = str(e)
+                continue
             _BROKEN.pop(ep.name, None)
+        _REGISTRY[ep.name].dist = dist if dist != "?" else None
+        _REGISTRY[ep.name].dist_version = getattr(getattr(ep, "dist", None), "version", None)
+
+
+def lookalike_groups() -> list[str]:
+    """Installed entry-point groups that look like ours but are not (`effattn.attentions`,
+    `effattn_attention`, ...): plugins there are never loaded, which is easy to miss."""
+    want = ENTRY_POINT_GROUP.lower()
+    out = []
+    for group in sorted(metadata.entry_points().groups):
+        g = group.lower()
+        if g != want and (g.startswith("effattn") or difflib.SequenceMatcher(None, g, want).ratio() >= 0.8):
+            out.append(group)
+    return out
+
+
+def _dist_version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def provenance(name: str) -> dict[str, Any]:
+    """Which code a plugin's results come from: `plugin_dist` and `plugin_version` (the
+    distribution that provided it: effattn for the built-ins, the entry point's package, or the
+    package installed for the plugin's module), and `plugin_wraps`, the versions of the libraries
+    a wrapper names in its `wraps` attribute (e.g. `wraps = ("local-attention",)`)."""
+    entry = get_entry(name)
+    module = getattr(entry.target, "__module__", "") or ""
+    dist, version = entry.dist, entry.dist_version
+    if dist is None and module.split(".")[0] == "effattn":
+        from ._version import __version__
+
+        dist, version = "effattn", __version__
+    elif dist is None and module and module != "__main__":
+        found = metadata.packages_distributions().get(module.split(".")[0], [])
+        if found:
+            dist = found[0]
+            version = _dist_version(dist)
+    wraps = getattr(entry.target, "wraps", None)
+    wraps = (wraps,) if isinstance(wraps, str) else tuple(wraps or ())
+    return {
+        "plugin_dist": dist,
+        "plugin_version": version,
+        "plugin_wraps": {w: _dist_version(w) for w in wraps} or None,
+    }
+
+
+def option_info(target) -> list[dict[str, Any]]:
+    """Each option a plugin takes: name, default (absent when required) and type (its
+    annotation, else the default's type)."""
+    names, _ = option_names(target)
+    if not names:
+        return []
+    fn = target.__init__ if inspect.isclass(target) else target
+    params = inspect.signature(fn).parameters
+    out = []
+    for n in names:
+        p = params[n]
+        info = {"name": n}
+        if p.default is not inspect.Parameter.empty:
+            info["default"] = p.default
+        if p.annotation is not inspect.Parameter.empty:
+            info["type"] = (
+                p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", str(p.annotation))
+            )
+        elif "default" in info and info["default"] is not None:
+            info["type"] = type(info["default"]).__name__
+        out.append(info)
+    return out
 
 
 def _ensure_loaded() -> None:

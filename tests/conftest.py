@@ -41,6 +41,7 @@ def with_plugins(plugin_site, monkeypatch):
     """The registry as it is with the demo packages installed; restored afterwards."""
     from effattn import registry
 
+    registry._ensure_loaded()  # (the built-ins, registered once at first use, belong to what is restored)
     saved = dict(registry._REGISTRY), dict(registry._BROKEN)
     monkeypatch.syspath_prepend(str(plugin_site))
     registry.load_entry_points(force=True)

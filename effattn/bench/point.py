@@ -8,6 +8,7 @@ with its reason.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import traceback
@@ -195,9 +196,25 @@ def base_row(spec: SweepSpec, variant: Variant, n: int) -> dict:
         "label": variant.label,
         "seq_len": n,
         **spec.point_config(),
+        **_provenance(variant.name),
     }
     row.pop("min_run_time_s", None)
     return row
+
+
+@functools.cache
+def _provenance_cached(name: str) -> tuple:
+    from ..registry import provenance
+
+    try:
+        return tuple(provenance(name).items())
+    except EffattnError:  # an unknown or broken plugin: its row says so elsewhere
+        return (("plugin_dist", None), ("plugin_version", None), ("plugin_wraps", None))
+
+
+def _provenance(name: str) -> dict:
+    """The distribution and version that provided the plugin (and what a wrapper wraps)."""
+    return {k: (dict(v) if isinstance(v, dict) else v) for k, v in _provenance_cached(name)}
 
 
 def estimate_bytes(spec: SweepSpec, core, n: int) -> tuple[int, str]:

@@ -43,21 +43,78 @@ def list_cmd(device, pattern):
     widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
     for r in [head] + rows:
         click.echo("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+    if rows:
+        click.echo("\nwhat each computes, and its options (NAME:KEY=VALUE; `effattn info NAME` for more):")
+        w = max(len(r[0]) for r in rows)
+        for r in rows:
+            e = get_entry(r[0])
+            click.echo(f"  {r[0]:{w}s}  {e.facts.description or '(no description)'}")
+            click.echo(f"  {'':{w}s}  options: {_options_line(e.target)}")
     broken = {k: v for k, v in broken_plugins().items() if fnmatch.fnmatchcase(k, pattern)}
     if broken:
         click.echo("\nbroken plugins:")
         for k, why in sorted(broken.items()):
             click.echo(f"  {k}: {why}")
+    from ..registry import ENTRY_POINT_GROUP, lookalike_groups
+
+    for group in lookalike_groups():
+        from importlib import metadata
+
+        names = ", ".join(sorted(ep.name for ep in metadata.entry_points(group=group)))
+        click.echo(
+            f"effattn: warning: entry-point group {group!r} ({names}) is not {ENTRY_POINT_GROUP!r}: its plugins are "
+            "not loaded; fix the group in the package's pyproject.toml and reinstall it",
+            err=True,
+        )
+
+
+def _options_line(target) -> str:
+    from ..registry import option_info
+
+    opts = option_info(target)
+    return (
+        ", ".join(f"{o['name']}={o['default']!r}" if "default" in o else f"{o['name']} (required)" for o in opts)
+        or "none"
+    )
 
 
 @click.command()
-def info():
-    """Versions, device, threads, CPU and GPU."""
-    from ..env import environment
+@click.argument("name", required=False)
+@click.option("--device", default="cpu", show_default=True, help="NAME's availability is judged for this device")
+def info(name, device):
+    """Versions, device, threads, CPU and GPU; with NAME, one plugin: what it computes, its
+    declared facts, its options with their types and defaults, and where it comes from."""
+    if name is None:
+        from ..env import environment
 
-    for k, v in environment().items():
-        if k != "argv":
-            click.echo(f"{k:14s} {v}")
+        for k, v in environment().items():
+            if k != "argv":
+                click.echo(f"{k:14s} {v}")
+        return
+    import dataclasses
+    import inspect
+
+    from ..registry import get_entry, option_info, provenance
+
+    e = get_entry(name)
+    click.echo(f"{name}  ({e.source})")
+    doc = inspect.getdoc(e.target) or "(no docstring)"
+    click.echo("\n" + doc + "\n")
+    click.echo("facts:")
+    for f in dataclasses.fields(e.facts):
+        if f.name != "description":
+            v = getattr(e.facts, f.name)
+            click.echo(f"  {f.name:17s} {', '.join(v) if isinstance(v, tuple) else v}")
+    why = e.availability(device)
+    click.echo(f"  {'available':17s} {'yes' if why is None else why} (on {device})")
+    click.echo("options:" if option_info(e.target) else "options: none")
+    for o in option_info(e.target):
+        default = f"default {o['default']!r}" if "default" in o else "required"
+        click.echo(f"  {o['name']:17s} {o.get('type', '?'):8s} {default}")
+    prov = provenance(name)
+    click.echo(f"from: {prov['plugin_dist'] or 'unknown distribution'} {prov['plugin_version'] or ''}".rstrip())
+    if prov["plugin_wraps"]:
+        click.echo("wraps: " + ", ".join(f"{k} {v or '(not installed)'}" for k, v in prov["plugin_wraps"].items()))
 
 
 @click.command()

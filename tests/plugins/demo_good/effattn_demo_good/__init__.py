@@ -15,6 +15,7 @@ class WindowAttention(torch.nn.Module):
     exact = True
     complexity = "O(n^2)"
     supports_causal = True
+    wraps = ("einops",)  # (as a wrapper would name the library it wraps; its version is recorded)
 
     def __init__(self, k: int = 4):
         super().__init__()
