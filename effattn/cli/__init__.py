@@ -12,7 +12,7 @@ from .._version import __version__
 from ..errors import EffattnError
 from .bench import bench
 from .common import EXIT_USAGE, UsageFail, fail
-from .plugins import check, info, list_cmd
+from .plugins import check, info, list_cmd, new_plugin
 from .report import compare, report
 
 __all__ = ["cli", "main", "fail", "UsageFail", "EXIT_USAGE"]
@@ -24,7 +24,7 @@ def cli():
     """effattn: benchmark efficient attention - time, memory and accuracy across sequence lengths."""
 
 
-for _command in (list_cmd, info, check, bench, report, compare):
+for _command in (list_cmd, info, check, new_plugin, bench, report, compare):
     cli.add_command(_command)
 
 

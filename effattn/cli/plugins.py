@@ -1,5 +1,5 @@
-"""`effattn list`, `effattn info` and `effattn check`: what plugins there are, the machine, and
-the conformance suite run on one plugin."""
+"""`effattn list`, `effattn info`, `effattn check` and `effattn new-plugin`: what plugins there are,
+the machine, the conformance suite run on one plugin, and a new plugin package to fill in."""
 
 from __future__ import annotations
 
@@ -147,3 +147,22 @@ def check(variant, device, seq_lens):
             click.echo(f"{mark:5s} {r.name}" + (f"  ({lines[0]})" if lines[0] else ""))
     click.echo(f"{v.label}: {summarize(results)}")
     sys.exit(1 if any(r.status == "failed" for r in results) else 0)
+
+
+@click.command("new-plugin")
+@click.argument("name")
+@click.option("--dir", "directory", default=".", show_default=True, help="where the package folder is made")
+def new_plugin(name, directory):
+    """Write a plugin package to fill in: NAME is the attention's registered name.
+
+    It holds a pyproject.toml with the entry point, a plugin module with the contract's skeleton
+    and a test that runs the conformance suite (failing until forward is written)."""
+    from ..registry import get_entry, list_attention
+    from ..scaffold import names_for, new_plugin
+
+    n = names_for(name)
+    if name in list_attention():  # two plugins cannot share a name: the second would be refused
+        fail(f"a plugin named {name!r} is already registered ({get_entry(name).source}); choose another name")
+    root = new_plugin(name, directory)
+    click.echo(f"wrote {root}/ ({n['dist']}: {n['module']}.{n['cls']})")
+    click.echo(f"next: cd {root} && pip install -e '.[test]' && effattn list {name} && pytest")

@@ -1,0 +1,153 @@
+"""`effattn new-plugin NAME`: a ready plugin package to fill in.
+
+It writes a package with the entry point, a plugin module holding the contract's skeleton (the
+facts, the options, `dense_mask` and a `forward` to write), and a test that runs the conformance
+suite. Until its forward is written the plugin fails that suite: it does not pass by doing nothing.
+"""
+
+from __future__ import annotations
+
+import keyword
+import os
+
+from .errors import EffattnError
+from .registry import ENTRY_POINT_GROUP
+
+
+class ScaffoldError(EffattnError):
+    pass
+
+
+def names_for(name: str) -> dict[str, str]:
+    """The names the package uses: plugin `my_window` -> distribution `effattn-my-window`,
+    module `effattn_my_window`, class `MyWindowAttention`."""
+    if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
+        raise ScaffoldError(f"plugin name {name!r} must be a Python identifier, e.g. my_window")
+    if name.startswith("_"):
+        raise ScaffoldError(f"plugin name {name!r} must not start with an underscore")
+    return {
+        "name": name,
+        "dist": "effattn-" + name.lower().replace("_", "-"),
+        "module": "effattn_" + name.lower(),
+        "cls": "".join(part.capitalize() for part in name.split("_") if part) + "Attention",
+    }
+
+
+PYPROJECT = """\
+[build-system]
+requires = ["setuptools>=64"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "{dist}"
+version = "0.1.0"
+description = "The {name} attention plugin for effattn"
+requires-python = ">=3.10"
+dependencies = ["effattn", "torch"]
+
+[project.optional-dependencies]
+test = ["pytest>=7"]
+
+# effattn finds the plugin here. After editing this table, reinstall the package
+# (pip install -e .): entry points are read from the installed metadata, not from this file.
+[project.entry-points."{group}"]
+{name} = "{module}:{cls}"
+
+[tool.setuptools]
+packages = ["{module}"]
+"""
+
+MODULE = '''\
+"""The `{name}` attention plugin for effattn.
+
+Write `forward` (and, for an exact plugin, `dense_mask`), then run `pytest` here: the conformance
+suite checks the plugin against what it declares below.
+"""
+
+import torch
+from torch import nn
+
+
+class {cls}(nn.Module):
+    """{name}: one line saying what it computes (effattn list shows this line)."""
+
+    # What the plugin declares; the conformance suite checks each claim, and a claim left out
+    # takes the modest default shown in effattn's docs/plugins.md.
+    exact = True  # exact softmax attention over the pattern of dense_mask (False: an approximation)
+    complexity = "O(n·w)"  # shown by effattn list
+    supports_causal = True  # forward(causal=True) masks keys j > i
+    supports_padding = True  # forward(key_padding_mask=...) ignores padded keys
+    supports_cross = False  # n_q != n_k
+    # wraps = ("a-library",)  # for a wrapper: the distributions whose versions results record
+
+    def __init__(self, window: int = 16):
+        # Options are keyword arguments with defaults (NAME:window=8 on the command line).
+        # Validate them here; a ValueError's message is shown to the user in one line.
+        super().__init__()
+        if not isinstance(window, int) or window < 0:
+            raise ValueError(f"option window must be an integer >= 0, got {{window!r}}")
+        self.window = window
+
+    def dense_mask(self, n_q: int, n_k: int, causal: bool = False) -> torch.Tensor:
+        """The exact pattern as a bool (n_q, n_k) tensor, True where query i attends key j: the
+        suite compares forward with float64 attention over this pattern."""
+        i = torch.arange(n_q)[:, None]
+        j = torch.arange(n_k)[None, :]
+        allowed = (i - j).abs() <= self.window
+        return allowed & (j <= i) if causal else allowed
+
+    def forward(self, q, k, v, causal: bool = False, key_padding_mask=None):
+        """q: (batch, heads, n_q, head_dim); k, v: (batch, heads, n_k, head_dim).
+        Returns (batch, heads, n_q, head_dim) in q's dtype, on q's device.
+        causal: query i attends key j only when j <= i. key_padding_mask: (batch, n_k) bool,
+        True at padding. A query row left with no key to attend outputs zeros."""
+        raise NotImplementedError("write {cls}.forward")
+'''
+
+TEST = """\
+\"\"\"The conformance suite, one test per check (a check that does not apply is a skip).\"\"\"
+
+from effattn.testing import conformance_tests
+
+test_{name} = conformance_tests("{name}")
+# the pattern at options that make it sparse at short lengths, too:
+test_{name}_small_window = conformance_tests("{name}", window=2)
+"""
+
+README = """\
+# {dist}
+
+The `{name}` attention plugin for effattn.
+
+```bash
+pip install -e '.[test]'   # registers the entry point; effattn list shows {name}
+pytest                     # the conformance suite: it fails until forward is written
+effattn bench --attn full,{name} --seq-lens 1k,2k,4k
+```
+"""
+
+
+def new_plugin(name: str, directory: str = ".") -> str:
+    """Write the package for plugin `name` into `directory`/effattn-NAME; return that path.
+    Refuses a folder that exists and is not empty."""
+    n = names_for(name)
+    if not isinstance(directory, (str, os.PathLike)) or not str(directory).strip():
+        raise ScaffoldError("the directory is empty; leave it out to use the current one")
+    root = os.path.join(str(directory), n["dist"])
+    if os.path.exists(root) and (not os.path.isdir(root) or os.listdir(root)):
+        raise ScaffoldError(f"{root} already exists and is not empty; choose another --dir")
+    files = {
+        "pyproject.toml": PYPROJECT,
+        os.path.join(n["module"], "__init__.py"): MODULE,
+        os.path.join("tests", "test_conformance.py"): TEST,
+        "README.md": README,
+    }
+    try:
+        for rel, template in files.items():
+            path = os.path.join(root, rel)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "x") as f:
+                f.write(template.format(group=ENTRY_POINT_GROUP, **n))
+    except OSError as e:
+        raise ScaffoldError(f"cannot write {root}: {e.strerror or e}") from None
+    return root

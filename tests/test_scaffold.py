@@ -1,0 +1,72 @@
+"""`effattn new-plugin`: generate, install, list, test; the generated plugin fails the suite until
+its forward is written, then passes."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+FORWARD = """        allowed = self.dense_mask(q.shape[-2], k.shape[-2], causal).to(q.device)
+        if key_padding_mask is not None:
+            allowed = allowed & ~key_padding_mask[:, None, None, :]
+        has_key = allowed.any(-1, keepdim=True)
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed | ~has_key)
+        return out * has_key
+"""
+
+
+def _install(pkg, site):
+    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+           "--disable-pip-version-check", "--upgrade", "--target", str(site), str(pkg)]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True)
+
+
+def _pytest(pkg, site):
+    env = dict(os.environ, PYTHONPATH=str(site))
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(pkg / "tests")],
+                          capture_output=True, text=True, env=env, cwd=pkg, timeout=600)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_scaffold_round_trip(tmp_path, run_cli):
+    r = run_cli("new-plugin", "my_window", "--dir", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    pkg = tmp_path / "effattn-my-window"
+    assert f"wrote {pkg}/" in r.stdout
+    site = tmp_path / "site"
+    _install(pkg, site)
+    listed = run_cli("list", "my_window", env_extra={"PYTHONPATH": str(site)})
+    assert "my_window" in listed.stdout and "entry point (effattn-my-window)" in listed.stdout, listed.stdout
+    assert "options: window=16" in listed.stdout
+
+    # as generated, forward is not written: the suite fails (it does not pass by doing nothing)
+    t = _pytest(pkg, site)
+    assert t.returncode == 1 and "NotImplementedError: write MyWindowAttention.forward" in t.stdout, t.stdout[-3000:]
+    assert " failed" in t.stdout.splitlines()[-1]
+
+    module = pkg / "effattn_my_window" / "__init__.py"
+    text = module.read_text()
+    module.write_text(text.replace('        raise NotImplementedError("write MyWindowAttention.forward")\n', FORWARD))
+    _install(pkg, site)
+    t = _pytest(pkg, site)
+    assert t.returncode == 0, t.stdout[-3000:]
+    assert "14 passed" in t.stdout.splitlines()[-1], t.stdout[-500:]
+
+
+def test_scaffold_bad_input(cli_here, tmp_path):
+    code, out, err = cli_here("new-plugin", "9lives")
+    assert code == 2 and "must be a Python identifier" in err and len(err.strip().splitlines()) == 1
+    code, out, err = cli_here("new-plugin", "class")
+    assert code == 2 and "must be a Python identifier" in err
+    code, out, err = cli_here("new-plugin", "full")
+    assert code == 2 and "already registered (builtin); choose another name" in err
+    code, out, err = cli_here("new-plugin", "mine", "--dir", "")
+    assert code == 2 and "directory is empty" in err
+    assert cli_here("new-plugin", "mine")[0] == 0
+    assert (tmp_path / "effattn-mine" / "pyproject.toml").is_file()
+    code, out, err = cli_here("new-plugin", "mine")
+    assert code == 2 and "already exists and is not empty" in err
+    (tmp_path / "file").write_text("")
+    code, out, err = cli_here("new-plugin", "other", "--dir", str(tmp_path / "file"))
+    assert code == 2 and "cannot write" in err, err
