@@ -1,8 +1,10 @@
 """effattn: benchmark efficient attention fairly.
 
-import effattn
-attn = effattn.create_attention("sliding_window", window=128)
-out = attn(q, k, v, causal=True)        # q, k, v: (batch, heads, seq, head_dim)
+    import effattn
+    attn = effattn.create_attention("sliding_window", window=128)
+    out = attn(q, k, v, causal=True)        # q, k, v: (batch, heads, seq, head_dim)
+
+The registry is this package's API; sweeps are in effattn.bench, reports in effattn.report.
 """
 
 from ._version import __version__

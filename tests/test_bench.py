@@ -384,3 +384,13 @@ def test_a_sweep_reports_to_a_reporter_of_ones_own(tmp_path):
         ("finish", "full", 32),
         ("close",),
     ]
+
+
+def test_progress_with_nothing_left_to_measure_draws_no_bar():
+    from effattn.cli.progress import ClickProgress
+
+    term = _Terminal()
+    p = ClickProgress(term)
+    p.begin(0)
+    p.close()
+    assert "0/1" not in term.getvalue() and "[" not in term.getvalue(), term.getvalue()

@@ -78,7 +78,8 @@ def _check(facts: dict, images_expected: int):
     assert len(facts["imgs"]) >= images_expected, facts["imgs"]
     assert len(facts["tables"]) >= 5, facts["tables"]
     for t in facts["tables"]:
-        assert t["rows"] >= 2 and len(set(t["widths"])) == 1, t  # a header and rows, no split cell
+        assert t["rows"] >= 2, f"a table without rows: {t}"
+        assert len(set(t["widths"])) == 1, f"a row with more or fewer cells than its header: {t}"
     assert facts["width"] <= facts["viewport"] + 1, "the page scrolls sideways"
 
 
@@ -122,5 +123,5 @@ def test_the_check_sees_a_broken_image_and_a_split_cell(browser, tmp_path):
         .replace("<img src='missing.png'>", "")
         .replace("<tr><td>a</td><td>b</td></tr>", "<tr><td>a</td><td>b</td><td>c</td></tr>", 1)
     )
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match="more or fewer cells than its header"):
         _check(_facts(browser, page), 0)

@@ -10,10 +10,10 @@ import click
 
 from .._version import __version__
 from ..errors import EffattnError
-from .bench import bench
+from . import bench as _bench
+from . import plugins as _plugins
+from . import report as _report
 from .common import EXIT_USAGE, UsageFail, fail
-from .plugins import check, info, list_cmd, new_plugin
-from .report import compare, report
 
 __all__ = ["cli", "main", "fail", "UsageFail", "EXIT_USAGE"]
 
@@ -24,7 +24,9 @@ def cli():
     """effattn: benchmark efficient attention - time, memory and accuracy across sequence lengths."""
 
 
-for _command in (list_cmd, info, check, new_plugin, bench, report, compare):
+# (the modules keep their names: effattn.cli.bench is the module, its command is .bench.bench)
+for _command in (_plugins.list_cmd, _plugins.info, _plugins.check, _plugins.new_plugin, _bench.bench,
+                 _report.report, _report.compare):  # fmt: skip
     cli.add_command(_command)
 
 

@@ -21,6 +21,8 @@ class ClickProgress:
         self.now = ""
 
     def begin(self, total: int):
+        if self.lines is None and total == 0:  # nothing left to measure: no bar reading 0/1
+            self.lines = LineProgress(self.stream)
         if self.lines:
             return self.lines.begin(total)
         self.bar = click.progressbar(
