@@ -282,8 +282,10 @@ def create_attention(name: str, **options):
             raise OptionError(f"attention {name!r}: option {k} must be a number, got {v!r}")
     try:
         module = entry.target(**options)
-    except OptionError:
-        raise
+    except OptionError as e:  # the plugin's own check: say which attention it is about
+        if str(e).startswith(f"attention {name!r}"):
+            raise
+        raise OptionError(f"attention {name!r}: {e}") from None
     except (TypeError, ValueError) as e:
         raise OptionError(f"attention {name!r}: {e}") from None
     module.attention_name = name

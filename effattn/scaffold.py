@@ -72,7 +72,8 @@ class {cls}(nn.Module):
     """{name}: one line saying what it computes (effattn list shows this line)."""
 
     # What the plugin declares; the conformance suite checks each claim, and a claim left out
-    # takes the modest default shown in effattn's docs/plugins.md.
+    # takes the modest default shown in effattn's docs/plugins.md. These claims fit the window
+    # skeleton below: claim only what your forward really does (set the others to False).
     exact = True  # exact softmax attention over the pattern of dense_mask (False: an approximation)
     complexity = "O(n·w)"  # shown by effattn list
     supports_causal = True  # forward(causal=True) masks keys j > i

@@ -179,8 +179,10 @@ def check(name: str):
 
 @check("shape_and_dtype")
 def shape_and_dtype(s: Suite):
+    """float32, and every other dtype the plugin declares (a claim is a promise to run in it)."""
     fails = _Failures()
-    for dt in ("float32",) + tuple(x for x in ("bfloat16",) if x in s.facts.dtypes and s.device == "cpu"):
+    declared = [str(d).replace("torch.", "") for d in s.facts.dtypes]
+    for dt in ["float32"] + [d for d in ("float64", "bfloat16", "float16") if d in declared]:
         dtype = getattr(torch, dt)
 
         def one(dtype=dtype):
@@ -188,6 +190,7 @@ def shape_and_dtype(s: Suite):
             out = s.call(q, k, v)
             assert tuple(out.shape) == tuple(q.shape), f"output shape {tuple(out.shape)}, want {tuple(q.shape)}"
             assert out.dtype == dtype, f"output dtype {out.dtype}, want {dtype} (the inputs' dtype)"
+            assert torch.isfinite(out).all(), "non-finite output (the plugin declares this dtype)"
 
         fails.case(dt, one)
     fails.raise_any()
@@ -282,14 +285,34 @@ def exact_vs_reference(s: Suite):
     return f"worst relative error {worst[0]:.1e} over {len(s.cases())} cases at n = {', '.join(map(str, s.seq_lens))}"
 
 
+def _unchanged(before, after, what: str) -> None:
+    """Outputs that must not move when `what` changes: equal within float32 roundoff of their scale."""
+    scale = before.detach().abs().max().clamp_min(1e-30)
+    moved = float((after.detach() - before.detach()).abs().max() / scale)
+    assert moved <= EXACT_RTOL, f"changing {what} moved the output by {moved:.1e} of its scale"
+
+
 @check("causal_no_future_leak")
 def causal_no_future_leak(s: Suite):
+    """By gradients (no path from a later position) and by values (new values at later positions
+    leave earlier outputs unchanged: a path through a detached statistic has no gradient)."""
     if not s.facts.supports_causal:
         raise Skip("causal not supported")
     n = s.n_max
     q, k, v = (t.requires_grad_() for t in s.inputs(n, n, batch=1))
     out = s.call(q, k, v, causal=True)
     fails = _Failures()
+    if n > 1:
+
+        def by_value():
+            t = n // 2
+            later = s.inputs(n, n, batch=1, seed_offset=99)
+            q2, k2, v2 = (torch.cat([a.detach()[:, :, : t + 1], b[:, :, t + 1 :]], 2) for a, b in zip((q, k, v), later))
+            with torch.no_grad():
+                out2 = s.call(q2, k2, v2, causal=True)
+            _unchanged(out[:, :, : t + 1], out2[:, :, : t + 1], f"q, k and v after position {t}")
+
+        fails.case(f"n={n}, outputs up to position {n // 2}", by_value)
     for t in sorted({0, n // 3, n - 2}):
         if t < 0 or t >= n - 1:
             continue
@@ -322,6 +345,16 @@ def padding_no_leak(s: Suite):
             assert leak == 0, f"the output depends on padded positions (max |grad| {leak:.2e})"
 
         fails.case(f"n={n}, gradient of {nm}", one)
+
+    def by_value():
+        other = s.inputs(n, n, seed_offset=99)
+        keep = ~kpm[:, None, :, None]
+        k2, v2 = (torch.where(keep, a.detach(), b) for a, b in zip((k, v), other[1:]))
+        with torch.no_grad():
+            out2 = s.call(q.detach(), k2, v2, key_padding_mask=kpm)
+        _unchanged(out, out2, "the padded keys and values")
+
+    fails.case(f"n={n}, outputs", by_value)
     fails.raise_any()
 
 

@@ -161,3 +161,46 @@ def test_the_pytest_helper_runs_each_check_as_a_test():
         wrong("exact_vs_reference")
     with pytest.raises(pytest.skip.Exception, match="never exercised"):
         wrong("pattern_exercised")
+
+
+class _DetachedLeak(torch.nn.Module):
+    """Linear attention whose key features are divided by a detached maximum over all keys plus
+    an eps, as FAVOR+ implementations do: no gradient reaches a later (or padded) key, but its
+    value moves earlier outputs."""
+
+    supports_causal = True
+    supports_padding = True
+
+    def forward(self, q, k, v, causal=False, key_padding_mask=None):
+        fq, fk = torch.nn.functional.elu(q) + 1, torch.nn.functional.elu(k) + 1
+        scale = fk.detach().amax((-1, -2), keepdim=True)  # over every key, padded and later ones too
+        fk = fk / scale
+        if key_padding_mask is not None:
+            fk = fk * (~key_padding_mask)[:, None, :, None]
+        scores = fq @ fk.transpose(-1, -2)
+        if causal:
+            scores = scores.tril()
+        return (scores @ v) / (scores.sum(-1, keepdim=True) + 0.5)
+
+
+def test_a_leak_through_a_detached_statistic_is_caught():
+    """The gradient checks cannot see it; the value checks (new values after position t, or at
+    padded positions, must leave the outputs unchanged) do."""
+    r = {x.name: x for x in run_checks(_DetachedLeak())}
+    assert r["causal_no_future_leak"].status == "failed", r["causal_no_future_leak"]
+    assert "changing q, k and v after position" in r["causal_no_future_leak"].detail
+    assert (
+        r["padding_no_leak"].status == "failed" and "changing the padded keys and values" in r["padding_no_leak"].detail
+    )
+
+
+def test_a_declared_dtype_is_run_and_must_stay_finite():
+    class Fp16Overflow(torch.nn.Module):
+        dtypes = ("float32", "float16")
+
+        def forward(self, q, k, v, causal=False, key_padding_mask=None):
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+            return out * 1e5 * 1e5 if out.dtype == torch.float16 else out  # inf in float16 only
+
+    r = {x.name: x for x in run_checks(Fp16Overflow())}
+    assert r["shape_and_dtype"].status == "failed" and "float16: non-finite output" in r["shape_and_dtype"].detail

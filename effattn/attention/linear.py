@@ -18,13 +18,14 @@ from .base import AttentionBase, check_float, check_int
 
 
 def linear_attention(fq, fk, v, causal: bool, key_padding_mask=None, eps: float = 1e-6, chunk: int = 64):
-    """fq (B,H,n_q,F), fk (B,H,n_k,F) non-negative features; v (B,H,n_k,Dv)."""
+    """fq (B,H,n_q,F), fk (B,H,n_k,F) non-negative features; v (B,H,n_k,Dv). `eps` is a number,
+    or a (B,H,n_q) tensor with one per query row (for features scaled by a constant per row)."""
     if key_padding_mask is not None:
         fk = fk * (~key_padding_mask)[:, None, :, None].to(fk.dtype)  # padded keys add nothing
     if not causal:
         S = fk.transpose(-1, -2) @ v  # (B, H, F, Dv)
         z = fk.sum(2)  # (B, H, F)
-        return (fq @ S) / ((fq @ z[..., None]) + eps)
+        return (fq @ S) / ((fq @ z[..., None]) + (eps[..., None] if torch.is_tensor(eps) else eps))
     B, H, n_q, Fd = fq.shape
     n_k = fk.shape[2]
     N = -(-max(n_q, n_k) // chunk) * chunk
@@ -39,6 +40,8 @@ def linear_attention(fq, fk, v, causal: bool, key_padding_mask=None, eps: float 
     A = (fq @ fk.transpose(-1, -2)) * tri  # (B, H, m, C, C) inside the chunk
     num = A @ vv + fq @ S_prev
     den = A.sum(-1) + (fq @ z_prev[..., None])[..., 0]
+    if torch.is_tensor(eps):  # (the rows padded up to the chunk get 1: no 0/0 in the backward)
+        eps = F.pad(eps, (0, N - n_q), value=1.0).view(B, H, m, chunk)[..., None]
     out = num / (den[..., None] + eps)
     return out.reshape(B, H, N, -1)[:, :, :n_q]
 

@@ -58,8 +58,8 @@ class FiniteFloat(click.ParamType):
 
     name = "seconds"
 
-    def __init__(self, most: float = float("inf")):
-        self.most = most
+    def __init__(self, most: float = float("inf"), name: str = "seconds"):
+        self.most, self.name = most, name
 
     def convert(self, value, param, ctx):
         try:
@@ -151,7 +151,7 @@ def _check_dtype(device: str, dtype: str):
 @click.option("--steps", type=click.IntRange(min=1), default=2000, show_default=True, help="--task: training steps")
 @click.option(
     "--lr",
-    type=FiniteFloat(10.0),
+    type=FiniteFloat(10.0, name="rate"),
     default=3e-3,
     show_default=True,
     help="--task: peak learning rate (AdamW, 50 warm-up steps, linear decay)",
