@@ -41,17 +41,7 @@ COLUMNS = [
     "cosine_vs_full",
     "rel_err_vs_own_dense",
     "backend",
-    "device",
-    "dtype",
-    "batch",
-    "heads",
-    "head_dim",
-    "causal",
-    "mode",
-    "level",
-    "inputs",
-    "seed",
-    "probe",
+    *CONFIG_FIELDS,
 ]
 
 
