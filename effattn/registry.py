@@ -42,6 +42,10 @@ class Facts:
         for f in cls.__dataclass_fields__:
             if hasattr(target, f):
                 v = getattr(target, f)
+                if f in ("devices", "dtypes"):  # "cpu" is one device; torch.float32 is "float32"
+                    v = (v,) if isinstance(v, str) else tuple(v) if isinstance(v, (list, tuple, set)) else v
+                    if isinstance(v, tuple):
+                        v = tuple(str(x).replace("torch.", "") for x in v)
                 values[f] = tuple(v) if isinstance(v, (list, tuple)) else v
         if "description" not in values:
             doc = inspect.getdoc(target) or ""
@@ -64,10 +68,12 @@ class PluginEntry:
         if callable(probe):  # the plugin's own reason is the most useful one
             try:
                 why = probe(device)
-            except Exception as e:  # noqa: BLE001 - a broken probe must not break listing
+            except KeyboardInterrupt:
+                raise
+            except BaseException as e:  # noqa: BLE001 - a broken probe (sys.exit too) must not break listing
                 return f"unavailable: availability check failed ({type(e).__name__}: {e})"
             if why:
-                return why
+                return " ".join(str(why).split())  # one line, whatever the plugin wrote
         if device not in self.facts.devices:
             return f"unavailable: does not run on {device}"
         return None
@@ -119,6 +125,9 @@ def load_entry_points(force: bool = False) -> None:
         except BaseException as e:  # noqa: BLE001 - any import failure, sys.exit() included, makes it broken
             _BROKEN[ep.name] = f"{ep.value} failed to import: {type(e).__name__}: {e}"
             continue
+        if not callable(target):
+            _BROKEN[ep.name] = f"{ep.value} is a {type(target).__name__}, not a class or factory"
+            continue
         old = _REGISTRY.get(ep.name)
         if old is not None and old.target is target:
             old.source = f"entry point ({dist})"
@@ -140,7 +149,9 @@ def lookalike_groups() -> list[str]:
     out = []
     for group in sorted(metadata.entry_points().groups):
         g = group.lower()
-        if g != want and (g.startswith("effattn") or difflib.SequenceMatcher(None, g, want).ratio() >= 0.8):
+        if group != ENTRY_POINT_GROUP and (
+            g.startswith("effattn") or difflib.SequenceMatcher(None, g, want).ratio() >= 0.8
+        ):
             out.append(group)
     return out
 
@@ -288,6 +299,10 @@ def create_attention(name: str, **options):
         raise OptionError(f"attention {name!r}: {e}") from None
     except (TypeError, ValueError) as e:
         raise OptionError(f"attention {name!r}: {e}") from None
+    import torch.nn
+
+    if not isinstance(module, torch.nn.Module):
+        raise OptionError(f"attention {name!r}: its factory returned a {type(module).__name__}, not a torch.nn.Module")
     module.attention_name = name
     module.attention_options = dict(options)
     return module

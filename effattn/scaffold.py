@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import keyword
 import os
+import re
+import shutil
+import tempfile
 
 from .errors import EffattnError
 from .registry import ENTRY_POINT_GROUP
@@ -21,10 +24,13 @@ class ScaffoldError(EffattnError):
 def names_for(name: str) -> dict[str, str]:
     """The names the package uses: plugin `my_window` -> distribution `effattn-my-window`,
     module `effattn_my_window`, class `MyWindowAttention`."""
-    if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
-        raise ScaffoldError(f"plugin name {name!r} must be a Python identifier, e.g. my_window")
-    if name.startswith("_"):
-        raise ScaffoldError(f"plugin name {name!r} must not start with an underscore")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,63}", name):
+        raise ScaffoldError(
+            f"plugin name {name!r} must be ASCII letters, digits and _, starting with a letter, at most 64, "
+            "e.g. my_window"
+        )
+    if keyword.iskeyword(name):
+        raise ScaffoldError(f"plugin name {name!r} is a Python keyword; choose another")
     return {
         "name": name,
         "dist": "effattn-" + name.lower().replace("_", "-"),
@@ -143,12 +149,24 @@ def new_plugin(name: str, directory: str = ".") -> str:
         os.path.join("tests", "test_conformance.py"): TEST,
         "README.md": README,
     }
-    try:
+    made_dir = None  # the topmost folder this call creates, removed again if it fails
+    d = os.path.abspath(str(directory))
+    while not os.path.exists(d) and os.path.dirname(d) != d:
+        made_dir, d = d, os.path.dirname(d)
+    tmp = None
+    try:  # written in a folder of its own, renamed into place at the end: a failure leaves nothing
+        os.makedirs(str(directory), exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".effattn-new-plugin-", dir=str(directory))
         for rel, template in files.items():
-            path = os.path.join(root, rel)
+            path = os.path.join(tmp, rel)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "x") as f:
                 f.write(template.format(group=ENTRY_POINT_GROUP, **n))
+        os.rename(tmp, root)  # (onto an empty folder too)
     except OSError as e:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if made_dir:
+            shutil.rmtree(made_dir, ignore_errors=True)
         raise ScaffoldError(f"cannot write {root}: {e.strerror or e}") from None
     return root

@@ -25,12 +25,14 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .guard import TorchState
 from .registry import Facts, create_attention
 
 #: relative error allowed between an exact plugin in float32 and the float64 reference.
 EXACT_RTOL = 1e-5
 #: the longest length tried while looking for a length at which the pattern excludes a pair
-PATTERN_BOUND = 1024
+#: (lengths grow as 2n + 1: odd, so no multiple of a block size hides an edge case)
+PATTERN_BOUND = 1023
 #: failing cases listed per check (the rest are counted)
 MAX_LISTED = 8
 
@@ -108,6 +110,8 @@ class Suite:
     seed: int
     seq_lens: tuple[int, ...]  # the lengths asked for, then those the pattern search tried
     sparse_from: int | None  # the first length at which dense_mask excludes a pair
+    pattern_problem: str | None = None  # what was wrong with dense_mask during the length search
+    refused: str | None = None  # lengths the search added that the plugin refused, and why
     attn: torch.nn.Module = field(init=False)
 
     def __post_init__(self):
@@ -121,9 +125,12 @@ class Suite:
     def call(self, q, k, v, **kw):
         """The plugin's forward; what it raises is reported as the plugin's, never as a check's."""
         try:
-            return self.attn(q, k, v, **kw)
+            out = self.attn(q, k, v, **kw)
         except Exception as e:  # whatever it raises is the plugin's failure, named so
             raise PluginRaised(f"the plugin raised {type(e).__name__}: {e}") from e
+        if not isinstance(out, torch.Tensor):
+            raise AssertionError(f"forward returned {type(out).__name__}, not a tensor")
+        return out
 
     def cases(self) -> list[tuple[int, int, bool, bool]]:
         """(n_q, n_k, causal, padded) for every case the plugin's facts allow."""
@@ -228,10 +235,12 @@ def pattern_exercised(s: Suite):
     if not s.facts.exact or getattr(s.attn, "dense_mask", None) is None:
         raise Skip("approximate plugin: no pattern to exercise")
     lens = ", ".join(map(str, s.seq_lens))
+    assert s.pattern_problem is None, s.pattern_problem
     if s.sparse_from is None:
+        up_to = f"up to {s.n_max}" + (f" ({s.refused})" if s.refused else "")
         raise Skip(
-            f"the pattern was never exercised: dense_mask attends every pair at every length up to "
-            f"{PATTERN_BOUND} (a full pattern; otherwise pass options that make it sparse, e.g. window=16)"
+            f"the pattern was never exercised: dense_mask attends every pair at every length {up_to} "
+            "(a full pattern; otherwise pass options that make it sparse, e.g. window=16)"
         )
     return f"dense_mask excludes pairs from n={s.sparse_from}; exactness checked at n = {lens}"
 
@@ -320,6 +329,7 @@ def causal_no_future_leak(s: Suite):
         def one(t=t):
             grads = torch.autograd.grad(out[:, :, t].sum(), (q, k, v), retain_graph=True, allow_unused=True)
             for nm, gr in zip("qkv", grads):
+                assert gr is None or torch.isfinite(gr).all(), f"non-finite gradient of {nm} (see the other checks)"
                 leak = 0.0 if gr is None else gr[:, :, t + 1 :].abs().max().item()
                 assert leak == 0, f"the output at position {t} depends on {nm} after {t} (max |grad| {leak:.2e})"
 
@@ -358,6 +368,26 @@ def padding_no_leak(s: Suite):
     fails.raise_any()
 
 
+@check("leaves_inputs_and_process_alone")
+def leaves_inputs_and_process_alone(s: Suite):
+    """A call changes neither q, k, v and the mask nor the process (thread count, matmul precision,
+    TF32, torch's functions): effattn measures many plugins in one process. What changed is undone."""
+    n = min(s.n_max, 77)
+    q, k, v = s.inputs(n, n)
+    kpm = _padding(s.batch, n, s.device) if s.facts.supports_padding else None
+    before = [t.clone() for t in (q, k, v)] + ([kpm.clone()] if kpm is not None else [])
+    guard = TorchState()
+    try:
+        with torch.no_grad():
+            s.call(q, k, v, key_padding_mask=kpm) if kpm is not None else s.call(q, k, v)
+    finally:
+        state = guard.restore()
+    changed = state.split("; ") if state else []
+    names = ["q", "k", "v", "key_padding_mask"]
+    changed += [f"modified {nm} in place" for nm, a, b in zip(names, before, (q, k, v, kpm)) if not torch.equal(a, b)]
+    assert not changed, "; ".join(changed) + " (undone)"
+
+
 @check("deterministic")
 def deterministic(s: Suite):
     q, k, v = s.inputs(s.n_max, s.n_max)
@@ -368,34 +398,74 @@ def deterministic(s: Suite):
     if s.rebuilds_from_name:  # ...unless it was handed over built (then it is the same module)
         torch.manual_seed(s.seed)
     out3 = s.build().to(s.device)(q, k, v)
+    assert all(torch.isfinite(o).all() for o in (out1, out2, out3)), "non-finite output (see the other checks)"
     assert torch.equal(out1, out2), "two calls on the same input differ"
     assert torch.equal(out1, out3), "two plugins built with the same seed differ"
 
 
-def _sparse_from(attn, facts: Facts, seq_lens) -> tuple[tuple[int, ...], int | None]:
-    """The lengths to check, and the first at which the plugin's dense_mask excludes a pair:
-    the asked lengths, then doublings of the longest up to PATTERN_BOUND until one does."""
+def _mask_problem(mask, n: int) -> str | None:
+    """Why dense_mask(n, n) cannot be used, or None."""
+    try:
+        m = mask(n, n, causal=False)
+    except Exception as e:  # noqa: BLE001 - reported by pattern_exercised, by name
+        return f"dense_mask({n}, {n}) raised {type(e).__name__}: {e}"
+    if not isinstance(m, torch.Tensor) or m.dtype != torch.bool or tuple(m.shape) != (n, n):
+        got = f"{m.dtype} {tuple(m.shape)}" if isinstance(m, torch.Tensor) else type(m).__name__
+        return f"dense_mask({n}, {n}) returned {got}, want a torch.bool ({n}, {n}) tensor"
+    return None
+
+
+def _sparse_from(attn, facts: Facts, seq_lens) -> tuple[tuple[int, ...], int | None, str | None]:
+    """The lengths to check, the first at which the plugin's dense_mask excludes a pair, and what
+    was wrong with dense_mask if anything: the asked lengths, then 2n + 1 from the longest, up
+    to PATTERN_BOUND, until one excludes a pair."""
     lens = sorted(set(seq_lens))
     mask = getattr(attn, "dense_mask", None)
     if not facts.exact or mask is None:
-        return tuple(lens), None
+        return tuple(lens), None, None
+    if not callable(mask):
+        return tuple(lens), None, f"dense_mask is a {type(mask).__name__}, not a method"
 
     def sparse(n):
-        try:
-            return not bool(mask(n, n, causal=False).all())
-        except Exception:  # noqa: BLE001 - a dense_mask that fails is reported by exact_vs_reference
-            return True
+        problem = _mask_problem(mask, n)
+        if problem:
+            raise ValueError(problem)
+        return not bool(mask(n, n, causal=False).all())
 
-    for n in lens:
-        if sparse(n):
-            return tuple(lens), n
-    n = lens[-1]
-    while n < PATTERN_BOUND:
-        n = min(2 * n, PATTERN_BOUND)
-        lens.append(n)
-        if sparse(n):
-            return tuple(lens), n
-    return tuple(lens), None
+    try:
+        for n in lens:
+            if sparse(n):
+                return tuple(lens), n, None
+        n = lens[-1]
+        while n < PATTERN_BOUND:
+            n = min(2 * n + 1, PATTERN_BOUND)
+            lens.append(n)
+            if sparse(n):
+                return tuple(lens), n, None
+    except ValueError as e:
+        return tuple(sorted(set(seq_lens))), None, str(e)
+    return tuple(lens), None, None
+
+
+def _accepted(attn, lens: tuple[int, ...], asked, device) -> tuple[tuple[int, ...], str | None]:
+    """Drop the lengths the search added that the plugin refuses (UnsupportedError: a maximum
+    length, say), longest first; say which and why."""
+    from .errors import UnsupportedError
+
+    added = [n for n in lens if n not in set(asked)]
+    refused = None
+    for n in sorted(added, reverse=True):
+        q = torch.zeros(1, 1, n, 4, device=device)
+        try:
+            attn(q, q, q)
+        except UnsupportedError as e:
+            refused = f"the plugin refused n >= {n}: {e}"
+            lens = tuple(m for m in lens if m < n)
+            continue
+        except Exception:  # noqa: BLE001 - any other failure is the checks' to report
+            pass
+        break
+    return lens, refused
 
 
 def _suite(name_or_module, seq_lens, batch, heads, head_dim, device, seed, options) -> Suite:
@@ -410,11 +480,17 @@ def _suite(name_or_module, seq_lens, batch, heads, head_dim, device, seed, optio
             return module
 
     torch.manual_seed(seed)
-    first = build().to(device)
+    first = build()
+    if not isinstance(first, torch.nn.Module):
+        raise TypeError(f"the plugin is a {type(first).__name__}, not a torch.nn.Module")
+    first = first.to(device)
     facts = Facts.of(first)
-    lens, sparse_from = _sparse_from(first, facts, seq_lens)
+    lens, sparse_from, problem = _sparse_from(first, facts, seq_lens)
+    lens, refused = _accepted(first, lens, seq_lens, device)
+    if sparse_from is not None and sparse_from not in lens:
+        sparse_from = None
     return Suite(build, isinstance(name_or_module, str), facts, device, batch, heads, head_dim, seed, lens,
-                 sparse_from)  # fmt: skip
+                 sparse_from, problem, refused)  # fmt: skip
 
 
 def run_checks(
@@ -434,11 +510,20 @@ def run_checks(
     names = [n for n, _ in CHECKS]
     if only is not None and only not in names:
         raise ValueError(f"no check named {only!r}; the checks are {', '.join(names)}")
-    suite = _suite(name_or_module, seq_lens, batch, heads, head_dim, device, seed, options)
+    try:
+        suite = _suite(name_or_module, seq_lens, batch, heads, head_dim, device, seed, options)
+    except Exception as e:  # noqa: BLE001 - a plugin that cannot be built fails, by name, never crashes the suite
+        why = f"the plugin could not be built: {type(e).__name__}: {e}"
+        return [CheckResult("build", False, why)] + [
+            CheckResult(name, True, "not run: the plugin could not be built", skipped=True)
+            for name in names
+            if only is None or name == only
+        ]
     results = []
     for name, fn in CHECKS:
         if only is not None and name != only:
             continue
+        guard = TorchState()  # what a check's calls change in the process is undone after it
         try:
             detail = fn(suite)
         except Skip as e:
@@ -449,6 +534,8 @@ def run_checks(
             results.append(CheckResult(name, False, f"the plugin raised {type(e).__name__}: {e}"))
         else:
             results.append(CheckResult(name, True, detail or ""))
+        finally:
+            guard.restore()  # (leaves_inputs_and_process_alone reports it; the others only undo it)
     return results
 
 

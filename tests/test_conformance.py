@@ -106,14 +106,14 @@ def test_a_wrong_dense_mask_at_default_options_is_caught():
     full attention passed there. The suite now grows n until the pattern shows."""
     results = {r.name: r for r in run_checks(_Window(claim="full"))}
     assert results["exact_vs_reference"].status == "failed", results["exact_vs_reference"]
-    assert "n_q=154 n_k=154" in results["exact_vs_reference"].detail
+    assert "n_q=155 n_k=155" in results["exact_vs_reference"].detail
     assert results["pattern_exercised"].status == "skipped"
     assert (
         "never exercised" in results["pattern_exercised"].detail and "window=16" in results["pattern_exercised"].detail
     )
     right = {r.name: r for r in run_checks(_Window())}
     assert all(r.status == "passed" for r in right.values()), right
-    assert "excludes pairs from n=154" in right["pattern_exercised"].detail
+    assert "excludes pairs from n=155" in right["pattern_exercised"].detail
 
 
 def test_every_failing_case_is_listed_and_counts_are_apart(run_cli):
@@ -125,7 +125,7 @@ def test_every_failing_case_is_listed_and_counts_are_apart(run_cli):
     with pytest.raises(AssertionError, match=r"passed, 1 failed, 1 skipped\nexact_vs_reference: "):
         check_attention(_Window(claim="full"))
     out = run_cli("check", "linear")
-    assert out.returncode == 0 and "linear: 5 passed, 0 failed, 2 skipped" in out.stdout, out.stdout
+    assert out.returncode == 0 and "linear: 6 passed, 0 failed, 2 skipped" in out.stdout, out.stdout
 
 
 def test_failures_say_what_to_fix():
@@ -204,3 +204,95 @@ def test_a_declared_dtype_is_run_and_must_stay_finite():
 
     r = {x.name: x for x in run_checks(Fp16Overflow())}
     assert r["shape_and_dtype"].status == "failed" and "float16: non-finite output" in r["shape_and_dtype"].detail
+
+
+class _Plain(torch.nn.Module):
+    def forward(self, q, k, v, causal=False, key_padding_mask=None):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+
+def test_a_plugin_that_cannot_be_built_fails_by_name(monkeypatch):
+    from effattn import registry
+
+    class Broken(torch.nn.Module):
+        def __init__(self):
+            raise RuntimeError("cuda lib missing")
+
+    def returns_none():
+        return None
+
+    for name, target, why in (("adv_init", Broken, "RuntimeError: cuda lib missing"),
+                              ("adv_none", returns_none, "not a torch.nn.Module")):  # fmt: skip
+        monkeypatch.setitem(registry._REGISTRY, name, registry.PluginEntry(name, target))
+        results = run_checks(name)
+        assert results[0].name == "build" and results[0].status == "failed" and why in results[0].detail, results
+        assert all(r.status == "skipped" for r in results[1:]) and len(results) == 1 + len(
+            __import__("effattn.testing").testing.CHECKS
+        )
+
+
+def test_garbage_outputs_are_named_for_what_they_are():
+    class Tuple(_Plain):
+        def forward(self, q, k, v, causal=False, key_padding_mask=None):
+            return (q,)
+
+    r = {x.name: x for x in run_checks(Tuple())}
+    assert "forward returned tuple, not a tensor" in r["shape_and_dtype"].detail, r["shape_and_dtype"]
+
+    class Nan(_Plain):
+        def forward(self, q, k, v, causal=False, key_padding_mask=None):
+            return q * float("nan")
+
+    r = {x.name: x for x in run_checks(Nan())}
+    assert r["deterministic"].detail.startswith("non-finite output"), r["deterministic"]
+
+
+def test_a_broken_dense_mask_fails_pattern_exercised():
+    class BadMask(_Window):
+        def dense_mask(self, n_q, n_k, causal=False):
+            raise RuntimeError("no mask today")
+
+    r = {x.name: x for x in run_checks(BadMask())}
+    assert (
+        r["pattern_exercised"].status == "failed"
+        and "dense_mask(1, 1) raised RuntimeError" in r["pattern_exercised"].detail
+    )
+
+    class ListMask(_Window):
+        def dense_mask(self, n_q, n_k, causal=False):
+            return [[True]]
+
+    r = {x.name: x for x in run_checks(ListMask())}
+    assert "returned list, want a torch.bool (1, 1) tensor" in r["pattern_exercised"].detail
+
+
+def test_lengths_the_plugin_refuses_are_left_out_and_said():
+    class Short(_Window):
+        def forward(self, q, k, v, causal=False, key_padding_mask=None):
+            if q.shape[-2] > 300:
+                raise effattn.UnsupportedError("max length 300")
+            return super().forward(q, k, v, causal, key_padding_mask)
+
+    r = {x.name: x for x in run_checks(Short(window=400))}
+    assert all(x.status != "failed" for x in r.values()), r
+    assert "the plugin refused n >= 311: max length 300" in r["pattern_exercised"].detail
+    assert "up to 155" in r["pattern_exercised"].detail
+
+
+def test_a_plugin_that_changes_the_process_or_its_inputs_fails_and_is_undone():
+    threads, precision = torch.get_num_threads(), torch.get_float32_matmul_precision()
+
+    class Meddler(_Plain):
+        def forward(self, q, k, v, causal=False, key_padding_mask=None):
+            torch.set_num_threads(1)
+            torch.set_float32_matmul_precision("medium")
+            with torch.no_grad():
+                q.mul_(2)
+            return super().forward(q, k, v)
+
+    r = {x.name: x for x in run_checks(Meddler())}
+    detail = r["leaves_inputs_and_process_alone"].detail
+    assert "changed torch's thread count" in detail and "float32 matmul precision" in detail, detail
+    assert "modified q in place" in detail and "(undone)" in detail
+    assert (torch.get_num_threads(), torch.get_float32_matmul_precision()) == (threads, precision)
+    assert {x.name: x for x in run_checks("full")}["leaves_inputs_and_process_alone"].status == "passed"

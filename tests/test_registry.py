@@ -83,3 +83,61 @@ def test_bad_call_shapes_are_clear():
         a(q, q, q, key_padding_mask=torch.zeros(1, 5))
     with pytest.raises(ValueError, match="batch, heads, seq, head_dim"):
         a(q[0], q[0], q[0])
+
+
+def test_facts_are_normalised_and_a_probe_that_exits_is_a_reason():
+    import sys
+
+    from effattn.registry import Facts, PluginEntry
+
+    class Odd(torch.nn.Module):
+        devices = "cpu"
+        dtypes = (torch.float32, torch.float64)
+
+        @staticmethod
+        def availability(device):
+            sys.exit(3)
+
+    f = Facts.of(Odd)
+    assert f.devices == ("cpu",) and f.dtypes == ("float32", "float64")
+    why = PluginEntry("odd", Odd, facts=f).availability("cpu")
+    assert why.startswith("unavailable: availability check failed (SystemExit: 3)")
+
+
+def test_a_factory_that_returns_no_module_is_refused(monkeypatch):
+    from effattn import registry
+
+    monkeypatch.setitem(registry._REGISTRY, "adv_none", registry.PluginEntry("adv_none", lambda: None))
+    with pytest.raises(effattn.OptionError, match="returned a NoneType, not a torch.nn.Module"):
+        effattn.create_attention("adv_none")
+
+
+def test_lookalike_groups_include_a_case_apart(monkeypatch):
+    from importlib import metadata
+
+    from effattn import registry
+
+    class EPs:
+        groups = {"effattn.attention", "Effattn.Attention", "effattn.attentions", "console_scripts"}
+
+    monkeypatch.setattr(metadata, "entry_points", lambda **kw: EPs())
+    assert registry.lookalike_groups() == ["Effattn.Attention", "effattn.attentions"]
+
+
+def test_an_entry_point_that_is_not_callable_is_broken_not_fatal(monkeypatch):
+    from importlib import metadata
+
+    from effattn import registry
+
+    class EP:
+        name, value, dist = "adv_int", "somewhere:NOT_CALLABLE", None
+
+        def load(self):
+            return 42
+
+    registry._ensure_loaded()
+    monkeypatch.setattr(metadata, "entry_points", lambda group=None, **kw: [EP()])
+    monkeypatch.setattr(registry, "_BROKEN", dict(registry._BROKEN))
+    registry.load_entry_points(force=True)
+    assert "adv_int" not in registry._REGISTRY
+    assert registry._BROKEN["adv_int"] == "somewhere:NOT_CALLABLE is a int, not a class or factory"

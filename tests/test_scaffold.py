@@ -51,14 +51,15 @@ def test_scaffold_round_trip(tmp_path, run_cli):
     _install(pkg, site)
     t = _pytest(pkg, site)
     assert t.returncode == 0, t.stdout[-3000:]
-    assert "14 passed" in t.stdout.splitlines()[-1], t.stdout[-500:]
+    assert "16 passed" in t.stdout.splitlines()[-1], t.stdout[-500:]  # 2 tests x 8 checks
 
 
 def test_scaffold_bad_input(cli_here, tmp_path):
     code, out, err = cli_here("new-plugin", "9lives")
-    assert code == 2 and "must be a Python identifier" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "must be ASCII letters, digits and _, starting with a letter" in err
+    assert len(err.strip().splitlines()) == 1
     code, out, err = cli_here("new-plugin", "class")
-    assert code == 2 and "must be a Python identifier" in err
+    assert code == 2 and "is a Python keyword" in err
     code, out, err = cli_here("new-plugin", "full")
     assert code == 2 and "already registered (builtin); choose another name" in err
     code, out, err = cli_here("new-plugin", "mine", "--dir", "")
@@ -70,3 +71,31 @@ def test_scaffold_bad_input(cli_here, tmp_path):
     (tmp_path / "file").write_text("")
     code, out, err = cli_here("new-plugin", "other", "--dir", str(tmp_path / "file"))
     assert code == 2 and "cannot write" in err, err
+
+
+def test_a_failed_scaffold_leaves_nothing_behind(tmp_path, monkeypatch):
+    from effattn import scaffold
+
+    def no_rename(src, dst):
+        raise OSError(36, "File name too long")
+
+    monkeypatch.setattr(scaffold.os, "rename", no_rename)
+    target = tmp_path / "new" / "deeper"
+    with pytest.raises(scaffold.ScaffoldError, match="cannot write .*File name too long"):
+        scaffold.new_plugin("mine", str(target))
+    assert not (tmp_path / "new").exists()  # the folders it made are gone too
+    existing = tmp_path / "kept"
+    existing.mkdir()
+    with pytest.raises(scaffold.ScaffoldError):
+        scaffold.new_plugin("mine", str(existing))
+    assert list(existing.iterdir()) == []  # a folder that was there stays, empty
+
+
+def test_scaffold_names(cli_here):
+    for bad in ("fenêtre", "ﬁ", "a" * 65):
+        code, _, err = cli_here("new-plugin", bad)
+        assert code == 2 and "must be ASCII letters, digits and _" in err, (bad, err)
+    code, _, err = cli_here("new-plugin", "Full")
+    assert code == 2 and "a plugin named 'full' is already registered" in err
+    code, _, err = cli_here("new-plugin", "class")
+    assert code == 2 and "is a Python keyword" in err

@@ -4,6 +4,7 @@ the machine, the conformance suite run on one plugin, and a new plugin package t
 from __future__ import annotations
 
 import fnmatch
+import shlex
 import sys
 
 import click
@@ -71,9 +72,13 @@ def list_cmd(device, pattern):
 def _options_line(target) -> str:
     from ..registry import option_info
 
+    def shown(value) -> str:  # one short line, whatever the default is
+        text = " ".join(repr(value).split())
+        return text if len(text) <= 40 else text[:37] + "..."
+
     opts = option_info(target)
     return (
-        ", ".join(f"{o['name']}={o['default']!r}" if "default" in o else f"{o['name']} (required)" for o in opts)
+        ", ".join(f"{o['name']}={shown(o['default'])}" if "default" in o else f"{o['name']} (required)" for o in opts)
         or "none"
     )
 
@@ -161,8 +166,9 @@ def new_plugin(name, directory):
     from ..scaffold import names_for, new_plugin
 
     n = names_for(name)
-    if name in list_attention():  # two plugins cannot share a name: the second would be refused
-        fail(f"a plugin named {name!r} is already registered ({get_entry(name).source}); choose another name")
+    clash = [x for x in list_attention() if x.lower() == name.lower()]  # (a case apart is too close)
+    if clash:
+        fail(f"a plugin named {clash[0]!r} is already registered ({get_entry(clash[0]).source}); choose another name")
     root = new_plugin(name, directory)
     click.echo(f"wrote {root}/ ({n['dist']}: {n['module']}.{n['cls']})")
-    click.echo(f"next: cd {root} && pip install -e '.[test]' && effattn list {name} && pytest")
+    click.echo(f"next: cd {shlex.quote(root)} && pip install -e '.[test]' && effattn list {name} && pytest")
