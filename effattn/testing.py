@@ -503,10 +503,12 @@ def run_checks(
     device: str = "cpu",
     seed: int = 0,
     only: str | None = None,
+    on_result: Callable[[CheckResult], None] | None = None,
     **options,
 ) -> list[CheckResult]:
     """Run every check (or only the one named `only`) and return the results; never raises for
-    a failed check. `seq_lens` are the first lengths; the pattern search may add longer ones."""
+    a failed check. `seq_lens` are the first lengths; the pattern search may add longer ones.
+    `on_result` is told each result as soon as its check ends (the CLI prints it then)."""
     names = [n for n, _ in CHECKS]
     if only is not None and only not in names:
         raise ValueError(f"no check named {only!r}; the checks are {', '.join(names)}")
@@ -514,11 +516,14 @@ def run_checks(
         suite = _suite(name_or_module, seq_lens, batch, heads, head_dim, device, seed, options)
     except Exception as e:  # noqa: BLE001 - a plugin that cannot be built fails, by name, never crashes the suite
         why = f"the plugin could not be built: {type(e).__name__}: {e}"
-        return [CheckResult("build", False, why)] + [
+        results = [CheckResult("build", False, why)] + [
             CheckResult(name, True, "not run: the plugin could not be built", skipped=True)
             for name in names
             if only is None or name == only
         ]
+        for r in results if on_result else ():
+            on_result(r)
+        return results
     results = []
     for name, fn in CHECKS:
         if only is not None and name != only:
@@ -536,6 +541,8 @@ def run_checks(
             results.append(CheckResult(name, True, detail or ""))
         finally:
             guard.restore()  # (leaves_inputs_and_process_alone reports it; the others only undo it)
+        if on_result:
+            on_result(results[-1])
     return results
 
 

@@ -296,3 +296,23 @@ def test_a_plugin_that_changes_the_process_or_its_inputs_fails_and_is_undone():
     assert "modified q in place" in detail and "(undone)" in detail
     assert (torch.get_num_threads(), torch.get_float32_matmul_precision()) == (threads, precision)
     assert {x.name: x for x in run_checks("full")}["leaves_inputs_and_process_alone"].status == "passed"
+
+
+def test_each_result_is_told_as_its_check_ends():
+    told = []
+    results = run_checks("full", on_result=told.append)
+    assert told == results and [r.name for r in told] == [n for n, _ in __import__("effattn.testing").testing.CHECKS]
+
+    class Broken(torch.nn.Module):
+        def __init__(self):
+            raise RuntimeError("nope")
+
+    told = []
+    from effattn import registry
+
+    registry._REGISTRY["adv_told"] = registry.PluginEntry("adv_told", Broken)
+    try:
+        results = run_checks("adv_told", on_result=told.append)
+    finally:
+        del registry._REGISTRY["adv_told"]
+    assert told == results and told[0].name == "build"

@@ -140,8 +140,8 @@ def check(variant, device, seq_lens):
     why = get_entry(v.name).availability(device)
     if why:
         fail(f"{v.label}: {why}")
-    results = run_checks(v.name, device=device, seq_lens=tuple(parse_seq_lens(seq_lens)), **v.options)
-    for r in results:
+
+    def show(r):  # each check as it ends: a slow or hanging plugin shows where it is
         mark = {"passed": "ok", "failed": "FAIL", "skipped": "skip"}[r.status]
         lines = r.detail.splitlines() or [""]
         if r.status == "failed":  # every failing case on its own line
@@ -150,6 +150,8 @@ def check(variant, device, seq_lens):
                 click.echo(f"        {line}")
         else:
             click.echo(f"{mark:5s} {r.name}" + (f"  ({lines[0]})" if lines[0] else ""))
+
+    results = run_checks(v.name, device=device, seq_lens=tuple(parse_seq_lens(seq_lens)), on_result=show, **v.options)
     click.echo(f"{v.label}: {summarize(results)}")
     sys.exit(1 if any(r.status == "failed" for r in results) else 0)
 
