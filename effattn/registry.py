@@ -195,14 +195,15 @@ def option_info(target) -> list[dict[str, Any]]:
     names, _ = option_names(target)
     if not names:
         return []
+    defaults = option_defaults(target)  # (the same reading of the signature create_attention uses)
     fn = target.__init__ if inspect.isclass(target) else target
     params = inspect.signature(fn).parameters
     out = []
     for n in names:
         p = params[n]
         info = {"name": n}
-        if p.default is not inspect.Parameter.empty:
-            info["default"] = p.default
+        if n in defaults:
+            info["default"] = defaults[n]
         if p.annotation is not inspect.Parameter.empty:
             info["type"] = (
                 p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", str(p.annotation))
