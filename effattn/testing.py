@@ -33,6 +33,8 @@ EXACT_RTOL = 1e-5
 #: the longest length tried while looking for a length at which the pattern excludes a pair
 #: (lengths grow as 2n + 1: odd, so no multiple of a block size hides an edge case)
 PATTERN_BOUND = 1023
+#: the longest length a caller may ask for: the float64 reference is dense, O(n^2) in memory
+MAX_CHECK_LEN = 4096
 #: failing cases listed per check (the rest are counted)
 MAX_LISTED = 8
 
@@ -510,6 +512,12 @@ def run_checks(
     a failed check. `seq_lens` are the first lengths; the pattern search may add longer ones.
     `on_result` is told each result as soon as its check ends (the CLI prints it then)."""
     names = [n for n, _ in CHECKS]
+    lens = list(seq_lens) if isinstance(seq_lens, (list, tuple)) else None
+    if not lens or any(isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CHECK_LEN for n in lens):
+        raise ValueError(
+            f"seq_lens {seq_lens!r}: give lengths from 1 to {MAX_CHECK_LEN} (the checks build a dense float64 "
+            "reference, n x n)"
+        )
     if only is not None and only not in names:
         raise ValueError(f"no check named {only!r}; the checks are {', '.join(names)}")
     try:

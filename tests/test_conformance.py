@@ -316,3 +316,11 @@ def test_each_result_is_told_as_its_check_ends():
     finally:
         del registry._REGISTRY["adv_told"]
     assert told == results and told[0].name == "build"
+
+
+def test_absurd_check_lengths_are_refused(cli_here):
+    for bad in ((), (0,), (5000,), ("7",), (True,), 77):
+        with pytest.raises(ValueError, match="give lengths from 1 to 4096"):
+            run_checks("full", seq_lens=bad)
+    code, _, err = cli_here("check", "full", "--seq-lens", "99999999")
+    assert code == 2 and "at most 4096" in err and len(err.strip().splitlines()) == 1

@@ -112,8 +112,9 @@ def info(name, device):
             click.echo(f"  {f.name:17s} {', '.join(v) if isinstance(v, tuple) else v}")
     why = e.availability(device)
     click.echo(f"  {'available':17s} {'yes' if why is None else why} (on {device})")
-    click.echo("options:" if option_info(e.target) else "options: none")
-    for o in option_info(e.target):
+    opts = option_info(e.target)
+    click.echo("options:" if opts else "options: none")
+    for o in opts:
         default = f"default {o['default']!r}" if "default" in o else "required"
         click.echo(f"  {o['name']:17s} {o.get('type', '?'):8s} {default}")
     prov = provenance(name)
@@ -151,7 +152,12 @@ def check(variant, device, seq_lens):
         else:
             click.echo(f"{mark:5s} {r.name}" + (f"  ({lines[0]})" if lines[0] else ""))
 
-    results = run_checks(v.name, device=device, seq_lens=tuple(parse_seq_lens(seq_lens)), on_result=show, **v.options)
+    from ..testing import MAX_CHECK_LEN
+
+    lens = tuple(parse_seq_lens(seq_lens))
+    if max(lens) > MAX_CHECK_LEN:
+        fail(f"--seq-lens {seq_lens}: at most {MAX_CHECK_LEN} (the checks build a dense float64 reference, n x n)")
+    results = run_checks(v.name, device=device, seq_lens=lens, on_result=show, **v.options)
     click.echo(f"{v.label}: {summarize(results)}")
     sys.exit(1 if any(r.status == "failed" for r in results) else 0)
 
