@@ -32,6 +32,8 @@ class Facts:
     supports_causal: bool = False
     supports_padding: bool = False
     supports_cross: bool = False
+    supports_decode: bool = False  # new_cache / prefill / step (docs/decoding.md)
+    supports_gqa: bool = False  # k, v may carry fewer heads than q (grouped-query)
     devices: tuple[str, ...] = ("cpu", "cuda")
     dtypes: tuple[str, ...] = ("float32", "float64", "bfloat16", "float16")
     description: str = ""

@@ -405,6 +405,127 @@ def deterministic(s: Suite):
     assert torch.equal(out1, out3), "two plugins built with the same seed differ"
 
 
+def _kv_heads(h: int) -> list[int]:
+    """Key/value head counts to try with h query heads: multi-query (1) and, where it differs, h/2."""
+    return sorted({1, h // 2} - {0, h}) if h > 1 else []
+
+
+@check("grouped_query_heads")
+def grouped_query_heads(s: Suite):
+    """k, v with K < H heads equal the same call with each key/value head repeated over its group
+    of H / K query heads (query head h reads key/value head h // (H / K))."""
+    if not s.facts.supports_gqa:
+        raise Skip("the plugin does not declare supports_gqa")
+    kvs = _kv_heads(s.heads)
+    if not kvs:
+        raise Skip(f"one query head: no grouping to check (run with heads >= 2)")
+    fails = _Failures()
+    for K in kvs:
+        for n_q, n_k, causal, pad in s.cases():
+
+            def one(n_q=n_q, n_k=n_k, causal=causal, pad=pad, K=K):
+                q, k, v = s.inputs(n_q, n_k, seed_offset=7)
+                k, v = k[:, :K].contiguous(), v[:, :K].contiguous()
+                kpm = _padding(s.batch, n_k, s.device) if pad else None
+                out = s.call(q, k, v, causal=causal, key_padding_mask=kpm)
+                rep = s.heads // K
+                want = s.call(q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1), causal=causal,
+                              key_padding_mask=kpm)  # fmt: skip
+                assert tuple(out.shape) == tuple(q.shape), f"output shape {tuple(out.shape)}, want {tuple(q.shape)}"
+                err = _rel_err(out, want)
+                assert err <= EXACT_RTOL, f"K={K}: relative error {err:.2e} against k, v repeated to {s.heads} heads"
+
+            fails.case(f"K={K} " + _label(n_q, n_k, causal, pad), one)
+    fails.raise_any()
+    return f"K = {', '.join(map(str, kvs))} of {s.heads} heads, {len(s.cases())} cases each"
+
+
+#: steps decoded in the longest run of `decode_matches_causal_forward`, and the prompt lengths
+DECODE_STEPS, DECODE_PROMPTS = 320, (1, 17, 64)
+#: relative error allowed between decoding and the causal forward, for an approximate plugin that
+#: does not state its own (`decode_rtol`)
+DECODE_RTOL_APPROX = 1e-4
+
+
+@check("decode_matches_causal_forward")
+def decode_matches_causal_forward(s: Suite):
+    """Prefill then step by step equals the causal forward: the prefill's output is the prompt's
+    causal output, and step t's is the last row of the causal forward over the p + t + 1 tokens
+    seen (compared to one forward over the whole sequence first; where a row differs - a pattern
+    that depends on the length, like BigBird's last global block - to the forward over exactly that
+    prefix). Several prompt lengths, over DECODE_STEPS steps; with a left-padded prompt where the
+    plugin takes padding, and with fewer key/value heads where it takes grouped-query heads."""
+    if not s.facts.supports_decode:
+        raise Skip("the plugin does not declare supports_decode (it is decoded by recomputation)")
+    from .decoding import cache_nbytes, decoder_for
+
+    rtol = EXACT_RTOL if s.facts.exact else float(getattr(s.attn, "decode_rtol", DECODE_RTOL_APPROX))
+    try:
+        dec = decoder_for(s.attn)
+    except Exception as e:  # noqa: BLE001 - a broken declaration is this check's failure
+        raise AssertionError(str(e)) from e
+    kvs = _kv_heads(s.heads) if s.facts.supports_gqa else []
+    runs = [(DECODE_PROMPTS[0], DECODE_STEPS, s.heads, False)]
+    runs += [(p, 40, s.heads, s.facts.supports_padding) for p in DECODE_PROMPTS[1:]]
+    runs += [(DECODE_PROMPTS[1], 40, K, False) for K in kvs]
+    fails, worst, steps = _Failures(), [0.0], [0]
+    batch = max(2, s.batch) if s.facts.supports_padding else s.batch
+    for p, T, K, padded in runs:
+
+        def one(p=p, T=T, K=K, padded=padded):
+            n = p + T
+            q, k, v = _inputs(batch, s.heads, n, n, s.head_dim, torch.float32, s.device, s.seed + 11)
+            k, v = k[:, :K].contiguous(), v[:, :K].contiguous()
+            kpm = None
+            if padded:  # row 1's prompt is left-padded by a third, as a batch of prompts would be
+                kpm = torch.zeros(batch, n, dtype=torch.bool, device=s.device)
+                kpm[1, : max(1, p // 3)] = True
+
+            def forward(m):
+                mask = None if kpm is None else kpm[:, :m]
+                return s.call(q[:, :, :m], k[:, :, :m], v[:, :, :m], causal=True, key_padding_mask=mask)
+
+            with torch.no_grad():
+                try:
+                    cache = dec.new_cache(batch, K, s.head_dim, dtype=torch.float32, device=s.device)
+                    out = dec.prefill(cache, q[:, :, :p], k[:, :, :p], v[:, :, :p],
+                                      key_padding_mask=None if kpm is None else kpm[:, :p])  # fmt: skip
+                except Exception as e:
+                    raise PluginRaised(f"the plugin raised {type(e).__name__}: {e}") from e
+                whole = forward(n)
+                assert tuple(out.shape) == (batch, s.heads, p, s.head_dim), f"prefill output shape {tuple(out.shape)}"
+                err = _rel_err(out, whole[:, :, :p])
+                if err > rtol:
+                    err = _rel_err(out, forward(p))
+                assert err <= rtol, f"prefill of {p} tokens: relative error {err:.2e} against the causal forward"
+                for t in range(T):
+                    i = p + t
+                    try:
+                        row = dec.step(cache, q[:, :, i : i + 1], k[:, :, i : i + 1], v[:, :, i : i + 1])
+                    except Exception as e:
+                        raise PluginRaised(f"step {t}: the plugin raised {type(e).__name__}: {e}") from e
+                    assert isinstance(row, torch.Tensor) and tuple(row.shape) == (batch, s.heads, 1, s.head_dim), (
+                        f"step {t} returned {tuple(row.shape) if isinstance(row, torch.Tensor) else type(row).__name__}"
+                        f", want {(batch, s.heads, 1, s.head_dim)}"
+                    )
+                    err = _rel_err(row, whole[:, :, i : i + 1])
+                    if err > rtol:  # the definition: the last row of the forward over this prefix
+                        err = _rel_err(row, forward(i + 1)[:, :, -1:])
+                    worst[0] = max(worst[0], err)
+                    assert err <= rtol, f"step {t} (token {i}): relative error {err:.2e} against the causal forward"
+                    steps[0] += 1
+                length = getattr(cache, "length", None)
+                assert length in (None, n), f"the cache says it holds {length} tokens after {n}"
+                if hasattr(cache, "nbytes"):
+                    nb = cache_nbytes(cache)
+                    assert nb is not None and nb >= 0, "the cache's nbytes() is not a number of bytes"
+
+        where = f"prompt {p}, {T} steps" + (f", K={K}" if K != s.heads else "") + (", padded" if padded else "")
+        fails.case(where, one)
+    fails.raise_any()
+    return f"{steps[0]} steps over {len(runs)} runs; worst relative error {worst[0]:.1e} (allowed {rtol:g})"
+
+
 def _mask_problem(mask, n: int) -> str | None:
     """Why dense_mask(n, n) cannot be used, or None."""
     try:

@@ -112,7 +112,8 @@ def test_a_wrong_dense_mask_at_default_options_is_caught():
         "never exercised" in results["pattern_exercised"].detail and "window=16" in results["pattern_exercised"].detail
     )
     right = {r.name: r for r in run_checks(_Window())}
-    assert all(r.status == "passed" for r in right.values()), right
+    undeclared = {"grouped_query_heads", "decode_matches_causal_forward"}  # _Window declares neither
+    assert all(r.status == ("skipped" if n in undeclared else "passed") for n, r in right.items()), right
     assert "excludes pairs from n=155" in right["pattern_exercised"].detail
 
 
@@ -122,10 +123,10 @@ def test_every_failing_case_is_listed_and_counts_are_apart(run_cli):
     # not only the first: 8 shown, the rest counted
     assert len(cases) == 9 and all("relative error" in c for c in cases[:8]), cases
     assert cases[-1].startswith("... and ") and cases[-1].endswith(" more failing cases"), cases
-    with pytest.raises(AssertionError, match=r"passed, 1 failed, 1 skipped\nexact_vs_reference: "):
+    with pytest.raises(AssertionError, match=r"passed, 1 failed, 3 skipped\nexact_vs_reference: "):
         check_attention(_Window(claim="full"))
     out = run_cli("check", "linear")
-    assert out.returncode == 0 and "linear: 6 passed, 0 failed, 2 skipped" in out.stdout, out.stdout
+    assert out.returncode == 0 and "linear: 8 passed, 0 failed, 2 skipped" in out.stdout, out.stdout
 
 
 def test_failures_say_what_to_fix():

@@ -14,7 +14,7 @@ PKG = Path(__file__).resolve().parent.parent / "effattn"
 LAYERS = [
     ["effattn._version", "effattn.errors", "effattn.options", "effattn.stats", "effattn.guard"],
     ["effattn", "effattn.env", "effattn.registry", "effattn.store", "effattn.spec"],
-    ["effattn.attention", "effattn.model", "effattn.tasks", "effattn.testing", "effattn.scaffold"],
+    ["effattn.attention", "effattn.decoding", "effattn.model", "effattn.tasks", "effattn.testing", "effattn.scaffold"],
     ["effattn.bench", "effattn.results"],
     ["effattn.report"],
     ["effattn.cli"],

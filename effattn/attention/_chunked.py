@@ -39,16 +39,18 @@ class Group:
     _float_masks: dict | None = None
     _workspace: dict | None = None
 
-    def additive_mask(self, dtype, device):
-        """The shared mask as 0 / -inf in the input dtype (SDPA's fastest mask form), cached."""
+    def additive_mask(self, dtype, device, repeat: int = 1):
+        """The shared mask as 0 / -inf in the input dtype (SDPA's fastest mask form), its rows
+        repeated `repeat` times (grouped-query heads as more rows), cached."""
         if self.mask is None:
             return None
-        key = (dtype, str(device))
+        key = (dtype, str(device), repeat)
         if self._float_masks is None:
             self._float_masks = {}
         if key not in self._float_masks:
             m = torch.zeros(self.mask.shape, dtype=dtype, device=device)
-            self._float_masks[key] = m.masked_fill_(~self.mask.to(device), float("-inf"))
+            m = m.masked_fill_(~self.mask.to(device), float("-inf"))
+            self._float_masks[key] = m.repeat(repeat, 1) if repeat > 1 else m
         return self._float_masks[key]
 
 
@@ -132,14 +134,19 @@ def _workspace(g: Group, name: str, like: torch.Tensor, shape) -> torch.Tensor:
 def _run_group(g: Group, q, k, v, key_padding_mask, scale):
     """One group: per batch element, SDPA over (G, H, c, D) queries and (G, H, K, D) keys, the
     chunk index acting as SDPA's batch dimension. Sliding groups read k and v through unfold views
-    (no copy); others gather them (into a reused workspace when no gradient is needed)."""
+    (no copy); others gather them (into a reused workspace when no gradient is needed).
+
+    Grouped-query heads (k, v with K < H heads): the H/K query heads of a group become more rows
+    of one query block against their shared keys - only q is rearranged, k and v are read once."""
     B, H, _, D = q.shape
+    Kh = k.shape[1]
+    Gq = H // Kh
     G, c = g.rows.shape
     K = g.keys.shape[1]
     dev = q.device
     reuse = not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
-    mask = g.additive_mask(q.dtype, dev)
-    row_keep = None if g.row_keep is None else g.row_keep.to(device=dev, dtype=q.dtype)
+    mask = g.additive_mask(q.dtype, dev, Gq)  # (Gq c, K) with grouped heads: still one shared mask
+    row_keep = None if g.row_keep is None else g.row_keep.to(device=dev, dtype=q.dtype).repeat(Gq, 1)
     rows = None if g.row_start is not None else g.rows.to(dev).reshape(-1)
     keys = g.keys.to(dev)
     if g.sliding:
@@ -152,15 +159,17 @@ def _run_group(g: Group, q, k, v, key_padding_mask, scale):
         else:
             qb = q[b].index_select(1, rows)
         qb = qb.unflatten(1, (G, c)).transpose(0, 1)  # (G, H, c, D)
+        if Gq > 1:
+            qb = qb.reshape(G, Kh, Gq * c, D)
         if g.sliding:
-            kb = k[b].narrow(1, k0, span).unfold(1, K, step).permute(1, 0, 3, 2)  # (G, H, K, D)
+            kb = k[b].narrow(1, k0, span).unfold(1, K, step).permute(1, 0, 3, 2)  # (G, Kh, K, D)
             vb = v[b].narrow(1, k0, span).unfold(1, K, step).permute(1, 0, 3, 2)
             pad = None if key_padding_mask is None else key_padding_mask[b].narrow(0, k0, span).unfold(0, K, step)
         else:
             flat = keys.reshape(-1)
             if reuse:
-                kb = torch.index_select(k[b], 1, flat, out=_workspace(g, "k", k, (H, G * K, D)))
-                vb = torch.index_select(v[b], 1, flat, out=_workspace(g, "v", v, (H, G * K, v.shape[-1])))
+                kb = torch.index_select(k[b], 1, flat, out=_workspace(g, "k", k, (Kh, G * K, D)))
+                vb = torch.index_select(v[b], 1, flat, out=_workspace(g, "v", v, (Kh, G * K, v.shape[-1])))
             else:
                 kb, vb = k[b].index_select(1, flat), v[b].index_select(1, flat)
             kb = kb.unflatten(1, (G, K)).transpose(0, 1)  # (G, H, K, D)
@@ -169,10 +178,14 @@ def _run_group(g: Group, q, k, v, key_padding_mask, scale):
         mb, keep_b = mask, row_keep
         if pad is not None:
             mb, has = _padding_mask(pad, g.mask, G, c, K, dev)
-            keep_b = has.to(q.dtype) if row_keep is None else has.to(q.dtype) * row_keep
+            keep_b = has.to(q.dtype) if g.row_keep is None else has.to(q.dtype) * g.row_keep.to(dev, q.dtype)
+            if Gq > 1:
+                mb, keep_b = mb.repeat(1, 1, Gq, 1), keep_b.repeat(1, 1, Gq, 1)
         out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mb, scale=scale)  # (G, H, c, D)
         if keep_b is not None:
             out = out * keep_b
+        if Gq > 1:
+            out = out.reshape(G, H, c, out.shape[-1])
         outs.append(out.transpose(0, 1).reshape(H, G * c, -1))
     return torch.stack(outs)  # (B, H, G*c, D)
 
@@ -219,6 +232,7 @@ class PatternAttention(AttentionBase):
     CUDA, which FlexAttention's kernels do not take)."""
 
     complexity = "O(nnz)"
+    supports_gqa = True
 
     def __init__(self, backend: str = "auto"):
         super().__init__()

@@ -99,7 +99,8 @@ def flex_forward(pair_mask, q, k, v, causal: bool, key_padding_mask, cache: dict
         )
         if key is not None:
             cache[key] = block_mask
-    out = _run_compiled(lambda: _compiled()(q, k, v, block_mask=block_mask))
+    gqa = q.shape[1] != k.shape[1]
+    out = _run_compiled(lambda: _compiled()(q, k, v, block_mask=block_mask, enable_gqa=gqa))
     if key_padding_mask is not None:  # rows left with no key: zeros, as everywhere in effattn
         pattern_rows = keep.any(-1)[:, None, None, None].to(out.dtype)
         out = out * pattern_rows

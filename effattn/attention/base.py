@@ -22,6 +22,8 @@ class AttentionBase(nn.Module):
     supports_causal: bool = True
     supports_padding: bool = True
     supports_cross: bool = True
+    supports_decode: bool = False
+    supports_gqa: bool = False
     devices: tuple[str, ...] = ("cpu", "cuda")
     dtypes: tuple[str, ...] = ("float32", "float64", "bfloat16", "float16")
 
@@ -33,8 +35,16 @@ class AttentionBase(nn.Module):
             raise TypeError(f"causal must be a bool, got {type(causal).__name__} {causal!r}")
         if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
             raise ValueError("q, k, v must be (batch, heads, seq, head_dim)")
-        if k.shape[:3] != v.shape[:3] or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
+        if k.shape[:3] != v.shape[:3] or q.shape[0] != k.shape[0] or q.shape[-1] != k.shape[-1]:
             raise ValueError(f"incompatible shapes q{tuple(q.shape)} k{tuple(k.shape)} v{tuple(v.shape)}")
+        if q.shape[1] != k.shape[1]:
+            H, K = q.shape[1], k.shape[1]
+            if K < 1 or H % K:
+                raise ValueError(f"key/value heads ({K}) must divide query heads ({H})")
+            if not self.supports_gqa:
+                raise UnsupportedError(
+                    f"{type(self).__name__} does not support grouped-query heads ({H} query heads, {K} key/value heads)"
+                )
         if causal and not self.supports_causal:
             raise UnsupportedError(f"{type(self).__name__} does not support causal attention")
         if key_padding_mask is not None:

@@ -15,12 +15,17 @@ import torch
 
 from ..registry import register_attention
 from . import _chunked
+from ._decode import KVDecoding
 from .base import check_int
 
 
 @register_attention("bigbird")
-class BigBirdAttention(_chunked.PatternAttention):
-    """BigBird: sliding blocks + first/last global blocks + r random blocks per block row."""
+class BigBirdAttention(KVDecoding, _chunked.PatternAttention):
+    """BigBird: sliding blocks + first/last global blocks + r random blocks per block row.
+
+    Decoding: the newest token of a prefix of n tokens is in block ceil(n / b) - 1, the last
+    block, which is global, so it attends every earlier token: a step is full attention over the
+    whole cache (and the prefill is BigBird's causal forward over the prompt)."""
 
     complexity = "O(n·b·(5+r))"
     #: how the report draws it: at n = 128, blocks of 8 with one random block per row leave most

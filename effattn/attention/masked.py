@@ -9,15 +9,17 @@ from __future__ import annotations
 import torch
 
 from ..registry import register_attention
+from ._decode import KVDecoding
 from .base import AttentionBase, causal_mask, combine_masks, dense_pairs
 from .full import dense_attention
 
 
 @register_attention("masked")
-class MaskedAttention(AttentionBase):
+class MaskedAttention(KVDecoding, AttentionBase):
     """Decoder look-ahead masked softmax attention (j <= i always)."""
 
     complexity = "O(n^2)"
+    supports_gqa = True
 
     def dense_mask(self, n_q: int, n_k: int, causal: bool = False) -> torch.Tensor:
         return causal_mask(n_q, n_k)
@@ -31,6 +33,8 @@ class MaskedAttention(AttentionBase):
             return empty
         self.last_backend = "sdpa"
         if key_padding_mask is None:
-            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return torch.nn.functional.scaled_dot_product_attention(
+                q, k, v, is_causal=True, enable_gqa=q.shape[1] != k.shape[1]
+            )
         mask = combine_masks(causal_mask(q.shape[2], k.shape[2], q.device), key_padding_mask)
         return dense_attention(q, k, v, mask)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import torch
 
 from ..registry import register_attention
+from ._decode import check_step
 from .base import AttentionBase, check_int
-from .linear import linear_attention
+from .linear import LinearState, linear_attention
 
 
 def orthogonal_gaussian(m: int, d: int, generator: torch.Generator) -> torch.Tensor:
@@ -32,6 +33,8 @@ class PerformerAttention(AttentionBase):
 
     exact = False
     complexity = "O(n·m)"
+    supports_decode = True
+    supports_gqa = True
 
     def __init__(self, num_features: int = 256, seed: int = 0, orthogonal: bool = True, chunk: int = 64):
         super().__init__()
@@ -76,7 +79,54 @@ class PerformerAttention(AttentionBase):
         w = self.features(q.shape[-1]).to(device=q.device, dtype=q.dtype)
         fq, cq = self._phi(q, w, True)
         fk, ck = self._phi(k, w, False, key_padding_mask)
+        ck = ck.repeat_interleave(q.shape[1] // k.shape[1], 1)  # (B, K, 1, 1) -> (B, H, 1, 1): tiny
         # linear's eps (1e-6) in the features' own scale: scaled by the same constants, it leaves
         # out_i = phi(q_i)^T S / (phi(q_i)^T z + 1e-6) exactly as unscaled features give it
         eps = (1e-6 * torch.exp(-(cq + ck).float())).clamp_min(torch.finfo(torch.float32).tiny)
         return linear_attention(fq, fk, v, causal, key_padding_mask, eps[..., 0].to(fq.dtype), self.chunk)
+
+    # ------------------------------------------------------------------ decoding: the recurrent form
+    # The state is S = sum phi(k_j) v_j^T and z = sum phi(k_j) with the keys' features scaled by a
+    # running constant c (the largest projection seen so far); when a new key raises c, S and z are
+    # rescaled by exp(c_old - c_new). The forward scales by the largest over all keys instead; the
+    # ratio, with eps scaled alike, is the same number, so the two agree to rounding.
+    def new_cache(self, batch, heads, head_dim, dtype=torch.float32, device="cpu", max_len: int = 0):
+        return LinearState(batch, heads, self.num_features, head_dim, dtype, device, scaled=True)
+
+    def _absorb(self, cache, k, v, key_padding_mask=None) -> None:
+        w = self.features(k.shape[-1]).to(device=k.device, dtype=k.dtype)
+        x = k * k.shape[-1] ** -0.25
+        proj = x @ w.T  # (B, K, t, m)
+        top = proj.detach()
+        if key_padding_mask is not None:
+            top = top.masked_fill(key_padding_mask[:, None, :, None], float("-inf"))
+        c_new = torch.maximum(cache.c, top.amax((-1, -2))[..., None])  # (B, K, 1)
+        c_use = torch.where(torch.isfinite(c_new), c_new, torch.zeros_like(c_new))
+        c_old = torch.where(torch.isfinite(cache.c), cache.c, c_use)
+        rescale = torch.exp(c_old - c_use)  # (B, K, 1): 1 while c does not move
+        cache.S *= rescale[..., None]
+        cache.z *= rescale
+        cache.c = c_new
+        fk = torch.exp(proj - x.square().sum(-1, keepdim=True) / 2 - c_use[..., None]) / self.num_features**0.5
+        if key_padding_mask is not None:
+            fk = fk * (~key_padding_mask)[:, None, :, None].to(fk.dtype)
+        cache.add(fk, v)
+
+    def prefill(self, cache, q, k, v, key_padding_mask=None):
+        out = self(q, k, v, causal=True, key_padding_mask=key_padding_mask)
+        if k.shape[2]:
+            self._absorb(cache, k, v, key_padding_mask)
+        return out
+
+    def step(self, cache, q, k, v):
+        check_step(q, k, v)
+        self._absorb(cache, k, v)
+        w = self.features(q.shape[-1]).to(device=q.device, dtype=q.dtype)
+        fq, cq = self._phi(q, w, True)  # (B, H, 1, m), (B, H, 1, 1)
+        B, H = q.shape[:2]
+        K = k.shape[1]
+        ck = cache.c.repeat_interleave(H // K, 1)[..., None]  # (B, H, 1, 1)
+        eps = (1e-6 * torch.exp(-(cq + ck).float())).clamp_min(torch.finfo(torch.float32).tiny)
+        out = cache.read(fq, eps[..., 0].to(fq.dtype))
+        cache.last_flops += 2 * B * (H + K) * self.num_features * q.shape[-1]  # the two feature maps
+        return out

@@ -17,12 +17,18 @@ import torch.nn.functional as F
 
 from ..registry import register_attention
 from . import _chunked
+from ._decode import KVDecoding, refuse_gqa
 from .base import check_choice, check_int, softmax_scale
 
 
 @register_attention("sparse")
-class SparseAttention(_chunked.PatternAttention):
-    """Sparse Transformer strided or fixed pattern."""
+class SparseAttention(KVDecoding, _chunked.PatternAttention):
+    """Sparse Transformer strided or fixed pattern.
+
+    Decoding keeps every key (a later row of either pattern may attend any earlier position:
+    strided reaches back by multiples of s, fixed through each block's summary columns) and a
+    step reads only the keys its row attends: strided the last s and every s-th before them,
+    fixed its own block and the c summary keys of each earlier block."""
 
     complexity = "O(n·(s + n/s))"
 
@@ -32,6 +38,8 @@ class SparseAttention(_chunked.PatternAttention):
         self.stride = check_int("stride", stride, 1)
         # summary only shapes the fixed pattern, where it cannot exceed the block (stride)
         self.summary = check_int("summary", summary, 1, self.stride if self.pattern == "fixed" else None)
+        # strided's joint band + residue softmax is written for one key/value head per query head
+        self.supports_gqa = self.pattern == "fixed" or backend == "dense"
 
     def pair_mask(self, i, j, causal: bool):
         s, c = self.stride, self.summary
@@ -40,6 +48,16 @@ class SparseAttention(_chunked.PatternAttention):
         else:
             m = (i // s == j // s) | (j % s >= s - c)
         return m & (j <= i) if causal else m
+
+    def step_keys(self, position: int) -> torch.Tensor:
+        i, s = position, self.stride
+        if self.pattern == "strided":
+            band = torch.arange(max(0, i - s + 1), i + 1)
+            far = torch.arange(i - s, -1, -s).flip(0) if i >= s else band[:0]
+            return torch.cat([far, band])
+        start = i // s * s
+        cols = torch.arange(0, start)
+        return torch.cat([cols[cols % s >= s - self.summary], torch.arange(start, i + 1)])
 
     # ------------------------------------------------------------------ fixed: chunked engine
     def _plan(self, n_q: int, n_k: int, causal: bool) -> _chunked.Plan:
@@ -105,6 +123,7 @@ class SparseAttention(_chunked.PatternAttention):
 
     def _chunked(self, q, k, v, causal, key_padding_mask):  # strided has its own path
         if self.pattern == "strided":
+            refuse_gqa("sparse(pattern=strided)", q, k)
             self.last_backend = "band+residue-softmax"
             return self._strided(q, k, v, causal, key_padding_mask)
         return super()._chunked(q, k, v, causal, key_padding_mask)
