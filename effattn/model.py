@@ -31,6 +31,7 @@ class TransformerConfig:
     vocab_size: int = 256  # tokens; the embedding is shared by encoder and decoder
     d_model: int = 512  # residual width (paper: 512)
     n_heads: int = 8  # heads; head_dim = d_model // n_heads
+    n_kv_heads: int | None = None  # key/value heads (grouped-query; 1 = multi-query); None = n_heads
     n_layers: int = 6  # encoder layers (decoder-only: decoder layers)
     n_decoder_layers: int = 6  # decoder layers of the encoder-decoder
     d_ff: int = 2048  # feed-forward hidden width (paper: 4 * d_model)
@@ -50,6 +51,11 @@ class TransformerConfig:
     def __post_init__(self):
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if self.n_kv_heads is not None and (
+            isinstance(self.n_kv_heads, bool) or not isinstance(self.n_kv_heads, int) or self.n_kv_heads < 1
+            or self.n_heads % self.n_kv_heads
+        ):  # fmt: skip
+            raise ValueError(f"n_kv_heads ({self.n_kv_heads}) must be a positive divisor of n_heads ({self.n_heads})")
         for k in ("vocab_size", "d_model", "n_heads", "n_layers", "d_ff", "num_classes"):
             if getattr(self, k) <= 0:
                 raise ValueError(f"{k} must be > 0, got {getattr(self, k)}")
@@ -100,24 +106,57 @@ def _require(name: str, options: dict, *, causal: bool, cross: bool, role: str) 
 
 
 class MultiHeadAttention(nn.Module):
-    """Projections, split into heads, the plugin core, merge, output projection."""
+    """Projections, split into heads, the plugin core, merge, output projection. With
+    `n_kv_heads` K < n_heads, keys and values are projected to K heads, each shared by a group of
+    n_heads / K query heads (grouped-query attention; K = 1 is multi-query)."""
 
-    def __init__(self, d_model: int, n_heads: int, attention: str, options: dict, causal: bool = False):
+    def __init__(
+        self, d_model: int, n_heads: int, attention: str, options: dict, causal: bool = False, n_kv_heads=None
+    ):
         super().__init__()
         self.n_heads, self.causal = n_heads, causal
+        self.n_kv_heads = n_kv_heads or n_heads
+        if n_heads % self.n_kv_heads:
+            raise ValueError(f"n_kv_heads ({self.n_kv_heads}) must divide n_heads ({n_heads})")
+        kv_width = d_model // n_heads * self.n_kv_heads
         self.q_proj = nn.Linear(d_model, d_model)
-        self.k_proj = nn.Linear(d_model, d_model)
-        self.v_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, kv_width)
+        self.v_proj = nn.Linear(d_model, kv_width)
         self.out_proj = nn.Linear(d_model, d_model)
         self.core = create_attention(attention, **options)
+        if self.n_kv_heads != n_heads and not getattr(self.core, "supports_gqa", False):
+            raise UnsupportedError(
+                f"attention {attention!r} does not support grouped-query heads ({n_heads} query heads, "
+                f"{self.n_kv_heads} key/value heads)"
+            )
+
+    def _heads(self, x, src):
+        q = rearrange(self.q_proj(x), "b n (h d) -> b h n d", h=self.n_heads)  # (B, H, n_q, D)
+        k = rearrange(self.k_proj(src), "b n (h d) -> b h n d", h=self.n_kv_heads)  # (B, K, n_k, D)
+        v = rearrange(self.v_proj(src), "b n (h d) -> b h n d", h=self.n_kv_heads)
+        return q, k, v
 
     def forward(self, x, memory=None, key_padding_mask=None):
-        src = x if memory is None else memory
-        q = rearrange(self.q_proj(x), "b n (h d) -> b h n d", h=self.n_heads)  # (B, H, n_q, D)
-        k = rearrange(self.k_proj(src), "b n (h d) -> b h n d", h=self.n_heads)  # (B, H, n_k, D)
-        v = rearrange(self.v_proj(src), "b n (h d) -> b h n d", h=self.n_heads)
+        q, k, v = self._heads(x, x if memory is None else memory)
         out = self.core(q, k, v, causal=self.causal, key_padding_mask=key_padding_mask)
         return self.out_proj(rearrange(out, "b h n d -> b n (h d)"))
+
+    # decoding (self-attention): the plugin's own cache, or recomputation (effattn.decoding)
+    def new_cache(self, batch: int, dtype=torch.float32, device="cpu", max_len: int = 0):
+        from .decoding import decoder_for
+
+        self._decoder = decoder_for(self.core)
+        D = self.q_proj.out_features // self.n_heads
+        return self._decoder.new_cache(batch, self.n_kv_heads, D, dtype=dtype, device=device, max_len=max_len)
+
+    def prefill(self, cache, x, key_padding_mask=None):
+        q, k, v = self._heads(x, x)
+        out = self._decoder.prefill(cache, q, k, v, key_padding_mask=key_padding_mask)
+        return self.out_proj(rearrange(out, "b h n d -> b n (h d)"))
+
+    def step(self, cache, x):
+        q, k, v = self._heads(x, x)
+        return self.out_proj(rearrange(self._decoder.step(cache, q, k, v), "b h n d -> b n (h d)"))
 
 
 class CausalConv(nn.Module):
@@ -146,7 +185,9 @@ class Block(nn.Module):
         super().__init__()
         d = cfg.d_model
         self.conv = CausalConv(d, cfg.conv_kernel) if cfg.conv_kernel > 0 else None
-        self.self_attn = MultiHeadAttention(d, cfg.n_heads, cfg.attention, cfg.attention_options, causal=causal)
+        self.self_attn = MultiHeadAttention(
+            d, cfg.n_heads, cfg.attention, cfg.attention_options, causal=causal, n_kv_heads=cfg.n_kv_heads
+        )
         self.norm1 = nn.LayerNorm(d)
         self.cross_attn = None
         if cross:
@@ -162,6 +203,15 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(d)
         self.drop = nn.Dropout(cfg.dropout)
         self.norm_first = cfg.norm_first
+
+    def decode(self, cache, x, first: bool):
+        """The block on new tokens x, its self-attention through `cache` (prefill when `first`)."""
+        attn = (lambda h: self.self_attn.prefill(cache, h)) if first else (lambda h: self.self_attn.step(cache, h))
+        if self.norm_first:
+            x = x + self.drop(attn(self.norm1(x)))
+            return x + self.drop(self.ff(self.norm2(x)))
+        x = self.norm1(x + self.drop(attn(x)))
+        return self.norm2(x + self.drop(self.ff(x)))
 
     def forward(self, x, key_padding_mask=None, memory=None, memory_padding_mask=None):
         if self.conv is not None:
@@ -210,9 +260,46 @@ class Transformer(nn.Module):
         self.final_norm = nn.LayerNorm(cfg.d_model) if cfg.norm_first else nn.Identity()
         self.head = nn.Linear(cfg.d_model, out)
 
-    def _embed(self, tokens):
+    def _embed(self, tokens, start: int = 0):
         x = self.embed(tokens) * math.sqrt(self.cfg.d_model)
-        return self.drop(x + sinusoidal_positions(tokens.shape[1], self.cfg.d_model, tokens.device, x.dtype))
+        pe = sinusoidal_positions(start + tokens.shape[1], self.cfg.d_model, tokens.device, x.dtype)[start:]
+        return self.drop(x + pe)
+
+    # ------------------------------------------------------------------ generation (decoder shape)
+    def new_caches(self, batch: int, dtype=torch.float32, device="cpu", max_len: int = 0) -> list:
+        """One cache per decoder layer: the plugin's own, or recomputation (docs/decoding.md)."""
+        if self.shape != "decoder":
+            raise UnsupportedError(f"decoding is implemented for the decoder shape, not {self.shape!r}")
+        if self.cfg.conv_kernel:
+            raise UnsupportedError("decoding with conv_kernel > 0 is not implemented (the convolution has no cache)")
+        return [blk.self_attn.new_cache(batch, dtype, device, max_len) for blk in self.decoder]
+
+    def prefill(self, caches: list, tokens):
+        """Run the prompt (B, p) through the decoder, filling `caches`; (B, p, vocab) logits."""
+        x = self._embed(tokens)
+        for blk, cache in zip(self.decoder, caches):
+            x = blk.decode(cache, x, first=True)
+        return self.head(self.final_norm(x))
+
+    def step(self, caches: list, token, position: int):
+        """One token (B, 1) at `position` through the decoder with its caches; (B, 1, vocab) logits."""
+        x = self._embed(token, position)
+        for blk, cache in zip(self.decoder, caches):
+            x = blk.decode(cache, x, first=False)
+        return self.head(self.final_norm(x))
+
+    @torch.no_grad()
+    def generate(self, prompt, steps: int):
+        """Greedy continuation of `prompt` (B, p) by `steps` tokens, one at a time through the caches."""
+        caches = self.new_caches(prompt.shape[0], self.head.weight.dtype, prompt.device, prompt.shape[1] + steps)
+        logits = self.prefill(caches, prompt)
+        out = [prompt]
+        tok = logits[:, -1:].argmax(-1)
+        for t in range(steps):
+            out.append(tok)
+            if t + 1 < steps:
+                tok = self.step(caches, tok, prompt.shape[1] + t).argmax(-1)
+        return torch.cat(out, 1)
 
     def encode(self, tokens, key_padding_mask=None):
         x = self._embed(tokens)

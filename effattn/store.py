@@ -45,13 +45,14 @@ POINT_FIELDS = (
     "inputs",
     "seed",
     "probe",
+    "kv_heads",
 )
 #: The same for a training run of `bench --task`.
 TASK_FIELDS = ("label", "seq_len", "task", "task_options", "seed", "train_spec")
 #: What a configuration is: a point's identity without the variant and the length.
 CONFIG_FIELDS = tuple(f for f in POINT_FIELDS if f not in ("label", "seq_len"))
 #: Defaults for rows written before a field existed, so that old files keep their identity.
-FIELD_DEFAULTS = {"inputs": "random", "seed": 0, "probe": None}
+FIELD_DEFAULTS = {"inputs": "random", "seed": 0, "probe": None, "kv_heads": None}
 
 #: Statuses after which a point counts as done for `--resume`. `error` (perhaps transient) and
 #: `skipped` (never attempted) are measured again; the newest row of a point is the one used.

@@ -172,3 +172,27 @@ def output_errors(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
     rel = float((a - b).norm() / b.norm().clamp_min(1e-30))
     cos = float(torch.nn.functional.cosine_similarity(a, b, dim=0))
     return rel, cos
+
+
+#: the buffer the bandwidth probe reads: far larger than any CPU's last-level cache
+BANDWIDTH_PROBE_BYTES = {"cpu": 256 * 2**20, "cuda": 2 * 2**30}
+
+
+def memory_bandwidth_gbs(device: str, reps: int = 5) -> float:
+    """This machine's memory read bandwidth now: the best of `reps` sums over a buffer much larger
+    than the caches (a sum reads each byte once and does one add per 4 bytes: memory-bound). The
+    roofline of a decoding step, which reads its cache once."""
+    n = BANDWIDTH_PROBE_BYTES.get(device, 2**28) // 4
+    x = torch.ones(n, device=device)
+    x.sum()  # warm: pages touched
+    best = float("inf")
+    for _ in range(reps):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        x.sum()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    del x
+    return n * 4 / best / 1e9

@@ -23,7 +23,7 @@ from . import measure
 from .validate import CoreWatch, check_output
 
 LEVELS = ("attention", "layer", "model")
-MODES = ("fwd", "fwdbwd")
+MODES = ("fwd", "fwdbwd", "decode")
 DEVICES = ("cpu", "cuda")
 DTYPES = ("float32", "float64", "bfloat16", "float16")
 INPUTS = ("random", "trained")
@@ -70,6 +70,7 @@ class SweepSpec:
     error: bool = True
     seed: int = 0
     inputs: str = "random"  # or "trained": q, k, v from a backbone trained on MQAR (attention level)
+    kv_heads: int | None = None  # key/value heads (grouped-query); None: as many as `heads`
 
     def __post_init__(self):
         from ..registry import get_entry, option_names
@@ -121,6 +122,17 @@ class SweepSpec:
             raise EffattnError(f"seed must be an integer in 0..{MAX_SEED}, got {self.seed!r}")
         if self.inputs == "trained" and self.level != "attention":
             raise EffattnError("inputs 'trained' applies to level 'attention'")
+        if self.kv_heads is not None:
+            _positive_int("kv_heads", self.kv_heads)
+            if self.heads % self.kv_heads:
+                raise EffattnError(f"kv_heads ({self.kv_heads}) must divide heads ({self.heads})")
+            if self.kv_heads == self.heads:
+                object.__setattr__(self, "kv_heads", None)  # one spelling per configuration
+        if self.mode == "decode":
+            if not self.causal:
+                raise EffattnError("mode 'decode' generates one token at a time: it is causal (set causal=True)")
+            if self.inputs == "trained":
+                raise EffattnError("inputs 'trained' is not available with mode 'decode'")
 
     def point_config(self) -> dict:
         d = asdict(self)
@@ -132,6 +144,8 @@ class SweepSpec:
 def _inputs(spec: SweepSpec, n: int, requires_grad: bool):
     g = torch.Generator().manual_seed(spec.seed + n)
     dtype = getattr(torch, spec.dtype)
+    if spec.mode == "decode":
+        n = n + 1  # a context of n tokens, then the token a step decodes
     if spec.inputs == "trained" and spec.level == "attention":
         from .inputs import trained_qkv
 
@@ -141,8 +155,9 @@ def _inputs(spec: SweepSpec, n: int, requires_grad: bool):
         torch.randn(*shape, generator=g).to(device=spec.device, dtype=dtype).requires_grad_(requires_grad)
     )
     B, H, D = spec.batch, spec.heads, spec.head_dim
+    K = spec.kv_heads or H
     if spec.level == "attention":
-        return mk(B, H, n, D), mk(B, H, n, D), mk(B, H, n, D)
+        return mk(B, H, n, D), mk(B, K, n, D), mk(B, K, n, D)
     if spec.level == "layer":
         return (mk(B, n, H * D),)
     return (torch.randint(0, MODEL_VOCAB, (B, n), generator=g).to(spec.device),)
@@ -156,7 +171,12 @@ def _build(spec: SweepSpec, variant: Variant):
         from ..model import MultiHeadAttention
 
         return MultiHeadAttention(
-            spec.heads * spec.head_dim, spec.heads, variant.name, variant.options, causal=spec.causal
+            spec.heads * spec.head_dim,
+            spec.heads,
+            variant.name,
+            variant.options,
+            causal=spec.causal,
+            n_kv_heads=spec.kv_heads,
         ).to(spec.device, dtype)
     from ..model import Transformer, TransformerConfig
 
@@ -164,6 +184,7 @@ def _build(spec: SweepSpec, variant: Variant):
         vocab_size=MODEL_VOCAB,
         d_model=spec.heads * spec.head_dim,
         n_heads=spec.heads,
+        n_kv_heads=spec.kv_heads,
         n_layers=MODEL_LAYERS,
         d_ff=4 * spec.heads * spec.head_dim,
         dropout=0.0,
@@ -225,8 +246,10 @@ def estimate_bytes(spec: SweepSpec, core, n: int) -> tuple[int, str]:
     B, H, D = spec.batch, spec.heads, spec.head_dim
     grad = spec.mode == "fwdbwd"
     act = B * H * n * D * es  # one (B, H, n, D) or (B, n, H*D) tensor
-    tensors = {"attention": 4, "layer": 6, "model": 6 * MODEL_LAYERS}[spec.level]  # q, k, v, out (+ x, proj)
-    est = act * tensors * (2 if grad else 1)
+    if spec.level == "attention":  # q and out with H heads, k and v with K
+        est = (2 * act + 2 * B * (spec.kv_heads or H) * n * D * es) * (2 if grad else 1)
+    else:
+        est = act * {"layer": 6, "model": 6 * MODEL_LAYERS}[spec.level] * (2 if grad else 1)  # x, q, k, v, proj, out
     parts = [f"inputs and outputs {_gib(est)}"]
     if spec.level == "model":
         logits = B * n * max(MODEL_VOCAB, H * D) * es
@@ -477,26 +500,34 @@ def prepare_point(spec: SweepSpec, variant: Variant, n: int, inputs: InputSet, t
                 variant, {**row, "status": "error", "reason": f"{variant.label} modified its inputs in place"}
             )
         return Prepared(variant, row, clean_step, per_call, cores)
-    except torch.cuda.OutOfMemoryError as e:
+    except (Exception, SystemExit, KeyboardInterrupt) as e:  # noqa: BLE001 - every failure is a recorded status
+        record_failure(row, watch, e)
+    return Prepared(variant, row)
+
+
+def record_failure(row: dict, watch, e: BaseException) -> None:
+    """A point's own failure as its status and reason: oom (evidence of memory exhaustion only),
+    unsupported, or error with the traceback. The user's Ctrl-C (outside a measuring process)
+    is raised again."""
+    if isinstance(e, torch.cuda.OutOfMemoryError):
         row.update(status="oom", reason=str(e).splitlines()[0])
-    except MemoryError as e:
+    elif isinstance(e, MemoryError):
         row.update(status="oom", reason=f"MemoryError: {e}")
-    except RuntimeError as e:
+    elif isinstance(e, RuntimeError) and not isinstance(e, (UnsupportedError, EffattnError)):
         msg = str(e)
         first = msg.splitlines()[0] if msg else ""
         if "DefaultCPUAllocator: can't allocate memory" in msg or first.startswith("CUDA out of memory"):
             row.update(status="oom", reason=first)
         else:
             _failed(row, watch, f"RuntimeError: {first}")
-    except (UnsupportedError, EffattnError) as e:
+    elif isinstance(e, (UnsupportedError, EffattnError)):
         row.update(status="unsupported", reason=str(e))
-    except KeyboardInterrupt as e:
+    elif isinstance(e, KeyboardInterrupt):
         if not IN_MEASURING_PROCESS:
-            raise  # the user's Ctrl-C, measuring in their own process
+            raise e  # the user's Ctrl-C, measuring in their own process
         _failed(row, watch, f"the plugin raised KeyboardInterrupt: {e}")
-    except (Exception, SystemExit) as e:  # noqa: BLE001 - every failure is a recorded status, the sweep goes on
+    else:
         _failed(row, watch, f"{type(e).__name__}: {e}")
-    return Prepared(variant, row)
 
 
 def _fingerprint(mask: torch.Tensor) -> tuple:

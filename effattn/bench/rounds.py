@@ -154,8 +154,12 @@ def measure_group(
     inputs = InputSet(spec, n)
     guard = _TorchState()
     prepared = []
+    if spec.mode == "decode":
+        from .decode import prepare_decode as prepare
+    else:
+        prepare = prepare_point
     for v in variants:
-        p = prepare_point(spec, v, n, inputs, tick)
+        p = prepare(spec, v, n, inputs, tick)
         changed = guard.restore()  # a plugin that changed torch's global state: an error, undone
         if changed:
             p = Prepared(v, {**p.row, "status": "error", "reason": f"{v.label} {changed}"})
@@ -170,6 +174,11 @@ def measure_group(
     else:  # no point to time: the reference alone, so that every row says what the machine could do
         rates = sorted(ref.gflops() for _ in range(3))
         timing = {"points": {}, "group": {"matmul_peak_gflops": rates[1], "probe_gflops_raw": rates}}
+    if spec.mode == "decode":  # the roofline of a step that reads its cache: this machine's bandwidth now
+        try:
+            timing["group"]["membw_peak_gbs"] = measure.memory_bandwidth_gbs(spec.device)
+        except Exception:  # noqa: BLE001 - no bandwidth figure is better than a failed group
+            timing["group"]["membw_peak_gbs"] = None
     rows = []
     for p in prepared:
         row = dict(p.row, env=env)
@@ -353,6 +362,9 @@ def _rate(row: dict, spec: SweepSpec) -> None:
     if row.get("status") != "ok" or not row.get("time_ms"):
         row["gflops"] = None
         return
+    if spec.mode == "decode":
+        _decode_rate(row, spec)
+        return
     exact = row.get("exact") and spec.level == "attention" and row.get("flops")
     row["gflops"] = row["flops"] / (row["time_ms"] / 1e3) / 1e9 if exact else None
     peak = row.get("matmul_peak_gflops")
@@ -364,6 +376,23 @@ def _rate(row: dict, spec: SweepSpec) -> None:
                 f"matmul peak {peak:.1f} measured in the same rounds: the time, the FLOP count or the "
                 "peak is wrong"
             )
+
+
+def _decode_rate(row: dict, spec: SweepSpec) -> None:
+    """A decoding step: tokens per second, its FLOP rate and fraction of the matmul peak (where it
+    states its FLOPs), and the bandwidth it achieves reading what it reads against the machine's
+    bandwidth measured in the same group (a step is memory-bound: reading its cache is its cost)."""
+    s = row["time_ms"] / 1e3
+    row["tokens_per_s"] = spec.batch / s
+    flops, read = row.get("step_flops"), row.get("step_read_bytes")
+    row["gflops"] = flops / s / 1e9 if flops else None
+    peak = row.get("matmul_peak_gflops")
+    if row["gflops"] and peak:
+        row["peak_fraction"] = row["gflops"] / peak
+    row["bandwidth_gbs"] = read / s / 1e9 if read else None
+    bw = row.get("membw_peak_gbs")
+    if row["bandwidth_gbs"] and bw:
+        row["bandwidth_fraction"] = row["bandwidth_gbs"] / bw
 
 
 def measure_point(spec: SweepSpec, variant: Variant, n: int, tick=None) -> dict:

@@ -27,6 +27,7 @@ _SHAPES = {
     "dtype",
     "batch",
     "heads",
+    "kv_heads",
     "head_dim",
     "causal",
     "mode",
@@ -108,9 +109,21 @@ def _check_dtype(device: str, dtype: str):
 )
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--heads", type=click.IntRange(min=1), default=None, help="[default: 8; 4 with --task]")
+@click.option(
+    "--kv-heads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="key/value heads, a divisor of --heads: grouped-query attention (1 = multi-query) [default: --heads]",
+)
 @click.option("--head-dim", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--causal", is_flag=True)
-@click.option("--mode", type=click.Choice(["fwd", "fwdbwd"]), default="fwd", show_default=True)
+@click.option("--causal", is_flag=True, help="causal masking (implied by --mode decode)")
+@click.option(
+    "--mode",
+    type=click.Choice(["fwd", "fwdbwd", "decode"]),
+    default="fwd",
+    show_default=True,
+    help="decode: prefill n tokens, then time one generated token at context n",
+)
 @click.option("--level", type=click.Choice(["attention", "layer", "model"]), default="attention", show_default=True)
 @click.option("--out", "out_path", default=None, help="JSON-lines results file [default: results/bench-<time>.jsonl]")
 @click.option("--resume", is_flag=True, help="complete only the points missing from --out")
@@ -260,19 +273,26 @@ def _timing_spec(o: dict):
         fail("--attn lists the same variant twice")
     if here:
         _check_dtype(device, o["dtype"])
+    heads = o["heads"] or 8
+    if o["kv_heads"] is not None and heads % o["kv_heads"]:
+        fail(f"--kv-heads {o['kv_heads']} must divide --heads {heads}")
     for v in variants:
-        why = __import__("effattn").get_entry(v.name).availability(device)
+        entry = __import__("effattn").get_entry(v.name)
+        why = entry.availability(device)
         if why and o["attn"] and here:
             fail(f"{v.label}: {why}")
+        if o["attn"] and o["mode"] == "decode" and not entry.facts.supports_causal:
+            fail(f"{v.label} cannot decode: it does not support causal attention (--mode decode generates causally)")
     spec = SweepSpec(
         seq_lens=lens,
         variants=variants,
         device=device,
         dtype=o["dtype"],
         batch=o["batch"],
-        heads=o["heads"] or 8,
+        heads=heads,
+        kv_heads=o["kv_heads"],
         head_dim=o["head_dim"],
-        causal=o["causal"],
+        causal=o["causal"] or o["mode"] == "decode",
         mode=o["mode"],
         level=o["level"],
         timeout_s=o["timeout_s"],
@@ -438,15 +458,18 @@ def _print_summary(df, summ):
     click.echo("\ntime (ms, median of the rounds) per sequence length")
     click.echo(t.to_string())
     ok = df[df["status"] == "ok"]
-    click.echo("\npeak memory (MiB)")
+    decode = "mode" in df and (df["mode"] == "decode").all()
+    mem_col, title = ("cache_bytes", "cache at context n (MiB)") if decode else ("peak_mem_bytes", "peak memory (MiB)")
+    click.echo(f"\n{title}")
     if ok.empty:
         click.echo("(no point ended ok)")
     else:
-        mem = (
-            ok.pivot_table(index="label", columns="seq_len", values="peak_mem_bytes", aggfunc="last", sort=False)
-            / 2**20
-        )
-        click.echo(mem.round(1).to_string())
+        mem = ok.pivot_table(index="label", columns="seq_len", values=mem_col, aggfunc="last", sort=False) / 2**20
+        click.echo(mem.round(3 if decode else 1).to_string())
+    if decode and "bandwidth_fraction" in ok and ok["bandwidth_fraction"].notna().any():
+        bw = ok.pivot_table(index="label", columns="seq_len", values="bandwidth_fraction", aggfunc="last", sort=False)
+        click.echo("\nbandwidth reached by a step (% of the memory bandwidth measured in the same group)")
+        click.echo((bw * 100).round(0).to_string())
     s = summ.copy()
 
     def interval(e, lo, hi):
@@ -458,13 +481,16 @@ def _print_summary(df, summ):
         interval(e, lo, hi) for e, lo, hi in zip(s["time_exponent"], s["time_exponent_lo"], s["time_exponent_hi"])
     ]
     s["memory exponent"] = ["-" if pd.isna(e) else f"{e:.2f}" for e in s["mem_exponent"]]
+    if decode:
+        s["cache exponent"] = s.pop("memory exponent")
     cross = [c for c in s.columns if c.startswith("faster_than_")][0]
     s[cross.replace("_", " ")] = s["crossover"].replace("", "-")
     click.echo("\nscaling (log-log fit)")
     click.echo(
-        s[["label", "time exponent [95%]", "memory exponent", "fit_from", cross.replace("_", " "), "points"]].to_string(
-            index=False
-        )
+        s[
+            ["label", "time exponent [95%]", "cache exponent" if decode else "memory exponent", "fit_from"]
+            + [cross.replace("_", " "), "points"]
+        ].to_string(index=False)
     )
     if s["crossover"].str.startswith(("between", "<=")).any():
         click.echo(

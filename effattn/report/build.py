@@ -40,11 +40,24 @@ def build_report(paths: list[str], out_dir: str, formats=("md",), on_problem=Non
     counts = df["status"].value_counts().to_dict()
     md.append("Status of the points: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + ".")
     md.append("")
-    for p in ("time", "memory", "speedup", "peak_fraction", "error", "pareto"):
+    for p in ("time", "memory", "cache", "speedup", "bandwidth", "peak_fraction", "error", "pareto"):
         if p in plots:
             md += [f"![{p}]({p}.png)", ""]
     md.append(table_md(pivot(df, "time_ms"), "Time", "ms"))
     md.append(table_md(pivot(df, "peak_mem_bytes"), "Peak memory", "MiB", scale=1 / 2**20))
+    if "cache_bytes" in df and pd.to_numeric(df["cache_bytes"], errors="coerce").notna().any():
+        md.append(table_md(pivot(df, "cache_bytes"), "Decoding cache at context n", "MiB", scale=1 / 2**20))
+        if "prefill_ms" in df:
+            md.append(table_md(pivot(df, "prefill_ms"), "Prefill of the n-token context", "ms"))
+        if "bandwidth_fraction" in df and df["bandwidth_fraction"].notna().any():
+            md.append(
+                table_md(
+                    pivot(df, "bandwidth_fraction"),
+                    "Bandwidth a step reaches",
+                    "fraction of the memory bandwidth measured in the same group; above 1: the cache sat in CPU caches",
+                    lower_is_better=False,
+                )
+            )
     if df["gflops"].notna().any():
         md.append(table_md(pivot(df, "gflops"), "Useful throughput", "GFLOP/s", lower_is_better=False))
     if pd.to_numeric(df["rel_err_vs_full"], errors="coerce").notna().any():

@@ -163,10 +163,14 @@ def make_plots(df: pd.DataFrame, out_dir: str) -> list[str]:
 
     labels = list(dict.fromkeys(df["label"]))
     styles = {label: _style(i) for i, label in enumerate(labels)}  # one look per variant in every plot
+    decode = "mode" in df and (df["mode"] == "decode").all()
     for col, name, ylabel, scale in (
-        ("time_ms", "time", "time (ms)", 1.0),
-        ("peak_mem_bytes", "memory", "peak memory (MiB)", 1 / 2**20),
+        ("time_ms", "time", "time per generated token (ms)" if decode else "time (ms)", 1.0),
+        ("peak_mem_bytes", "memory", "peak memory of a step (MiB)" if decode else "peak memory (MiB)", 1 / 2**20),
+        ("cache_bytes", "cache", "cache at context n (MiB)", 1 / 2**20),
     ):
+        if col not in df:
+            continue
         if not plottable(col):
             continue
         parts = _split_exact(df)
@@ -208,6 +212,16 @@ def make_plots(df: pd.DataFrame, out_dir: str) -> list[str]:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
         save(fig, "speedup")
+    if "bandwidth_fraction" in df and plottable("bandwidth_fraction"):
+        fig, ax = plt.subplots(figsize=(7, 4))
+        _plot_lines(ax, df, "bandwidth_fraction", 100, styles)
+        ax.set_xscale("log", base=2)
+        ax.set_ylabel("% of measured memory bandwidth")
+        ax.set_xlabel("context length n")
+        ax.set_title("bandwidth a decoding step reaches reading what it reads (> 100%: read from CPU caches)", fontsize=9)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+        save(fig, "bandwidth")
     if plottable("peak_fraction"):
         fig, ax = plt.subplots(figsize=(7, 4))
         _plot_lines(ax, df, "peak_fraction", 100, styles)
