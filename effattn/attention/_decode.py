@@ -58,6 +58,9 @@ def _lse_attend(q, k, v, keep):
     (B, K, G). `keep` (B, L) bool or None. Rows with no key give zeros and lse -inf."""
     scale = q.shape[-1] ** -0.5
     s = torch.matmul(k, q.transpose(-1, -2) * scale)  # (B, K, L, G): the tall side first is ~2.5x faster
+    if s.shape[-2] == 0:
+        z = q.new_zeros(*q.shape[:-1], v.shape[-1])
+        return z, q.new_full(q.shape[:-1], float("-inf"))
     if keep is not None:
         s = s.masked_fill(~keep[:, None, :, None], float("-inf"))
     m = s.amax(-2, keepdim=True)  # (B, K, 1, G)
@@ -65,45 +68,58 @@ def _lse_attend(q, k, v, keep):
     p = torch.exp(s - m_safe)
     den = p.sum(-2)  # (B, K, G)
     out = torch.matmul(p.transpose(-1, -2), v) / den.clamp_min(torch.finfo(den.dtype).tiny)[..., None]
-    return out, (m_safe[..., 0, :] + den.log())
+    return out, (m_safe[..., 0, :] + den.log())  # (B, K, G, Dv), (B, K, G); -inf where no key
 
 
 def attend(q, k, v, keep=None) -> torch.Tensor:
-    """One query token per head against cached keys: q (B, H, 1, D), k, v (B, K, L, D), `keep`
-    (B, L) bool (True attends) or None. Returns (B, H, 1, Dv); a row with no key is zeros."""
+    """One query token per head against cached keys: q (B, H, 1, D), k, v (B, K, L, D) (views
+    into a cache are fine: nothing is copied), `keep` (B, L) bool (True attends) or None.
+    Returns (B, H, 1, Dv); a row with no key is zeros."""
     B, H, _, D = q.shape
     K, L = k.shape[1], k.shape[2]
     if L == 0:
         return q.new_zeros(B, H, 1, v.shape[-1])
     qg = group_rows(q, K)  # (B, K, G, D)
     G = qg.shape[2]
-    splits = SPLITS if (L >= SPLITS * SPLIT_MIN_KEYS and q.device.type == "cpu") else 1
-    flash = _flash_cpu() if q.device.type == "cpu" and not torch.is_grad_enabled() else None
+    # few (batch, kv-head) pairs leave cores idle: split the keys into segments and merge
+    few = B * K < 2 * torch.get_num_threads()
+    splits = SPLITS if (few and L >= SPLITS * SPLIT_MIN_KEYS and q.device.type == "cpu") else 1
     if splits == 1 and keep is None:
-        out = F.scaled_dot_product_attention(qg, k, v)  # (B, K, G, Dv)
+        return F.scaled_dot_product_attention(qg, k, v).reshape(B, H, 1, -1)  # (B, K, G, Dv)
+    if splits == 1:
+        out, _ = _lse_attend(qg, k, v, keep)
         return out.reshape(B, H, 1, -1)
-    seg = -(-L // splits)
-    pad = seg * splits - L
-    if pad:
-        k, v = F.pad(k, (0, 0, 0, pad)), F.pad(v, (0, 0, 0, pad))
-        keep = F.pad(keep if keep is not None else torch.ones(B, L, dtype=torch.bool, device=q.device), (0, pad))
-    ks = k.reshape(B, K * splits, seg, D)  # segments as heads: a view when k is contiguous
-    vs = v.reshape(B, K * splits, seg, v.shape[-1])
-    qs = qg.unsqueeze(2).expand(B, K, splits, G, D).reshape(B, K * splits, G, D)
-    ks_keep = None if keep is None else keep.reshape(B, splits, seg)
-    if flash is not None and keep is None:
-        out, lse = flash(qs, ks, vs, 0.0, False)
-    else:
-        if ks_keep is not None:
-            ks_keep = ks_keep[:, None].expand(B, K, splits, seg).reshape(B * K * splits, seg)
+    flash = _flash_cpu() if not torch.is_grad_enabled() else None
+    seg = L // splits
+    main = seg * splits
+    outs, lses = [], []
+    if keep is None and flash is not None and k.stride(-1) == 1 and v.stride(-1) == 1:
+        for b in range(B):  # segments as a view of the cache: (K, S, seg, D) with the cache's strides
+            kb, vb = (
+                torch.as_strided(
+                    t, (K, splits, seg, t.shape[-1]), (t.stride(1), seg * t.stride(2), t.stride(2), 1),
+                    t.storage_offset() + b * t.stride(0),
+                )  # fmt: skip
+                for t in (k, v)
+            )
+            qb = qg[b][:, None].expand(K, splits, G, D).contiguous()
+            o, lse = flash(qb, kb, vb, 0.0, False)  # (K, S, G, Dv), (K, S, G)
+            outs.append(o)
+            lses.append(lse)
+        out, lse = torch.stack(outs), torch.stack(lses)  # (B, K, S, G, Dv), (B, K, S, G)
+    else:  # a mask, or no flash kernel: the segments through plain matmuls (copies k and v once)
+        kk = k[:, :, :main].reshape(B, K * splits, seg, D)
+        vv = v[:, :, :main].reshape(B, K * splits, seg, v.shape[-1])
+        qs = qg.unsqueeze(2).expand(B, K, splits, G, D).reshape(B * K * splits, 1, G, D)
+        ks = None if keep is None else keep[:, :main].reshape(B, 1, splits, seg).expand(B, K, splits, seg)
         out, lse = _lse_attend(
-            qs.reshape(B * K * splits, 1, G, D),
-            ks.reshape(B * K * splits, 1, seg, D),
-            vs.reshape(B * K * splits, 1, seg, -1),
-            ks_keep,
-        )
-    out = out.reshape(B, K, splits, G, -1)
-    lse = lse.reshape(B, K, splits, G)
+            qs, kk.reshape(B * K * splits, 1, seg, D), vv.reshape(B * K * splits, 1, seg, -1),
+            None if ks is None else ks.reshape(B * K * splits, seg),
+        )  # fmt: skip
+        out, lse = out.reshape(B, K, splits, G, -1), lse.reshape(B, K, splits, G)
+    if main < L:  # the last L - main keys (fewer than `splits`)
+        o, lr = _lse_attend(qg, k[:, :, main:], v[:, :, main:], None if keep is None else keep[:, main:])
+        out, lse = torch.cat([out, o[:, :, None]], 2), torch.cat([lse, lr[:, :, None]], 2)
     top = lse.amax(2, keepdim=True)
     top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
     w = torch.exp(lse - top)  # (B, K, S, G): 0 for a segment with no key
