@@ -38,7 +38,11 @@ class RecomputeCache:
             self.q, self.k, self.v = (torch.cat([a, b], 2) for a, b in ((self.q, q), (self.k, k), (self.v, v)))
         if pad is not None or self.pad is not None:
             new = pad if pad is not None else torch.zeros(self.batch, t, dtype=torch.bool, device=q.device)
-            old = self.pad if self.pad is not None else torch.zeros(self.batch, self.length, dtype=torch.bool, device=q.device)
+            old = (
+                self.pad
+                if self.pad is not None
+                else torch.zeros(self.batch, self.length, dtype=torch.bool, device=q.device)
+            )
             self.pad = torch.cat([old, new], 1)
         self.length += t
 

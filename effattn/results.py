@@ -193,7 +193,9 @@ def summary(df: pd.DataFrame, baseline: str = "full", min_fit_len: int = 1024) -
         te, tse = fit_loglog(fit_lens, [float(np.median(x)) if x else math.nan for x in scaled])
         lo_e, hi_e = exponent_ci(fit_lens, scaled)
         # a decoding step's memory is its cache (the step's own peak is a row of scratch)
-        mem_col = "cache_bytes" if all(pts[n].get("mode") == "decode" for n in fit_lens) and fit_lens else "peak_mem_bytes"
+        mem_col = (
+            "cache_bytes" if all(pts[n].get("mode") == "decode" for n in fit_lens) and fit_lens else "peak_mem_bytes"
+        )
         me, mse = fit_loglog(fit_lens, [pts[n].get(mem_col) for n in fit_lens])
         cross, text = None, "-"
         base = base_for(label)

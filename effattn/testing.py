@@ -418,7 +418,7 @@ def grouped_query_heads(s: Suite):
         raise Skip("the plugin does not declare supports_gqa")
     kvs = _kv_heads(s.heads)
     if not kvs:
-        raise Skip(f"one query head: no grouping to check (run with heads >= 2)")
+        raise Skip("one query head: no grouping to check (run with heads >= 2)")
     fails = _Failures()
     for K in kvs:
         for n_q, n_k, causal, pad in s.cases():
@@ -462,7 +462,7 @@ def decode_matches_causal_forward(s: Suite):
     rtol = EXACT_RTOL if s.facts.exact else float(getattr(s.attn, "decode_rtol", DECODE_RTOL_APPROX))
     try:
         dec = decoder_for(s.attn)
-    except Exception as e:  # noqa: BLE001 - a broken declaration is this check's failure
+    except Exception as e:
         raise AssertionError(str(e)) from e
     kvs = _kv_heads(s.heads) if s.facts.supports_gqa else []
     runs = [(DECODE_PROMPTS[0], DECODE_STEPS, s.heads, False)]

@@ -275,8 +275,8 @@ def test_decode_group_rows_carry_the_cache_and_errors():
 
 def test_cli_decode_sweep_and_its_bad_inputs(run_cli, tmp_path):
     out = tmp_path / "d.jsonl"
-    r = run_cli("bench", "--mode", "decode", "--attn", "full,sliding_window_sinks:window=8", "--seq-lens", "32,64",
-                "--heads", "2", "--head-dim", "8", "--kv-heads", "1", "--min-run-time", "0.01", "--out", str(out))  # fmt: skip
+    args = ["--attn", "full,sliding_window_sinks:window=8", "--seq-lens", "32,64", "--heads", "2", "--head-dim", "8"]
+    r = run_cli("bench", "--mode", "decode", *args, "--kv-heads", "1", "--min-run-time", "0.01", "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert "cache at context n (MiB)" in r.stdout and "cache exponent" in r.stdout
     rows = [json.loads(x) for x in out.read_text().splitlines() if x.strip()]

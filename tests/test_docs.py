@@ -1,6 +1,7 @@
 """The repository is complete on its own: every link in its markdown resolves inside it, nothing
 refers to files outside it, and the docs cover every built-in and every column of a results row."""
 
+import dataclasses
 import re
 import subprocess
 from pathlib import Path
@@ -76,6 +77,8 @@ def test_the_measuring_doc_explains_every_column_of_a_row():
         min_run_time_s=0.02,
     )
     rows = measure_group(spec, list(spec.variants), 32)
+    decode = dataclasses.replace(spec, mode="decode", causal=True, kv_heads=1)
+    rows += measure_group(decode, list(decode.variants), 32)
     # and the fields a sweep adds to each row, or that only some rows carry
     keys = set().union(*(r.keys() for r in rows)) | {
         "fault",

@@ -97,7 +97,9 @@ def attend(q, k, v, keep=None) -> torch.Tensor:
         for b in range(B):  # segments as a view of the cache: (K, S, seg, D) with the cache's strides
             kb, vb = (
                 torch.as_strided(
-                    t, (K, splits, seg, t.shape[-1]), (t.stride(1), seg * t.stride(2), t.stride(2), 1),
+                    t,
+                    (K, splits, seg, t.shape[-1]),
+                    (t.stride(1), seg * t.stride(2), t.stride(2), 1),
                     t.storage_offset() + b * t.stride(0),
                 )  # fmt: skip
                 for t in (k, v)

@@ -218,7 +218,9 @@ def make_plots(df: pd.DataFrame, out_dir: str) -> list[str]:
         ax.set_xscale("log", base=2)
         ax.set_ylabel("% of measured memory bandwidth")
         ax.set_xlabel("context length n")
-        ax.set_title("bandwidth a decoding step reaches reading what it reads (> 100%: read from CPU caches)", fontsize=9)
+        ax.set_title(
+            "bandwidth a decoding step reaches reading what it reads (> 100%: read from CPU caches)", fontsize=9
+        )
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
         save(fig, "bandwidth")
