@@ -46,13 +46,14 @@ POINT_FIELDS = (
     "seed",
     "probe",
     "kv_heads",
+    "layers",
 )
 #: The same for a training run of `bench --task`.
 TASK_FIELDS = ("label", "seq_len", "task", "task_options", "seed", "train_spec")
 #: What a configuration is: a point's identity without the variant and the length.
 CONFIG_FIELDS = tuple(f for f in POINT_FIELDS if f not in ("label", "seq_len"))
 #: Defaults for rows written before a field existed, so that old files keep their identity.
-FIELD_DEFAULTS = {"inputs": "random", "seed": 0, "probe": None, "kv_heads": None}
+FIELD_DEFAULTS = {"inputs": "random", "seed": 0, "probe": None, "kv_heads": None, "layers": 2}
 
 #: Statuses after which a point counts as done for `--resume`. `error` (perhaps transient) and
 #: `skipped` (never attempted) are measured again; the newest row of a point is the one used.
@@ -364,8 +365,13 @@ class ResultsFile:
         )
 
     # -- writing ---------------------------------------------------------------------------
+    #: fields every row of this run carries (e.g. the preset that configured it)
+    tags: dict | None = None
+
     def stamp(self, row: dict) -> dict:
         row.update(run_id=self.run_id, executor=self.executor, measured_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        if self.tags:
+            row.update(self.tags)
         if isinstance(row.get("env"), dict):
             row["env"]["argv"] = self.argv  # the measuring process's own argv means nothing to a reader
         return row

@@ -28,9 +28,8 @@ from .point import (
     SweepSpec,
     _build,
     _cores,
-    _gib,
     base_row,
-    estimate_bytes,
+    over_budget,
     record_failure,
 )
 from .validate import check_output
@@ -54,16 +53,10 @@ def prepare_decode(spec: SweepSpec, variant: Variant, n: int, inputs: InputSet, 
         core = cores[0]
         dec = decoder_for(core, variant.label)  # UnsupportedError for a plugin that cannot run causally
         row["decode_backend"] = dec.backend
-        est, parts = estimate_bytes(spec, core, n)
+        too_big = over_budget(spec, core, n, inputs, row)
+        if too_big:
+            return Prepared(variant, {**row, "status": "oom", "reason": too_big})
         budget = spec.memory_budget_bytes
-        limit = budget if budget else measure.available_memory_bytes(spec.device)
-        row["estimated_bytes"] = est
-        if est > limit:
-            what = f"the memory budget {_gib(budget)}" if budget else f"the {_gib(limit)} of memory available"
-            return Prepared(
-                variant,
-                {**row, "status": "oom", "reason": f"needs at least {_gib(est)} ({parts}) > {what}; not attempted"},
-            )
         tensors = inputs.get()
         row["input_bytes"] = measure.storage_bytes(tensors)
         dtype = getattr(torch, spec.dtype)

@@ -71,6 +71,7 @@ class SweepSpec:
     seed: int = 0
     inputs: str = "random"  # or "trained": q, k, v from a backbone trained on MQAR (attention level)
     kv_heads: int | None = None  # key/value heads (grouped-query); None: as many as `heads`
+    layers: int = MODEL_LAYERS  # the backbone's layers at level 'model'
 
     def __post_init__(self):
         from ..registry import get_entry, option_names
@@ -122,6 +123,9 @@ class SweepSpec:
             raise EffattnError(f"seed must be an integer in 0..{MAX_SEED}, got {self.seed!r}")
         if self.inputs == "trained" and self.level != "attention":
             raise EffattnError("inputs 'trained' applies to level 'attention'")
+        _positive_int("layers", self.layers)
+        if self.layers != MODEL_LAYERS and self.level != "model":
+            raise EffattnError(f"layers ({self.layers}) applies to level 'model' (the backbone), not {self.level!r}")
         if self.kv_heads is not None:
             _positive_int("kv_heads", self.kv_heads)
             if self.heads % self.kv_heads:
@@ -185,7 +189,7 @@ def _build(spec: SweepSpec, variant: Variant):
         d_model=spec.heads * spec.head_dim,
         n_heads=spec.heads,
         n_kv_heads=spec.kv_heads,
-        n_layers=MODEL_LAYERS,
+        n_layers=spec.layers,
         d_ff=4 * spec.heads * spec.head_dim,
         dropout=0.0,
         attention=variant.name,
@@ -249,7 +253,7 @@ def estimate_bytes(spec: SweepSpec, core, n: int) -> tuple[int, str]:
     if spec.level == "attention":  # q and out with H heads, k and v with K
         est = (2 * act + 2 * B * (spec.kv_heads or H) * n * D * es) * (2 if grad else 1)
     else:
-        est = act * {"layer": 6, "model": 6 * MODEL_LAYERS}[spec.level] * (2 if grad else 1)  # x, q, k, v, proj, out
+        est = act * {"layer": 6, "model": 6 * spec.layers}[spec.level] * (2 if grad else 1)  # x, q, k, v, proj, out
     parts = [f"inputs and outputs {_gib(est)}"]
     if spec.level == "model":
         logits = B * n * max(MODEL_VOCAB, H * D) * es
@@ -261,6 +265,21 @@ def estimate_bytes(spec: SweepSpec, core, n: int) -> tuple[int, str]:
             est += extra
             parts.append(f"the plugin's own {_gib(extra)}")
     return est, " + ".join(parts)
+
+
+def over_budget(spec: SweepSpec, core, n: int, inputs, row: dict) -> str | None:
+    """Why the point cannot fit (its estimate above the budget, or above the memory available),
+    before anything is allocated; None when it may go on. Sets row["estimated_bytes"]."""
+    est, parts = estimate_bytes(spec, core, n)
+    if inputs.tensors is not None:  # allocated for an earlier variant of this length: not needed again
+        est = max(0, est - measure.storage_bytes(inputs.tensors))
+    budget = spec.memory_budget_bytes
+    limit = budget if budget else measure.available_memory_bytes(spec.device)
+    row["estimated_bytes"] = est
+    if est <= limit:
+        return None
+    what = f"the memory budget {_gib(budget)}" if budget else f"the {_gib(limit)} of memory available"
+    return f"needs at least {_gib(est)} ({parts}) > {what}; not attempted"
 
 
 def _gib(b: float) -> str:
@@ -351,18 +370,10 @@ def prepare_point(spec: SweepSpec, variant: Variant, n: int, inputs: InputSet, t
         if spec.causal and not getattr(core, "supports_causal", False):
             raise UnsupportedError(f"{variant.label} does not support causal attention")
         # 1. the budget, before the inputs are allocated
-        est, parts = estimate_bytes(spec, core, n)
-        if inputs.tensors is not None:  # allocated for an earlier variant of this length: not needed again
-            est = max(0, est - measure.storage_bytes(inputs.tensors))
+        too_big = over_budget(spec, core, n, inputs, row)
+        if too_big:
+            return Prepared(variant, {**row, "status": "oom", "reason": too_big})
         budget = spec.memory_budget_bytes
-        limit = budget if budget else measure.available_memory_bytes(spec.device)
-        row["estimated_bytes"] = est
-        if est > limit:
-            what = f"the memory budget {_gib(budget)}" if budget else f"the {_gib(limit)} of memory available"
-            return Prepared(
-                variant,
-                {**row, "status": "oom", "reason": f"needs at least {_gib(est)} ({parts}) > {what}; not attempted"},
-            )
         fwdbwd = spec.mode == "fwdbwd"
         tensors = inputs.get()
         row["input_bytes"] = measure.storage_bytes(tensors)

@@ -26,7 +26,7 @@ def cli():
 
 # (the modules keep their names: effattn.cli.bench is the module, its command is .bench.bench)
 for _command in (_plugins.list_cmd, _plugins.info, _plugins.check, _plugins.new_plugin, _bench.bench,
-                 _report.report, _report.compare):  # fmt: skip
+                 _bench.presets_cmd, _report.report, _report.compare):  # fmt: skip
     cli.add_command(_command)
 
 

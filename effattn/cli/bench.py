@@ -21,7 +21,7 @@ from .common import fail, log
 DEFAULT_SEQ_LENS = "256,512,1k,2k,4k"
 
 # Which options each mode reads (click parameter names). Everything else given is refused.
-_COMMON = {"seq_lens", "attn", "out_path", "resume", "overwrite"}
+_COMMON = {"seq_lens", "attn", "out_path", "resume", "overwrite", "preset"}
 _SHAPES = {
     "device",
     "dtype",
@@ -40,8 +40,8 @@ _SHAPES = {
 }
 _RAY = {"executor", "ray_address", "cpus_per_point"}
 MODE_OPTIONS = {
-    "timing": _COMMON | _SHAPES | _RAY | {"isolate", "no_error"},
-    "find-max-len": _COMMON | _SHAPES | {"find_max_len", "executor"},
+    "timing": _COMMON | _SHAPES | _RAY | {"isolate", "no_error", "layers"},
+    "find-max-len": _COMMON | _SHAPES | {"find_max_len", "executor", "layers"},
     "task": _COMMON
     | _RAY
     | {"task_spec", "steps", "lr", "train_batch", "seeds", "d_model", "layers", "conv_kernel", "heads", "device"},
@@ -172,7 +172,13 @@ def _check_dtype(device: str, dtype: str):
 @click.option("--train-batch", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True, help="--task: repeats")
 @click.option("--d-model", type=click.IntRange(min=1), default=64, show_default=True, help="--task: model width")
-@click.option("--layers", type=click.IntRange(min=1), default=2, show_default=True, help="--task: layers")
+@click.option(
+    "--layers",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="layers of the --task model or --level model",
+)
 @click.option(
     "--conv-kernel",
     type=click.IntRange(min=0),
@@ -199,9 +205,12 @@ def _check_dtype(device: str, dtype: str):
     default=None,
     help="--executor ray: CPUs (and torch threads) each point gets [default: 1]",
 )
+@click.option("--preset", default=None, help="a named sweep (effattn presets); options given beside it override it")
 @click.pass_context
 def bench(ctx, **o):
     """Sweep sequence lengths and measure time, memory and error of attention variants."""
+    if o["preset"] is not None:
+        _apply_preset(ctx, o)
     mode = "task" if o["task_spec"] is not None else "find-max-len" if o["find_max_len"] else "timing"
     _check_options(ctx, mode, o)
     if mode == "task":
@@ -219,12 +228,44 @@ def _flag(ctx, name: str) -> str:
     return name
 
 
+def _apply_preset(ctx, o: dict) -> None:
+    """Fill the options the user did not give from the preset; remember both for the rows."""
+    from click.core import ParameterSource
+
+    from ..presets import get_preset
+
+    if not o["preset"].strip():
+        fail("--preset is empty; leave it out, or name one of `effattn presets`")
+    p = get_preset(o["preset"].strip())
+    given = {
+        n: o[n]
+        for n in o
+        if n != "preset" and ctx.get_parameter_source(n) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+    }
+    for name, value in p.options.items():
+        if name not in o:  # a preset naming an option bench does not have is a bug in the preset
+            raise AssertionError(f"preset {p.name!r} sets unknown option {name!r}")
+        if name not in given:
+            o[name] = value
+    o["_tags"] = {
+        "preset": p.name,
+        "preset_version": p.version,
+        "preset_options": dict(p.options),
+        "preset_overrides": given,
+    }
+
+
 def _check_options(ctx, mode: str, o: dict) -> None:
     """Each mode's rules, in one place: options that do not apply, and options that exclude each
     other. Empty values are errors, never 'use the default'."""
     from click.core import ParameterSource
 
-    given = [n for n in o if ctx.get_parameter_source(n) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)]
+    given = [
+        n
+        for n in o
+        if not n.startswith("_")
+        and ctx.get_parameter_source(n) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+    ]
     for name in given:
         if name not in MODE_OPTIONS[mode]:
             why = _WHY_NOT.get((mode, name)) or (
@@ -301,6 +342,7 @@ def _timing_spec(o: dict):
         error=not o["no_error"],
         seed=o["seed"],
         inputs=o["inputs"],
+        layers=o["layers"],
     )
     return spec, ex
 
@@ -356,7 +398,7 @@ def _results_file(o: dict, executor_name: str):
 
     out_path = o["out_path"]
     if out_path is None:
-        out_path = default_results_path("results", "bench")
+        out_path = default_results_path("results", o["preset"].strip() if o.get("preset") else "bench")
     out_dir = os.path.dirname(os.path.abspath(out_path))
     if not os.path.isdir(out_dir):
         if out_path.startswith("results" + os.sep) and os.access(os.path.dirname(out_dir) or ".", os.W_OK):
@@ -370,7 +412,9 @@ def _results_file(o: dict, executor_name: str):
     ):
         fail(f"--out {out_path}: cannot be written")
     mode = "resume" if o["resume"] else "overwrite" if o["overwrite"] else "new"
-    return ResultsFile(out_path, mode, executor=executor_name).open()
+    rf = ResultsFile(out_path, mode, executor=executor_name)
+    rf.tags = o.get("_tags")
+    return rf.open()
 
 
 def _timing_mode(spec, ex, o):
@@ -593,3 +637,24 @@ def _task_mode(o):
     click.echo(f"\n{task.name} {task.options()}: test accuracy (mean over seeds)")
     click.echo(summ.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     click.echo(f"\nresults: {rf.path}")
+
+
+@click.command("presets")
+@click.argument("name", required=False)
+def presets_cmd(name):
+    """List the named sweeps of `effattn bench --preset`, or show one's options."""
+    from ..presets import PRESETS, get_preset
+
+    if name is None:
+        for p in PRESETS.values():
+            click.echo(f"{p.name + '@' + str(p.version):18s} {p.summary}")
+        click.echo("\n`effattn presets NAME` shows one's options; `effattn bench --preset NAME [options]` runs it.")
+        return
+    p = get_preset(name)
+    click.echo(f"{p.name} (version {p.version}): {p.summary}")
+    if p.source:
+        click.echo(f"follows: {p.source}")
+    click.echo("options (given beside --preset, an option overrides the preset's):")
+    for key, value in p.options.items():
+        flag = "--" + ("task" if key == "task_spec" else "timeout" if key == "timeout_s" else key).replace("_", "-")
+        click.echo(f"  {flag} {value}" if value is not True else f"  {flag}")
