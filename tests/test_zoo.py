@@ -262,3 +262,37 @@ def test_inference_workspace_path_equals_autograd_path(name, opts, causal):
             attn(q * 2, k + 1, v - 1, causal=causal, key_padding_mask=pad)
         assert torch.allclose(first, ref, atol=1e-6, rtol=1e-5)
         assert torch.equal(first, kept)
+
+
+def test_performer_orthogonal_features_are_unbiased_and_beat_iid():
+    """Choromanski et al. 2021: the positive-feature estimate of exp(x.y) is unbiased, and
+    orthogonal features lower its MSE (Theorem 2). Over 800 fixed seeds (deterministic), the
+    orthogonal estimate's mean lies within 4 standard errors of exp(x.y) (before the QR sign fix
+    it sat ~17 standard errors off) and its MSE is below iid's."""
+    import math
+
+    import torch
+
+    from effattn import create_attention
+
+    d, m, draws = 16, 64, 800
+    g = torch.Generator().manual_seed(0)
+    u, v = torch.randn(d, generator=g, dtype=torch.float64), torch.randn(d, generator=g, dtype=torch.float64)
+    x, y = 0.5 * u / u.norm(), 0.5 * v / v.norm()
+    sm = math.exp(float(x @ y))
+
+    def est(attn):
+        w = attn.features(d).double()
+        fx, cx = attn._phi(x.view(1, 1, 1, d) * d**0.25, w, True)
+        fy, cy = attn._phi(y.view(1, 1, 1, d) * d**0.25, w, True)
+        return float((fx * fy).sum() * torch.exp(cx + cy).squeeze())
+
+    err = {}
+    for orth in (True, False):
+        e = torch.tensor(
+            [est(create_attention("performer", num_features=m, seed=k, orthogonal=orth)) for k in range(draws)]
+        )
+        se = float(e.std()) / math.sqrt(draws)
+        assert abs(float(e.mean()) - sm) < 4 * se, (orth, float(e.mean()), sm, se)
+        err[orth] = float(((e - sm) ** 2).mean())
+    assert err[True] < err[False], err
