@@ -69,3 +69,26 @@ def test_presets_command_and_bad_preset_requests(run_cli):
     ):
         bad = run_cli(*args)
         assert bad.returncode == 2 and msg in bad.stderr and "Traceback" not in bad.stderr, (args, bad.stderr)
+
+
+def test_the_reproduction_scripts_run_on_tiny_inputs(run_cli, tmp_path):
+    """The scripts that print a paper's figures beside ours run end to end (tiny settings)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "lra.jsonl"
+    r = run_cli("bench", "--preset", "lra-speed", *TINY["lra-speed"][2:], "--seq-lens", "64,128", "--out", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    lra = subprocess.run([sys.executable, str(root / "benchmarks" / "reproduce_lra_speed.py"), str(out)],
+                         capture_output=True, text=True, cwd=root)  # fmt: skip
+    assert lra.returncode == 0, lra.stderr
+    assert "speed-up over the Transformer at n = 128" in lra.stdout and "performer" in lra.stdout
+    mse = subprocess.run([sys.executable, str(root / "benchmarks" / "reproduce_performer_mse.py"), "--draws", "3"],
+                         capture_output=True, text=True, cwd=root)  # fmt: skip
+    assert mse.returncode == 0, mse.stderr
+    assert "orthogonal / iid MSE" in mse.stdout and mse.stdout.count("iid") >= 9
+    bad = subprocess.run([sys.executable, str(root / "benchmarks" / "reproduce_performer_mse.py"), "--draws", "1"],
+                         capture_output=True, text=True, cwd=root)  # fmt: skip
+    assert bad.returncode == 2 and "--draws must be >= 2" in bad.stderr
