@@ -76,9 +76,8 @@ def main(argv=None):
             f"{name:10s} {paper:6.1f} {vs_naive:14.2f} {verdict(paper, vs_naive):>11s} {vs_full:13.2f} "
             f"{mine['peak_mem_bytes'] / 2**20:9.0f}"
         )
-    print(
-        f"  (naive {t[('naive', n)]['peak_mem_bytes'] / 2**20:.0f} MiB, full {t[('full', n)]['peak_mem_bytes'] / 2**20:.0f} MiB)"
-    )
+    mib = {label: t[(label, n)]["peak_mem_bytes"] / 2**20 for label in ("naive", "full")}
+    print(f"  (naive {mib['naive']:.0f} MiB, full {mib['full']:.0f} MiB)")
     print("\nTransformer train steps per second, relative to 1k")
     print(f"{'n':>6s} {'paper':>6s} {'ours naive':>11s} {'ours full':>10s}")
     base = lens[0]
