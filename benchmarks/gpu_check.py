@@ -10,7 +10,10 @@
 3. the conformance suite on CUDA for every plugin, fp32, and a bf16 run of each (finite, and close
    to the same plugin run in float64), until BUDGET_S (default 330 s) is spent: each exact pattern
    compiles FlexAttention per shape, seconds each;
-4. where Ray is installed, a short sweep through `--executor ray` (one GPU per point).
+4. where Ray is installed, a short sweep through `--executor ray` (one GPU per point);
+5. decoding on CUDA: every built-in cache against the causal forward (the suite's
+   `decode_matches_causal_forward` and `grouped_query_heads`, fp32), and a short
+   `--mode decode --kv-heads 2` sweep (1k, 16k) whose rows must all be ok.
 
 Writes OUT_DIR/gpu_check.json (every check with its result), sweep.jsonl, sweep-ray.jsonl and report/. Without CUDA
 it writes that it skipped and exits 0, so the CPU paths never depend on it.
@@ -216,11 +219,48 @@ def main(out_dir: str, budget_s: float = 330.0) -> int:
             record(f"bf16 {name}", False, f"{type(e).__name__}: {str(e)[:400]}")
 
     _ray_leg(out_dir, record, cli_main)
+    _decode_leg(out_dir, record, cli_main)
     failed = [c for c in result["checks"] if not c["ok"]]
     result["summary"] = f"{len(result['checks']) - len(failed)} passed, {len(failed)} failed"
     print(result["summary"])
     _save(out_dir, result)
     return 1 if failed else 0
+
+
+def _decode_leg(out_dir, record, cli_main):
+    """Decoding on CUDA: the caches against the causal forward, then a short decode sweep."""
+    import effattn
+    from effattn.testing import run_checks
+
+    small = {"sliding_window": {"window": 16}, "sliding_window_sinks": {"window": 16},
+             "sparse": {"stride": 8}, "bigbird": {"block_size": 8, "num_random_blocks": 1}}  # fmt: skip
+    for name in ("full", "sliding_window", "sliding_window_sinks", "sparse", "bigbird", "linear", "performer"):
+        try:
+            attn = effattn.create_attention(name, **small.get(name, {}))
+            res = {
+                r.name: r
+                for check in ("decode_matches_causal_forward", "grouped_query_heads")
+                for r in run_checks(attn, device="cuda", only=check)
+            }
+            bad = [f"{n}: {r.detail[:300]}" for n, r in res.items() if r.status == "failed"]
+            record(f"decode {name} (cuda)", not bad, "; ".join(bad) or "; ".join(r.detail[:120] for r in res.values()))
+        except Exception as e:  # noqa: BLE001 - a failed check is recorded and the script goes on
+            record(f"decode {name} (cuda)", False, f"{type(e).__name__}: {str(e)[:400]}")
+    out = os.path.join(out_dir, "sweep-decode.jsonl")
+    try:
+        cli_main(["bench", "--mode", "decode", "--device", "cuda", "--kv-heads", "2", "--seq-lens", "1k,16k",
+                  "--attn", "full,sliding_window,linear", "--min-run-time", "0.1", "--out", out])  # fmt: skip
+        rows = [json.loads(x) for x in open(out) if x.strip()]
+        bad = [f"{r['label']} n={r['seq_len']}: {r['status']} {r.get('reason')}" for r in rows if r["status"] != "ok"]
+        detail = "; ".join(bad) or ", ".join(
+            f"{r['label']} n={r['seq_len']} {r['time_ms']:.3f} ms bw {100 * (r.get('bandwidth_fraction') or 0):.0f}%"
+            for r in rows
+        )
+        record("decode sweep (cuda)", not bad and len(rows) == 6, detail)
+    except SystemExit as e:
+        record("decode sweep (cuda)", False, f"exit {e.code}")
+    except Exception as e:  # noqa: BLE001 - a failed check is recorded and the script goes on
+        record("decode sweep (cuda)", False, f"{type(e).__name__}: {str(e)[:400]}")
 
 
 def _ray_leg(out_dir, record, cli_main):

@@ -76,15 +76,15 @@ _add(
     Preset(
         "mqar-zoology",
         1,
-        "MQAR as in Zoology's Figure 2 at CPU scale: seq 128 with 8 pairs, vocabulary 512, 2 layers, d_model 64 "
-        "(vary --d-model for the width axis), 2 seeds",
+        "MQAR as in Zoology's Figure 2 at CPU scale: seq 128 with 8 pairs, vocabulary 128, 2 layers, d_model 64 "
+        "(vary --d-model for the width axis), 2500 steps, 2 seeds",
         {
-            "task_spec": "mqar:num_pairs=8:vocab=512",
-            "attn": "full,linear,sliding_window:window=16",
+            "task_spec": "mqar:num_pairs=8:vocab=128",
+            "attn": "full,linear,performer",
             "seq_lens": "128",
             "layers": 2,
             "d_model": 64,
-            "steps": 1500,
+            "steps": 2500,
             "lr": 3e-3,
             "seeds": 2,
         },
