@@ -294,3 +294,50 @@ def test_cli_decode_sweep_and_its_bad_inputs(run_cli, tmp_path):
     ):
         bad = run_cli("bench", "--mode", "decode", "--seq-lens", "16", *args)
         assert bad.returncode == 2 and msg in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+
+
+@pytest.fixture
+def temp_registry():
+    from effattn import registry
+
+    registry._ensure_loaded()
+    saved = dict(registry._REGISTRY)
+    yield registry
+    registry._REGISTRY.clear()
+    registry._REGISTRY.update(saved)
+
+
+def test_a_plugin_whose_step_misbehaves_is_an_error_row_and_the_sweep_goes_on(temp_registry):
+    """A step that returns NaN, the wrong shape or raises, and a cache that cannot be built: each
+    is that point's `error` with the reason; the other points of the group are measured."""
+    from effattn.attention.full import FullAttention
+    from effattn.bench.point import SweepSpec
+    from effattn.bench.rounds import measure_group
+    from effattn.spec import Variant
+
+    class NanStep(FullAttention):
+        def step(self, cache, q, k, v):
+            return super().step(cache, q, k, v) * float("nan")
+
+    class WrongShape(FullAttention):
+        def step(self, cache, q, k, v):
+            return super().step(cache, q, k, v)[:, :1]
+
+    class Raises(FullAttention):
+        def step(self, cache, q, k, v):
+            raise RuntimeError("boom in step")
+
+    class NoCache(FullAttention):
+        def new_cache(self, *a, **kw):
+            raise ValueError("no cache for you")
+
+    for name, cls in (("t_nan", NanStep), ("t_shape", WrongShape), ("t_raise", Raises), ("t_nocache", NoCache)):
+        temp_registry.register_attention(name)(cls)
+    vs = [Variant(n) for n in ("t_nan", "t_shape", "t_raise", "t_nocache", "full")]
+    spec = SweepSpec(seq_lens=[32], variants=vs, mode="decode", causal=True, heads=2, head_dim=8, min_run_time_s=0.01)
+    rows = {r["label"]: r for r in measure_group(spec, vs, 32)}
+    assert rows["full"]["status"] == "ok"
+    assert rows["t_nan"]["status"] == "error" and "not finite" in rows["t_nan"]["reason"]
+    assert rows["t_shape"]["status"] == "error" and "shape" in rows["t_shape"]["reason"]
+    assert rows["t_raise"]["status"] == "error" and "boom in step" in rows["t_raise"]["reason"]
+    assert rows["t_nocache"]["status"] == "error" and "no cache for you" in rows["t_nocache"]["reason"]
