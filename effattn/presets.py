@@ -109,6 +109,20 @@ _add(
 )
 _add(
     Preset(
+        "peers",
+        1,
+        "effattn's window and Performer beside the libraries users pick (local-attention, HF Longformer, "
+        "FlexAttention, performer-pytorch), forward, n = 1k-16k; needs pip install 'effattn[peers]'",
+        {
+            "attn": "full,sliding_window,local_attention,hf_longformer,flex:mask=sliding_window,performer,"
+            "performer_pytorch",
+            "seq_lens": "1k,2k,4k,8k,16k",
+            "min_run_time": 0.3,
+        },
+    )
+)
+_add(
+    Preset(
         "decode",
         1,
         "generation: the per-token step at context 1k-64k with each plugin's cache (batch 1, 8 heads, head_dim 64)",

@@ -16,6 +16,8 @@ TINY = {
     "long-context": ["--seq-lens", "32", "--attn", "full,sliding_window_sinks:window=4", "--min-run-time", "0.01"],
     "mqar-zoology": ["--seq-lens", "32", "--steps", "3", "--seeds", "1", "--d-model", "16", "--attn", "full,linear"],
     "mqar-capacity": ["--seq-lens", "48", "--steps", "3", "--seeds", "1", "--d-model", "16"],
+    "peers": ["--seq-lens", "64", "--attn", "full,local_attention:window=16,hf_longformer:window=16",
+              "--min-run-time", "0.01", "--heads", "2", "--head-dim", "8"],
     "decode": ["--seq-lens", "32", "--min-run-time", "0.01", "--heads", "2", "--head-dim", "8"],
 }  # fmt: skip
 

@@ -2,11 +2,15 @@
 
 from . import (  # noqa: F401 - importing a plugin module registers it
     bigbird,
+    flex_named,
     full,
     linear,
     linformer,
     masked,
     nystrom,
+    peer_hf_longformer,
+    peer_local_attention,
+    peer_performer_pytorch,
     performer,
     sliding_window,
     sparse,

@@ -113,3 +113,31 @@ def guard_empty_rows(mask: torch.Tensor | None):
 
 def softmax_scale(head_dim: int) -> float:
     return 1.0 / math.sqrt(head_dim)
+
+
+def band_pairs(n_q: int, n_k: int, window: int, causal: bool = False, fixed: int = 0) -> int:
+    """Pairs with |i - j| <= window (and j <= i when causal), plus the first `fixed` keys for every
+    query (sinks), counted without building the mask."""
+    i = torch.arange(n_q)
+    lo = (i - window).clamp(min=0)
+    hi = torch.minimum(i if causal else i + window, torch.tensor(n_k - 1))
+    band = (hi - lo + 1).clamp(min=0)
+    if fixed:
+        extra = torch.minimum(torch.tensor(fixed), lo)  # sinks below the band's start
+        if causal:
+            extra = torch.minimum(extra, i + 1)
+        band = band + extra.clamp(min=0)
+    return int(band.sum())
+
+
+def rows_with_a_key(keep: torch.Tensor, window: int, n_q: int, causal: bool) -> torch.Tensor:
+    """keep (B, n_k) bool, True where a key may be attended -> (B, n_q) bool: whether row i has any
+    kept key j with |i - j| <= window (j <= i when causal). For wrappers of libraries that give a
+    row with no key the mean of V instead of zeros."""
+    B, n_k = keep.shape
+    c = torch.nn.functional.pad(keep.long().cumsum(1), (1, 0))  # c[:, j] = kept keys before j
+    i = torch.arange(n_q, device=keep.device)
+    lo = (i - window).clamp(min=0, max=n_k)
+    hi = (i if causal else i + window).clamp(max=n_k - 1) + 1
+    hi = torch.maximum(hi, lo)
+    return (c[:, hi] - c[:, lo]) > 0

@@ -14,7 +14,7 @@ import torch
 
 from ..errors import UnsupportedError
 from ..registry import register_attention
-from .base import AttentionBase, causal_mask, check_int, dense_pairs, guard_empty_rows
+from .base import AttentionBase, band_pairs, causal_mask, check_int, dense_pairs, guard_empty_rows
 
 
 @register_attention("xformers")
@@ -49,10 +49,7 @@ class XFormersAttention(AttentionBase):
     def nnz(self, n_q: int, n_k: int, causal: bool = False) -> int:
         if self.window < 0:
             return dense_pairs(n_q, n_k, causal)
-        i = torch.arange(n_q)
-        lo = (i - self.window).clamp(min=0)
-        hi = torch.minimum(i if causal else i + self.window, torch.tensor(n_k - 1))
-        return int((hi - lo + 1).clamp(min=0).sum())
+        return band_pairs(n_q, n_k, self.window, causal)
 
     def forward(self, q, k, v, causal: bool = False, key_padding_mask=None):
         self.check_call(q, k, v, causal, key_padding_mask)

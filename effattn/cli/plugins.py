@@ -25,7 +25,13 @@ def list_cmd(device, pattern):
         f = e.facts
         masks = [
             m
-            for m, ok in (("causal", f.supports_causal), ("padding", f.supports_padding), ("cross", f.supports_cross))
+            for m, ok in (
+                ("causal", f.supports_causal),
+                ("padding", f.supports_padding),
+                ("cross", f.supports_cross),
+                ("gqa", f.supports_gqa),
+                ("decode", f.supports_decode),
+            )
             if ok
         ]
         why = e.availability(device)
@@ -40,7 +46,7 @@ def list_cmd(device, pattern):
                 e.source,
             )
         )
-    head = ("name", "kind", "complexity", "masks", "devices", f"available ({device})", "source")
+    head = ("name", "kind", "complexity", "supports", "devices", f"available ({device})", "source")
     widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
     for r in [head] + rows:
         click.echo("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
