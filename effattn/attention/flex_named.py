@@ -27,6 +27,7 @@ class FlexNamedMask(AttentionBase):
 
     complexity = "O(nnz)"
     wraps = ("torch",)
+    dtypes = ("float32", "bfloat16", "float16")  # FlexAttention's kernels take no float64
 
     def __init__(self, mask: str = "sliding_window", **options):
         super().__init__()
