@@ -80,7 +80,7 @@ _add(
         "(vary --d-model for the width axis), 2500 steps, 2 seeds",
         {
             "task_spec": "mqar:num_pairs=8:vocab=128",
-            "attn": "full,linear,performer",
+            "attn": "full,linear,performer:num_features=64",
             "seq_lens": "128",
             "layers": 2,
             "d_model": 64,

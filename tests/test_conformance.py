@@ -24,6 +24,7 @@ SMALL_OPTIONS = {
     "performer": [dict(num_features=32)],
     "linformer": [dict(proj_len=16, max_len=128)],
     "nystrom": [dict(num_landmarks=8)],
+    "moba": [dict(block_size=8, top_k=2), dict(block_size=5, top_k=1)],
 }
 
 

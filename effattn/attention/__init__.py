@@ -7,6 +7,7 @@ from . import (  # noqa: F401 - importing a plugin module registers it
     linear,
     linformer,
     masked,
+    moba,
     nystrom,
     peer_hf_longformer,
     peer_local_attention,

@@ -85,8 +85,14 @@ def _on_sigterm(signum, frame):
 def _default_variants(device: str) -> str:
     from ..registry import get_entry, list_attention
 
+    # effattn's own built-ins; the wrappers of other libraries (`wraps`: local-attention, HF, FlexAttention)
+    # are compared on purpose, through --attn or the `peers` preset
     return ",".join(
-        n for n in list_attention() if get_entry(n).source == "builtin" and get_entry(n).availability(device) is None
+        n
+        for n in list_attention()
+        if get_entry(n).source == "builtin"
+        and not getattr(get_entry(n).target, "wraps", None)
+        and get_entry(n).availability(device) is None
     )
 
 
