@@ -7,10 +7,10 @@ key-value pairs to hold). Their grid: vocabulary 8192, (sequence, pairs) in {(64
 
 Here: the `mqar-zoology` preset (vocabulary 128, 2 layers, 4 heads, one learning rate 3e-3, 2500
 steps, 2 seeds) at (64, 4) and (128, 8), d_model in {16, 32, 64}, with `full`, `linear` and
-`performer` with 64 features (with its default 256, one run took 7 minutes), every run one `effattn bench --preset` call appending to one results file
-(`--resume`: a run already there is not repeated). Calibration: with 1000-1500 steps even `full`
-had not passed its induction-head transition at d_model 16-32 (accuracy 0.12-0.29); at 3000
-steps it reached 0.88 at d_model 32.
+`performer` with 64 features (with its default 256, one run took 7 minutes). Every run is one
+`effattn bench --preset` call appending to one results file (`--resume`: a run already there is not
+repeated). Calibration: with 1000-1500 steps even `full` had not passed its induction-head
+transition at d_model 16-32 (accuracy 0.12-0.29); at 3000 steps it reached 0.88 at d_model 32.
 
     python benchmarks/reproduce_zoology.py [--out results/mqar-zoology.jsonl] [--steps 2500]
 """
