@@ -21,10 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UnsupportedError
 from ..registry import register_attention
 from .base import AttentionBase, band_pairs, check_int
-from .peer_local_attention import _unavailable
+from .peer_local_attention import _unavailable, peer_begin
 
 
 class _Given(nn.Module):
@@ -83,12 +82,8 @@ class HFLongformerPeer(AttentionBase):
         return self._impl[key]
 
     def forward(self, q, k, v, causal: bool = False, key_padding_mask=None):
-        self.check_call(q, k, v, causal, key_padding_mask)
-        if (empty := self.empty_output(q, k, v)) is not None:
+        if (empty := peer_begin(self, "hf_longformer", q, k, v, causal, key_padding_mask)) is not None:
             return empty
-        why = self.availability()
-        if why:
-            raise UnsupportedError(f"hf_longformer: {why}")
         self.last_backend = "hf-longformer"
         B, H, n, D = q.shape
         w2 = 2 * self.window

@@ -33,6 +33,19 @@ def _unavailable(module: str) -> str | None:
     return None
 
 
+def peer_begin(attn, name: str, q, k, v, causal, key_padding_mask):
+    """What every peer wrapper does before calling its library: the call's checks, the empty-input
+    answer, and a clear refusal when the library is not installed. Returns the empty output, or
+    None to go on."""
+    attn.check_call(q, k, v, causal, key_padding_mask)
+    if (empty := attn.empty_output(q, k, v)) is not None:
+        return empty
+    why = attn.availability()
+    if why:
+        raise UnsupportedError(f"{name}: {why}")
+    return None
+
+
 @register_attention("local_attention")
 class LocalAttentionPeer(AttentionBase):
     """local-attention's LocalAttention (lucidrains), exact window |i - j| <= window."""
@@ -75,12 +88,8 @@ class LocalAttentionPeer(AttentionBase):
         return self._impl[causal]
 
     def forward(self, q, k, v, causal: bool = False, key_padding_mask=None):
-        self.check_call(q, k, v, causal, key_padding_mask)
-        if (empty := self.empty_output(q, k, v)) is not None:
+        if (empty := peer_begin(self, "local_attention", q, k, v, causal, key_padding_mask)) is not None:
             return empty
-        why = self.availability()
-        if why:
-            raise UnsupportedError(f"local_attention: {why}")
         self.last_backend = "local-attention"
         B, n = q.shape[0], q.shape[2]
         keep = torch.ones(B, n, dtype=torch.bool, device=q.device)

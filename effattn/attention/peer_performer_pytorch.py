@@ -21,10 +21,9 @@ import io
 
 import torch
 
-from ..errors import UnsupportedError
 from ..registry import register_attention
 from .base import AttentionBase, check_int
-from .peer_local_attention import _unavailable
+from .peer_local_attention import _unavailable, peer_begin
 
 
 @register_attention("performer_pytorch")
@@ -62,12 +61,8 @@ class PerformerPytorchPeer(AttentionBase):
         return self._impl[d].to(device)
 
     def forward(self, q, k, v, causal: bool = False, key_padding_mask=None):
-        self.check_call(q, k, v, causal, key_padding_mask)
-        if (empty := self.empty_output(q, k, v)) is not None:
+        if (empty := peer_begin(self, "performer_pytorch", q, k, v, causal, key_padding_mask)) is not None:
             return empty
-        why = self.availability()
-        if why:
-            raise UnsupportedError(f"performer_pytorch: {why}")
         self.last_backend = "performer-pytorch"
         fast = self._fast(q.shape[-1], q.device)
         fast.projection_matrix = fast.projection_matrix.to(q.dtype)
