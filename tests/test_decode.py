@@ -46,8 +46,7 @@ def _qkv(B, H, K, n, D, seed=0, dtype=torch.float64):
 def test_every_builtin_cache_passes_the_decode_check(key):
     res = {r.name: r for r in run_checks(_build(key))}
     assert res["decode_matches_causal_forward"].status == "passed", res["decode_matches_causal_forward"].detail
-    if key != "sparse":  # strided refuses grouped-query heads (and so does not declare them)
-        assert res["grouped_query_heads"].status == "passed", res["grouped_query_heads"].detail
+    assert res["grouped_query_heads"].status == "passed", res["grouped_query_heads"].detail
 
 
 @pytest.mark.parametrize("key", ["full", "sliding_window", "linear", "performer", "sparse:fixed"])

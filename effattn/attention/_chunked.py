@@ -131,62 +131,79 @@ def _workspace(g: Group, name: str, like: torch.Tensor, shape) -> torch.Tensor:
     return buf
 
 
-def _run_group(g: Group, q, k, v, key_padding_mask, scale):
-    """One group: per batch element, SDPA over (G, H, c, D) queries and (G, H, K, D) keys, the
-    chunk index acting as SDPA's batch dimension. Sliding groups read k and v through unfold views
-    (no copy); others gather them (into a reused workspace when no gradient is needed).
+def element_inputs(g: Group, b: int, q, k, v, key_padding_mask, reuse: bool, bool_masks: bool = True):
+    """Batch element b of group g laid out for one SDPA call: (qb, kb, vb, mask, keep).
 
-    Grouped-query heads (k, v with K < H heads): the H/K query heads of a group become more rows
-    of one query block against their shared keys - only q is rearranged, k and v are read once."""
-    B, H, _, D = q.shape
+    qb (G, Kh, Gq c, D): the chunk index as SDPA's batch dimension; with grouped-query heads
+    (k, v with Kh < H heads) the H/Kh query heads of a kv head become more rows of one query block
+    against their shared keys - only q is rearranged, k and v are read once. Sliding groups read k
+    and v through unfold views (no copy); others gather them (into a reused workspace when
+    `reuse`, i.e. no gradient is needed). mask: the group's shared additive (Gq c, K) mask, or with
+    key padding a per-chunk (G, 1, Gq c, K) one (bool unless `bool_masks` is False: then
+    additive); keep (…, Gq c, 1) zero for rows left with no key (they attend key slot 0 and are
+    zeroed by the caller), or None."""
+    H, D = q.shape[1], q.shape[3]
     Kh = k.shape[1]
     Gq = H // Kh
     G, c = g.rows.shape
     K = g.keys.shape[1]
     dev = q.device
-    reuse = not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
-    mask = g.additive_mask(q.dtype, dev, Gq)  # (Gq c, K) with grouped heads: still one shared mask
-    row_keep = None if g.row_keep is None else g.row_keep.to(device=dev, dtype=q.dtype).repeat(Gq, 1)
-    rows = None if g.row_start is not None else g.rows.to(dev).reshape(-1)
-    keys = g.keys.to(dev)
+    if g.row_start is not None:
+        qb = q[b].narrow(1, g.row_start, G * c)  # (H, G*c, D)
+    else:
+        qb = q[b].index_select(1, g.rows.to(dev).reshape(-1))
+    qb = qb.unflatten(1, (G, c)).transpose(0, 1)  # (G, H, c, D)
+    if Gq > 1:
+        qb = qb.reshape(G, Kh, Gq * c, D)
     if g.sliding:
         _, k0, step = g.sliding
         span = (G - 1) * step + K
+        kb = k[b].narrow(1, k0, span).unfold(1, K, step).permute(1, 0, 3, 2)  # (G, Kh, K, D)
+        vb = v[b].narrow(1, k0, span).unfold(1, K, step).permute(1, 0, 3, 2)
+        pad = None if key_padding_mask is None else key_padding_mask[b].narrow(0, k0, span).unfold(0, K, step)
+    else:
+        keys = g.keys.to(dev)
+        flat = keys.reshape(-1)
+        if reuse:
+            kb = torch.index_select(k[b], 1, flat, out=_workspace(g, "k", k, (Kh, G * K, D)))
+            vb = torch.index_select(v[b], 1, flat, out=_workspace(g, "v", v, (Kh, G * K, v.shape[-1])))
+        else:
+            kb, vb = k[b].index_select(1, flat), v[b].index_select(1, flat)
+        kb = kb.unflatten(1, (G, K)).transpose(0, 1)  # (G, H, K, D)
+        vb = vb.unflatten(1, (G, K)).transpose(0, 1)
+        pad = None if key_padding_mask is None else key_padding_mask[b][keys]  # (G, K)
+    mask = g.additive_mask(q.dtype, dev, Gq)  # (Gq c, K) with grouped heads: still one shared mask
+    keep = None if g.row_keep is None else g.row_keep.to(device=dev, dtype=q.dtype).repeat(Gq, 1)
+    if pad is not None:
+        mask, has = _padding_mask(pad, g.mask, G, c, K, dev)
+        keep = has.to(q.dtype) if g.row_keep is None else has.to(q.dtype) * g.row_keep.to(dev, q.dtype)
+        if Gq > 1:
+            mask, keep = mask.repeat(1, 1, Gq, 1), keep.repeat(1, 1, Gq, 1)
+        if not bool_masks:
+            mask = torch.zeros(mask.shape, dtype=q.dtype, device=dev).masked_fill_(~mask, float("-inf"))
+    return qb, kb, vb, mask, keep
+
+
+def unlayout_rows(x: torch.Tensor, H: int, c: int) -> torch.Tensor:
+    """(G, Kh, Gq c, ...) in element_inputs' query layout -> (H, G c, ...) in row order."""
+    G = x.shape[0]
+    x = x.reshape(G, H, c, *x.shape[3:])
+    return x.transpose(0, 1).reshape(H, G * c, *x.shape[3:])
+
+
+def _run_group(g: Group, q, k, v, key_padding_mask, scale):
+    """One group: per batch element, SDPA over (G, H, c, D) queries and (G, H, K, D) keys, the
+    chunk index acting as SDPA's batch dimension (see `element_inputs`)."""
+    B, H = q.shape[:2]
+    c = g.rows.shape[1]
+    reuse = not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
     outs = []
     for b in range(B):
-        if rows is None:
-            qb = q[b].narrow(1, g.row_start, G * c)  # (H, G*c, D)
-        else:
-            qb = q[b].index_select(1, rows)
-        qb = qb.unflatten(1, (G, c)).transpose(0, 1)  # (G, H, c, D)
-        if Gq > 1:
-            qb = qb.reshape(G, Kh, Gq * c, D)
-        if g.sliding:
-            kb = k[b].narrow(1, k0, span).unfold(1, K, step).permute(1, 0, 3, 2)  # (G, Kh, K, D)
-            vb = v[b].narrow(1, k0, span).unfold(1, K, step).permute(1, 0, 3, 2)
-            pad = None if key_padding_mask is None else key_padding_mask[b].narrow(0, k0, span).unfold(0, K, step)
-        else:
-            flat = keys.reshape(-1)
-            if reuse:
-                kb = torch.index_select(k[b], 1, flat, out=_workspace(g, "k", k, (Kh, G * K, D)))
-                vb = torch.index_select(v[b], 1, flat, out=_workspace(g, "v", v, (Kh, G * K, v.shape[-1])))
-            else:
-                kb, vb = k[b].index_select(1, flat), v[b].index_select(1, flat)
-            kb = kb.unflatten(1, (G, K)).transpose(0, 1)  # (G, H, K, D)
-            vb = vb.unflatten(1, (G, K)).transpose(0, 1)
-            pad = None if key_padding_mask is None else key_padding_mask[b][keys]  # (G, K)
-        mb, keep_b = mask, row_keep
-        if pad is not None:
-            mb, has = _padding_mask(pad, g.mask, G, c, K, dev)
-            keep_b = has.to(q.dtype) if g.row_keep is None else has.to(q.dtype) * g.row_keep.to(dev, q.dtype)
-            if Gq > 1:
-                mb, keep_b = mb.repeat(1, 1, Gq, 1), keep_b.repeat(1, 1, Gq, 1)
-        out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mb, scale=scale)  # (G, H, c, D)
-        if keep_b is not None:
-            out = out * keep_b
-        if Gq > 1:
-            out = out.reshape(G, H, c, out.shape[-1])
-        outs.append(out.transpose(0, 1).reshape(H, G * c, -1))
+        qb, kb, vb, mb, keep = element_inputs(g, b, q, k, v, key_padding_mask, reuse)
+        out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mb, scale=scale)  # (G, Kh, Gq c, D)
+        if keep is not None:
+            out = out * keep
+        outs.append(unlayout_rows(out, H, c))
     return torch.stack(outs)  # (B, H, G*c, D)
 
 
@@ -297,7 +314,7 @@ class PatternAttention(AttentionBase):
     def __init__(self, backend: str = "auto"):
         super().__init__()
         self.backend = check_choice("backend", backend, BACKENDS)
-        self._plans = PlanCache(self._plan)
+        self._plans = PlanCache(self._piece_plans)
         self._flex_masks: dict = {}
 
     def pair_mask(self, i, j, causal: bool):  # pragma: no cover - abstract
@@ -306,12 +323,23 @@ class PatternAttention(AttentionBase):
     def _plan(self, n_q: int, n_k: int, causal: bool) -> Plan:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _piece_plans(self, n_q: int, n_k: int, causal: bool) -> list[Plan]:
+        """The pattern as plans whose pairs are disjoint per row, merged by log-sum-exp
+        (`_merge`); one plan (one softmax per chunk, no merge) unless a plugin cuts it."""
+        return [self._plan(n_q, n_k, causal)]
+
     def dense_mask(self, n_q: int, n_k: int, causal: bool = False) -> torch.Tensor:
         return self.pair_mask(torch.arange(n_q)[:, None], torch.arange(n_k)[None, :], causal)
 
     def _chunked(self, q, k, v, causal, key_padding_mask):
-        self.last_backend = "chunked-sdpa"
-        return run_plan(self._plans(q.shape[2], k.shape[2], causal), q, k, v, key_padding_mask)
+        plans = self._plans(q.shape[2], k.shape[2], causal)
+        if len(plans) == 1:
+            self.last_backend = "chunked-sdpa"
+            return run_plan(plans[0], q, k, v, key_padding_mask)
+        from ._merge import run_pieces
+
+        self.last_backend = "chunked-pieces"
+        return run_pieces(plans, q, k, v, key_padding_mask)
 
     def _flex_pair_mask(self, n_q: int, n_k: int, causal: bool, device):
         return lambda i, j: self.pair_mask(i, j, causal)
@@ -350,7 +378,7 @@ class PatternAttention(AttentionBase):
         """Attended pairs, from the plan (no n x n mask)."""
         if n_q == 0 or n_k == 0:
             return 0
-        return self._plans(n_q, n_k, causal).pairs
+        return sum(p.pairs for p in self._plans(n_q, n_k, causal))
 
     def min_memory_bytes(self, batch, heads, n_q, n_k, head_dim, element_size, causal, grad) -> int:
         """The `dense` backend builds the (n_q, n_k) boolean pattern; the others stay O(nnz)."""

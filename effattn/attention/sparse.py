@@ -5,20 +5,20 @@
 
 `fixed` runs on the chunked SDPA engine (block rows; keys = own block + summary columns).
 `strided` couples a band with a residue class per row, which no shared-mask chunking covers, so
-it computes the two score sets explicitly - band scores per chunk of s rows, strided scores per
-residue class (i mod s) - and normalises them in one joint softmax. The pair (i, i) lies in both
-sets and is counted in the band only.
+it runs as two pieces merged by log-sum-exp (`_merge`): the band, chunks of rows against a
+contiguous run of keys (an unfold view, one shared mask), and the residue classes, each class
+i mod s one chunk of its rows against its keys. The pair (i, i) lies in both sets and is counted
+in the residue piece only.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..registry import register_attention
 from . import _chunked
-from ._decode import KVDecoding, refuse_gqa
-from .base import check_choice, check_int, softmax_scale
+from ._decode import KVDecoding
+from .base import check_choice, check_int
 
 
 @register_attention("sparse")
@@ -38,8 +38,8 @@ class SparseAttention(KVDecoding, _chunked.PatternAttention):
         self.stride = check_int("stride", stride, 1)
         # summary only shapes the fixed pattern, where it cannot exceed the block (stride)
         self.summary = check_int("summary", summary, 1, self.stride if self.pattern == "fixed" else None)
-        # strided's joint band + residue softmax is written for one key/value head per query head
-        self.supports_gqa = self.pattern == "fixed" or backend == "dense"
+        #: rows per chunk of strided's band piece
+        self.band_chunk = 256
 
     def pair_mask(self, i, j, causal: bool):
         s, c = self.stride, self.summary
@@ -75,61 +75,45 @@ class SparseAttention(KVDecoding, _chunked.PatternAttention):
             chunks.append((A(start, end), keys if keys.numel() else A(0, 1)))
         return _chunked.build_plan(chunks, lambda i, j: self.pair_mask(i, j, causal))
 
-    # ------------------------------------------------------------------ strided: joint softmax
-    def _strided(self, q, k, v, causal, key_padding_mask):
-        B, H, n_q, D = q.shape
-        n_k, s = k.shape[2], self.stride
-        mq, mk = -(-n_q // s), -(-n_k // s)
-        m = max(mq, mk)
-        Nq, Nk = m * s, m * s
-        scale = softmax_scale(D)
-        qp = F.pad(q, (0, 0, 0, Nq - n_q))
-        kp, vp = F.pad(k, (0, 0, 0, Nk - n_k)), F.pad(v, (0, 0, 0, Nk - n_k))
-        valid = torch.arange(Nk, device=q.device) < n_k  # (Nk,)
-        keep = valid[None, :].expand(B, Nk)
-        if key_padding_mask is not None:
-            keep = keep & ~F.pad(key_padding_mask, (0, Nk - n_k), value=True)
-        # band: query block I (s rows) against keys [(I-1)s, (I+2)s)
-        kb = F.pad(kp, (0, 0, s, s)).unfold(2, 3 * s, s)[:, :, :m].transpose(-1, -2)  # (B,H,m,3s,D)
-        vb = F.pad(vp, (0, 0, s, s)).unfold(2, 3 * s, s)[:, :, :m].transpose(-1, -2)
-        keepb = F.pad(keep, (s, s), value=False).unfold(1, 3 * s, s)[:, :m]  # (B,m,3s)
-        qb = qp.view(B, H, m, s, D)
-        a = torch.arange(s, device=q.device)[:, None]
-        bcol = torch.arange(3 * s, device=q.device)[None, :] - s  # j - block start
-        band_ok = (a - bcol).abs() < s
-        if causal:
-            band_ok = band_ok & (bcol <= a)
-        band_ok = band_ok[None, None, None] & keepb[:, None, :, None, :]  # (B,1,m,s,3s)
-        sb = (qb @ kb.transpose(-1, -2)) * scale  # (B,H,m,s,3s)
-        # strided: residue r = i mod s, t = i // s; keys u with the same residue, u != t
-        qr = qp.view(B, H, m, s, D).transpose(2, 3)  # (B,H,s,m,D)
-        kr, vr = kp.view(B, H, m, s, D).transpose(2, 3), vp.view(B, H, m, s, -1).transpose(2, 3)
-        keepr = keep.view(B, m, s).transpose(1, 2)  # (B,s,m)
-        t = torch.arange(m, device=q.device)
-        str_ok = (t[:, None] != t[None, :]) if not causal else (t[None, :] < t[:, None])
-        str_ok = str_ok[None, None, None] & keepr[:, None, :, None, :]  # (B,1,s,m,m)
-        sr = (qr @ kr.transpose(-1, -2)) * scale  # (B,H,s,m,m)
-        neg = torch.finfo(sb.dtype).min
-        sb = sb.masked_fill(~band_ok, neg)
-        sr = sr.masked_fill(~str_ok, neg)
-        mx = torch.maximum(sb.amax(-1).reshape(B, H, Nq), sr.amax(-1).transpose(2, 3).reshape(B, H, Nq))
-        mx = mx.detach()
-        eb = torch.exp(sb - mx.view(B, H, m, s, 1)) * band_ok
-        er = torch.exp(sr - mx.view(B, H, m, s).transpose(2, 3)[..., None]) * str_ok
-        num = (eb @ vb).reshape(B, H, Nq, -1) + (er @ vr).transpose(2, 3).reshape(B, H, Nq, -1)
-        den = eb.sum(-1).reshape(B, H, Nq) + er.sum(-1).transpose(2, 3).reshape(B, H, Nq)
-        out = num / den.clamp_min(torch.finfo(den.dtype).tiny)[..., None]  # empty rows: 0/tiny = 0
-        return out[:, :, :n_q]
+    # ------------------------------------------------------------------ strided: two pieces
+    def _piece_plans(self, n_q: int, n_k: int, causal: bool) -> list[_chunked.Plan]:
+        """strided: the band |i - j| < s and the residue class (i - j) % s == 0 outside it, as two
+        pieces merged by log-sum-exp (`_merge`). The diagonal (i, i), in both sets, is counted in
+        the residue piece, so that piece needs no mask (non-causal) or SDPA's triangle (causal),
+        and the band piece masks it out."""
+        if self.pattern == "fixed":
+            return [self._plan(n_q, n_k, causal)]
+        s, c = self.stride, self.band_chunk
+        A = _chunked.arange
+        band = []
+        for start in range(0, n_q, c):
+            e = min(start + c, n_q)
+            lo, hi = max(0, start - s + 1), min(n_k, e if causal else e + s - 1)
+            keys = A(lo, hi) if lo < hi else A(0, 1)  # rows past every key: masked, output zeros
+            band.append((A(start, e), keys))
 
-    def _chunked(self, q, k, v, causal, key_padding_mask):  # strided has its own path
+        def band_mask(i, j):
+            m = ((i - j).abs() < s) & (i != j)
+            return m & (j < i) if causal else m
+
+        residue = []
+        for r in range(min(s, n_q, n_k)):
+            rows, keys = torch.arange(r, n_q, s), torch.arange(r, n_k, s)
+            residue.append((rows, keys))
+
+        def residue_mask(i, j):  # same residue by construction
+            return j <= i if causal else torch.ones_like(i == j)
+
+        return [_chunked.build_plan(band, band_mask), _chunked.build_plan(residue, residue_mask)]
+
+    def _chunked(self, q, k, v, causal, key_padding_mask):
+        out = super()._chunked(q, k, v, causal, key_padding_mask)
         if self.pattern == "strided":
-            refuse_gqa("sparse(pattern=strided)", q, k)
-            self.last_backend = "band+residue-softmax"
-            return self._strided(q, k, v, causal, key_padding_mask)
-        return super()._chunked(q, k, v, causal, key_padding_mask)
+            self.last_backend = "band+residue pieces"
+        return out
 
     def nnz(self, n_q: int, n_k: int, causal: bool = False) -> int:
-        if self.pattern == "fixed":
+        if self.pattern == "fixed" or n_q == 0 or n_k == 0:
             return super().nnz(n_q, n_k, causal)
         s = self.stride
         i = torch.arange(n_q)
