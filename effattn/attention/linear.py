@@ -22,6 +22,18 @@ from ._decode import check_step
 from .base import AttentionBase, check_float, check_int
 
 
+def linear_flops(B: int, H: int, K: int, n_q: int, n_k: int, Fd: int, Dv: int, causal: bool, chunk: int) -> int:
+    """The matmul FLOPs (2 per multiply-add) of `linear_attention` as computed below, with
+    elementwise work (feature maps, division) left out. Non-causal: S = phi(K)^T V and z per key/value
+    head, phi(Q) S and phi(Q) z per query head. Causal, over N = n padded to the chunk C: each
+    chunk's state per key/value head, and per query head the C x C scores inside the chunk, their
+    product with V, and the read of the state carried in."""
+    if not causal:
+        return B * (K * (2 * n_k * Fd * Dv + n_k * Fd) + H * (2 * n_q * Fd * Dv + 2 * n_q * Fd))
+    N = -(-max(n_q, n_k) // chunk) * chunk
+    return B * (K * (2 * N * Fd * Dv + N * Fd) + H * (2 * N * chunk * (Fd + Dv) + 2 * N * Fd * Dv + 2 * N * Fd))
+
+
 def linear_attention(fq, fk, v, causal: bool, key_padding_mask=None, eps: float = 1e-6, chunk: int = 64):
     """fq (B,H,n_q,F), fk (B,K,n_k,F) non-negative features (K divides H: grouped-query heads);
     v (B,K,n_k,Dv). `eps` is a number, or a (B,H,n_q) tensor with one per query row (for features
@@ -115,6 +127,10 @@ class LinearAttention(AttentionBase):
             return empty
         self.last_backend = "chunked-causal" if causal else "global-state"
         return linear_attention(F.elu(q) + 1, F.elu(k) + 1, v, causal, key_padding_mask, self.eps, self.chunk)
+
+    def algorithm_flops(self, batch, heads, kv_heads, n_q, n_k, head_dim, causal) -> int:
+        """Forward matmul FLOPs of the algorithm (see `linear_flops`)."""
+        return linear_flops(batch, heads, kv_heads, n_q, n_k, head_dim, head_dim, causal, self.chunk)
 
     # ------------------------------------------------------------------ decoding: the recurrent form
     def new_cache(self, batch, heads, head_dim, dtype=torch.float32, device="cpu", max_len: int = 0):

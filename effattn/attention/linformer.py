@@ -46,3 +46,9 @@ class LinformerAttention(AttentionBase):
         kp = torch.einsum("bhnd,nk->bhkd", k, self.E[:n].to(k.dtype))  # (B, H, k, D)
         vp = torch.einsum("bhnd,nk->bhkd", v, self.F[:n].to(v.dtype))
         return F.scaled_dot_product_attention(q, kp, vp)
+
+    def algorithm_flops(self, batch, heads, kv_heads, n_q, n_k, head_dim, causal) -> int:
+        """Forward matmul FLOPs: keys and values projected to proj_len k (2·n·k·D each), then
+        softmax attention of n_q queries over k keys (4·n_q·k·D)."""
+        P = min(self.proj_len, self.max_len)
+        return batch * (kv_heads * 2 * 2 * n_k * P * head_dim + heads * 4 * n_q * P * head_dim)

@@ -58,3 +58,14 @@ class NystromAttention(AttentionBase):
         k2 = (lq @ lk.transpose(-1, -2) * scale).softmax(-1)  # (B, H, L, L)
         k3 = (lq @ k.transpose(-1, -2) * scale).softmax(-1)  # (B, H, L, n_k)
         return k1 @ (newton_pinv(k2, self.pinv_iterations) @ (k3 @ v))
+
+    def algorithm_flops(self, batch, heads, kv_heads, n_q, n_k, head_dim, causal) -> int:
+        """Forward matmul FLOPs with L landmarks: the segment means (an (L, n) matrix times x, for
+        q and k), the three kernels' scores, 4 L x L x L products per Newton iteration, and the
+        three products that apply them to V."""
+        L, D = min(self.num_landmarks, n_q, n_k), head_dim
+        means = 2 * L * D * (n_q + n_k)
+        scores = 2 * D * (n_q * L + L * L + L * n_k)
+        pinv = self.pinv_iterations * 4 * 2 * L**3
+        apply = 2 * D * (L * n_k + L * L + n_q * L)
+        return batch * heads * (means + scores + pinv + apply)

@@ -23,6 +23,7 @@ import torch
 
 from ..registry import register_attention
 from .base import AttentionBase, check_int
+from .linear import linear_flops
 from .peer_local_attention import _unavailable, peer_begin
 
 
@@ -67,3 +68,10 @@ class PerformerPytorchPeer(AttentionBase):
         fast = self._fast(q.shape[-1], q.device)
         fast.projection_matrix = fast.projection_matrix.to(q.dtype)
         return fast(q, k, v)
+
+    def algorithm_flops(self, batch, heads, kv_heads, n_q, n_k, head_dim, causal) -> int:
+        """Forward matmul FLOPs of its non-causal FAVOR+: the two feature maps and linear
+        attention over m features (counted as effattn's `performer`)."""
+        m = self.num_features
+        maps = 2 * batch * m * head_dim * (heads * n_q + kv_heads * n_k)
+        return maps + linear_flops(batch, heads, kv_heads, n_q, n_k, m, head_dim, False, 1)

@@ -13,7 +13,7 @@ import torch
 from ..registry import register_attention
 from ._decode import check_step
 from .base import AttentionBase, check_int
-from .linear import LinearState, linear_attention
+from .linear import LinearState, linear_attention, linear_flops
 
 
 def orthogonal_gaussian(m: int, d: int, generator: torch.Generator) -> torch.Tensor:
@@ -90,6 +90,13 @@ class PerformerAttention(AttentionBase):
         # out_i = phi(q_i)^T S / (phi(q_i)^T z + 1e-6) exactly as unscaled features give it
         eps = (1e-6 * torch.exp(-(cq + ck).float())).clamp_min(torch.finfo(torch.float32).tiny)
         return linear_attention(fq, fk, v, causal, key_padding_mask, eps[..., 0].to(fq.dtype), self.chunk)
+
+    def algorithm_flops(self, batch, heads, kv_heads, n_q, n_k, head_dim, causal) -> int:
+        """Forward matmul FLOPs: the two feature maps (x W^T, m features) and linear attention
+        over m features (`linear_flops`)."""
+        m = self.num_features
+        maps = 2 * batch * m * head_dim * (heads * n_q + kv_heads * n_k)
+        return maps + linear_flops(batch, heads, kv_heads, n_q, n_k, m, head_dim, causal, self.chunk)
 
     # ------------------------------------------------------------------ decoding: the recurrent form
     # The state is S = sum phi(k_j) v_j^T and z = sum phi(k_j) with the keys' features scaled by a

@@ -166,6 +166,23 @@ def attended_pairs(attn, n_q: int, n_k: int, causal: bool) -> int | None:
     return dense_pairs(n_q, n_k, causal)
 
 
+def algorithm_flops(attn, spec, n: int) -> int | None:
+    """The forward FLOPs an approximate plugin's algorithm performs, from its own
+    `algorithm_flops(batch, heads, kv_heads, n_q, n_k, head_dim, causal)`; None when it states none
+    or states something that is not a non-negative number."""
+    fn = getattr(attn, "algorithm_flops", None)
+    if not callable(fn):
+        return None
+    kv = spec.kv_heads or spec.heads
+    try:
+        f = fn(spec.batch, spec.heads, kv, n, n, spec.head_dim, spec.causal)
+    except Exception:  # noqa: BLE001 - a plugin's broken count is no count, not a failed point
+        return None
+    if isinstance(f, bool) or not isinstance(f, (int, float)) or not f == f or f < 0 or f == float("inf"):
+        return None
+    return int(f)
+
+
 def output_errors(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
     """(relative error ||out - ref|| / ||ref||, cosine similarity), in float64."""
     a, b = out.detach().double().flatten(), ref.detach().double().flatten()

@@ -499,6 +499,11 @@ def prepare_point(spec: SweepSpec, variant: Variant, n: int, inputs: InputSet, t
             None if pairs is None else 4 * spec.batch * spec.heads * spec.head_dim * pairs * (3.5 if fwdbwd else 1.0)
         )
         row["exact"] = bool(getattr(core, "exact", False))
+        row["flops_basis"] = "pairs" if row["flops"] is not None else None
+        if not row["exact"]:
+            algo = measure.algorithm_flops(core, spec, n)
+            if algo is not None:  # the work an approximate algorithm does, backward as 2 forwards
+                row["flops"], row["flops_basis"] = algo * (3.0 if fwdbwd else 1.0), "algorithm"
         if spec.error and spec.level == "attention":
             beat()
             errs, problem = _errors(spec, core, tensors, n, inputs, last_out)

@@ -365,8 +365,9 @@ def _rate(row: dict, spec: SweepSpec) -> None:
     if spec.mode == "decode":
         _decode_rate(row, spec)
         return
-    exact = row.get("exact") and spec.level == "attention" and row.get("flops")
-    row["gflops"] = row["flops"] / (row["time_ms"] / 1e3) / 1e9 if exact else None
+    counted = (row.get("exact") or row.get("flops_basis") == "algorithm") and spec.level == "attention"
+    counted = counted and row.get("flops")
+    row["gflops"] = row["flops"] / (row["time_ms"] / 1e3) / 1e9 if counted else None
     peak = row.get("matmul_peak_gflops")
     if row["gflops"] and peak:
         row["peak_fraction"] = row["gflops"] / peak
