@@ -81,7 +81,7 @@ def build_plan(chunks: Iterable[tuple[torch.Tensor, torch.Tensor]], pair_mask: P
     buckets: dict[tuple, list] = {}
     pairs = computed = 0
     for rows, keys in chunks:
-        m = pair_mask(rows[:, None], keys[None, :])
+        m = pair_mask(rows[:, None], keys[None, :]).expand(rows.numel(), keys.numel())  # (a mask of j alone)
         pairs += int(m.sum())
         computed += m.numel()
         sig = (rows.numel(), keys.numel(), m.numpy().tobytes())

@@ -40,6 +40,10 @@ class SparseAttention(KVDecoding, _chunked.PatternAttention):
         self.summary = check_int("summary", summary, 1, self.stride if self.pattern == "fixed" else None)
         #: rows per chunk of strided's band piece
         self.band_chunk = 256
+        #: fixed as pieces (own block + summary columns) or one softmax per block row
+        self.fixed_pieces = True
+        #: rows per chunk of fixed's causal summary piece
+        self.summary_rows = 1024
 
     def pair_mask(self, i, j, causal: bool):
         s, c = self.stride, self.summary
@@ -75,6 +79,45 @@ class SparseAttention(KVDecoding, _chunked.PatternAttention):
             chunks.append((A(start, end), keys if keys.numel() else A(0, 1)))
         return _chunked.build_plan(chunks, lambda i, j: self.pair_mask(i, j, causal))
 
+    def _fixed_pieces(self, n_q: int, n_k: int, causal: bool) -> list[_chunked.Plan]:
+        """fixed as two pieces: each block against itself (an unfold view with one shared mask),
+        and the summary columns, which every row sees alike: non-causal, all rows in one long
+        query block against all of them, no mask; causal, chunks of rows against the summary
+        columns of the blocks before theirs. The own block's summary columns are counted in the
+        summary piece (non-causal) or in the own piece (causal)."""
+        s, c = self.stride, self.summary
+        A = _chunked.arange
+        own = [(A(start, min(start + s, n_q)), A(start, min(start + s, n_k))) for start in range(0, min(n_q, n_k), s)]
+
+        def own_mask(i, j):
+            return j <= i if causal else (j % s < s - c)
+
+        plans = []
+        if not causal and c == s:
+            own = []  # every column is a summary column
+        if own:
+            plans.append(_chunked.build_plan(own, own_mask))
+        cols = torch.arange(n_k)[torch.arange(n_k) % s >= s - c]
+        summary = []
+        R = s * max(1, self.summary_rows // s)
+        if not causal and cols.numel():  # (chunks of R rows: no plan-time mask of n x n c / s)
+            summary = [(A(start, min(start + R, n_q)), cols) for start in range(0, n_q, R)]
+        elif causal:
+            for start in range(s, n_q, R):  # block 0 sees no earlier block
+                e = min(start + R, n_q)
+                keys = cols[cols < (e - 1) // s * s]
+                if keys.numel():
+                    summary.append((A(start, e), keys))
+
+        def summary_mask(i, j):
+            return (j // s < i // s) if causal else torch.ones_like(i == j)
+
+        if summary:
+            plans.append(_chunked.build_plan(summary, summary_mask))
+        if not plans:  # no pair at all (n_k = 0 is answered before): one empty-row plan
+            plans.append(_chunked.build_plan([(A(0, n_q), A(0, 1))], lambda i, j: torch.zeros_like(i == j)))
+        return plans
+
     # ------------------------------------------------------------------ strided: two pieces
     def _piece_plans(self, n_q: int, n_k: int, causal: bool) -> list[_chunked.Plan]:
         """strided: the band |i - j| < s and the residue class (i - j) % s == 0 outside it, as two
@@ -82,7 +125,7 @@ class SparseAttention(KVDecoding, _chunked.PatternAttention):
         the residue piece, so that piece needs no mask (non-causal) or SDPA's triangle (causal),
         and the band piece masks it out."""
         if self.pattern == "fixed":
-            return [self._plan(n_q, n_k, causal)]
+            return self._fixed_pieces(n_q, n_k, causal) if self.fixed_pieces else [self._plan(n_q, n_k, causal)]
         s, c = self.stride, self.band_chunk
         A = _chunked.arange
         band = []
@@ -111,19 +154,3 @@ class SparseAttention(KVDecoding, _chunked.PatternAttention):
         if self.pattern == "strided":
             self.last_backend = "band+residue pieces"
         return out
-
-    def nnz(self, n_q: int, n_k: int, causal: bool = False) -> int:
-        if self.pattern == "fixed" or n_q == 0 or n_k == 0:
-            return super().nnz(n_q, n_k, causal)
-        s = self.stride
-        i = torch.arange(n_q)
-        band = (torch.minimum(i + s, torch.tensor(n_k)) - torch.clamp(i - s + 1, min=0)).clamp(min=0)
-        if causal:
-            band = (torch.minimum(i + 1, torch.tensor(n_k)) - torch.clamp(i - s + 1, min=0)).clamp(min=0)
-        res = i % s
-        count = (n_k - 1 - res).div(s, rounding_mode="floor") + 1  # keys with j = i (mod s), j < n_k
-        count = torch.where(res < n_k, count, torch.zeros_like(count))
-        if causal:
-            count = i // s + 1
-        in_band = (i < n_k).long()
-        return int((band + count - in_band).sum())
