@@ -6,6 +6,18 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).parent
+
+
+@pytest.fixture(autouse=True)
+def _chunk_paths(request, monkeypatch):
+    """At test sizes most pattern calls would take the chunked engine's dense shortcut (one
+    masked SDPA call when the chunks cover most pairs) and never reach the chunk and piece paths
+    the tests are there to check. Off in this process unless a test is marked `dense_shortcut`;
+    CLI runs in fresh processes keep it, as users get it."""
+    if "dense_shortcut" not in request.keywords:
+        from effattn.attention import _chunked
+
+        monkeypatch.setattr(_chunked, "DENSE_ABOVE", None)
 # Ray instances that the tests start (and the CLI runs they spawn) send no usage statistics.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
