@@ -49,7 +49,16 @@ def _sweeps(quick: bool):
         return {
             "fwd": ["--seq-lens", QUICK["fwd"], "--attn", ",".join(EXACT[:3] + APPROX[:2])],
             "fwdbwd": ["--seq-lens", QUICK["fwdbwd"], "--mode", "fwdbwd", "--attn", ",".join(EXACT[:2])],
-            "short": ["--seq-lens", QUICK["short"], "--mode", "fwdbwd", "--batch", QUICK["batch"], "--attn", ",".join(SHORT)],
+            "short": [
+                "--seq-lens",
+                QUICK["short"],
+                "--mode",
+                "fwdbwd",
+                "--batch",
+                QUICK["batch"],
+                "--attn",
+                ",".join(SHORT),
+            ],
         }
     return {
         "fwd": ["--seq-lens", FWD_LENS, "--attn", ",".join(EXACT + APPROX)],
@@ -146,11 +155,19 @@ def table(d: Path, before: Path | None) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     peaks = sorted({round(r["matmul_peak_gflops"]) for r in after.values() if r.get("matmul_peak_gflops")})
     lines.append("")
-    lines.append(f"Fractions of the fp32 matmul peak measured in the same rounds ({min(peaks)}-{max(peaks)} GFLOP/s in this run)." if peaks else "")
+    lines.append(
+        f"Fractions of the fp32 matmul peak measured in the same rounds "
+        f"({min(peaks)}-{max(peaks)} GFLOP/s in this run)."
+        if peaks
+        else ""
+    )
     short_lens = sorted({n for (_, m, n) in after if m == "short"})
     if short_lens:
         lines.append("")
-        lines.append(f"Short-length training, batch 32, fwd+bwd: `sliding_window(64)` time / `full` time (target ≤ {SHORT_TARGET}×)")
+        lines.append(
+            "Short-length training, batch 32, fwd+bwd: `sliding_window(64)` time / `full` time "
+            f"(target ≤ {SHORT_TARGET}×)"
+        )
         lines.append("")
         lines.append("| n | " + " | ".join(name or "ratio" for name, _ in runs) + " |")
         lines.append("|" + " --- |" * (len(runs) + 1))

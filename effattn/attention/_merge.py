@@ -67,13 +67,13 @@ def _plan_out_lse(plan: _chunked.Plan, q, k, v, key_padding_mask, scale, kernel,
     flash = kernel is _piece_flash
     covered = sum(g.rows.numel() for g in plan.groups) == n_q
     if buffers is not None:
-        O, L = buffers
+        Out, L = buffers
         if not covered:
-            O.zero_(), L.fill_(float("-inf"))
+            Out.zero_(), L.fill_(float("-inf"))
     else:
         # the log-sum-exp in at least float32, as the kernel returns it for 16-bit inputs
         ld = torch.promote_types(q.dtype, torch.float32)
-        O = q.new_empty(B, H, n_q, Dv) if covered else q.new_zeros(B, H, n_q, Dv)
+        Out = q.new_empty(B, H, n_q, Dv) if covered else q.new_zeros(B, H, n_q, Dv)
         L = q.new_empty(B, H, n_q, dtype=ld) if covered else q.new_full((B, H, n_q), float("-inf"), dtype=ld)
     for g in plan.groups:
         G, c = g.rows.shape
@@ -87,50 +87,56 @@ def _plan_out_lse(plan: _chunked.Plan, q, k, v, key_padding_mask, scale, kernel,
                 lse = lse.masked_fill(keep[..., 0] == 0, float("-inf"))
             lse = lse.to(L.dtype)
             if rows is None:
-                O[b].narrow(1, g.row_start, G * c).unflatten(1, (G, c)).copy_(o.reshape(G, H, c, Dv).transpose(0, 1))
+                Out[b].narrow(1, g.row_start, G * c).unflatten(1, (G, c)).copy_(o.reshape(G, H, c, Dv).transpose(0, 1))
                 L[b].narrow(1, g.row_start, G * c).unflatten(1, (G, c)).copy_(lse.reshape(G, H, c).transpose(0, 1))
             else:
-                O[b].index_copy_(1, rows, _chunked.unlayout_rows(o, H, c))
+                Out[b].index_copy_(1, rows, _chunked.unlayout_rows(o, H, c))
                 L[b].index_copy_(1, rows, _chunked.unlayout_rows(lse, H, c))
-    return O, L
+    return Out, L
 
 
-def _merge_into(O, L, Op, Lp):
-    """Merge piece (Op, Lp) into the running (O, L): in place without autograd (Op is scratch)."""
+def _merge_into(Out, L, Op, Lp):
+    """Merge piece (Op, Lp) into the running (Out, L): in place without autograd (Op is scratch)."""
     Ln = torch.logaddexp(L, Lp)
     floor = Ln.clamp_min(torch.finfo(Ln.dtype).min)  # rows nothing reached: every weight exp(-inf) = 0
     a, b = torch.exp(L - floor)[..., None], torch.exp(Lp - floor)[..., None]
-    if torch.is_grad_enabled() and (O.requires_grad or Op.requires_grad):
-        return O * a + Op * b, Ln
-    return O.mul_(a).add_(Op.mul_(b)), Ln
+    if torch.is_grad_enabled() and (Out.requires_grad or Op.requires_grad):
+        return Out * a + Op * b, Ln
+    return Out.mul_(a).add_(Op.mul_(b)), Ln
 
 
 def _run(plans, q, k, v, key_padding_mask, scale, kernel):
-    """Every piece, merged: (O, L)."""
-    O, L = _plan_out_lse(plans[0], q, k, v, key_padding_mask, scale, kernel)
+    """Every piece, merged: (Out, L)."""
+    Out, L = _plan_out_lse(plans[0], q, k, v, key_padding_mask, scale, kernel)
     scratch = None
     for p in plans[1:]:
         grad = torch.is_grad_enabled() and kernel is not _piece_flash
         Op, Lp = _plan_out_lse(p, q, k, v, key_padding_mask, scale, kernel, None if grad else scratch)
         if not grad:
             scratch = (Op, Lp)
-        O, L = _merge_into(O, L, Op, Lp)
-    return O, L
+        Out, L = _merge_into(Out, L, Op, Lp)
+    return Out, L
+
+
+def _layout_rows(x, rows, G: int, c: int, Kh: int):
+    """(H, n, ...) row-space values of one group's rows -> the query layout of `element_inputs`."""
+    x = x.index_select(1, rows).unflatten(1, (G, c)).transpose(0, 1)
+    return x.reshape(G, Kh, -1, *x.shape[3:]).contiguous()
 
 
 class _Merged(torch.autograd.Function):
-    """The flash-kernel path: pieces forward, merged; backward per piece from the merged O, L."""
+    """The flash-kernel path: pieces forward, merged; backward per piece from the merged Out, L."""
 
     @staticmethod
     def forward(ctx, q, k, v, plans, key_padding_mask, scale):
-        O, L = _run(plans, q, k, v, key_padding_mask, scale, _piece_flash)
-        ctx.save_for_backward(q, k, v, O, L)
+        Out, L = _run(plans, q, k, v, key_padding_mask, scale, _piece_flash)
+        ctx.save_for_backward(q, k, v, Out, L)
         ctx.plans, ctx.kpm, ctx.scale = plans, key_padding_mask, scale
-        return O
+        return Out
 
     @staticmethod
     def backward(ctx, dO):
-        q, k, v, O, L = ctx.saved_tensors
+        q, k, v, Out, L = ctx.saved_tensors
         bwd = _flash_ops()[1]
         B, H = q.shape[:2]
         dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
@@ -146,14 +152,21 @@ class _Merged(torch.autograd.Function):
                 for b in range(B):
                     qb, kb, vb, mask, keep = _chunked.element_inputs(g, b, q, k, v, ctx.kpm, True, False)
 
-                    def lay(x):  # (H, n, ...) rows of this group -> the query layout of qb
-                        x = x.index_select(1, rows).unflatten(1, (G, c)).transpose(0, 1)
-                        return x.reshape(G, Kh, -1, *x.shape[3:]).contiguous()
-
-                    lse = lay(Lb[b])
+                    lse = _layout_rows(Lb[b], rows, G, c, Kh)
                     if keep is not None:
                         lse = lse.masked_fill(keep[..., 0] == 0, _BIG)
-                    gq, gk, gv = bwd(lay(dO[b]), qb, kb, vb, lay(O[b]), lse, 0.0, False, attn_mask=mask, scale=ctx.scale)
+                    gq, gk, gv = bwd(
+                        _layout_rows(dO[b], rows, G, c, Kh),
+                        qb,
+                        kb,
+                        vb,
+                        _layout_rows(Out[b], rows, G, c, Kh),
+                        lse,
+                        0.0,
+                        False,
+                        attn_mask=mask,
+                        scale=ctx.scale,
+                    )
                     dq[b].index_add_(1, rows, _chunked.unlayout_rows(gq, H, c))
                     dk[b].index_add_(1, keys, gk.transpose(0, 1).reshape(Kh, G * K, -1))
                     dv[b].index_add_(1, keys, gv.transpose(0, 1).reshape(Kh, G * K, -1))

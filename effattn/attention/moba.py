@@ -141,18 +141,18 @@ class MoBAAttention(AttentionBase):
     def algorithm_flops(self, batch, heads, kv_heads, n_q, n_k, head_dim, causal) -> int:
         """Forward matmul FLOPs: the gate (q . block means, 2·n·m·D) and, for each query, scores
         and their product with V over every key of its kept blocks (4·D per pair; masked pairs
-        inside a block are computed too). Causal: the own block and min(top_k, I + 1) - 1 earlier
+        inside a block are computed too). Causal: the own block and min(top_k, blk + 1) - 1 earlier
         (full) blocks, exact. Non-causal the kept blocks besides the own one depend on the data:
         counted at the mean size of the other blocks (exact when every block has b keys)."""
         b = self.block_size
         m = -(-n_k // b)
-        size = lambda I: max(0, min(b, n_k - I * b))  # noqa: E731
+        size = lambda blk: max(0, min(b, n_k - blk * b))
         pairs = 0
-        for I in range(-(-n_q // b)):
-            rows = min(b, n_q - I * b)
-            own = size(I) if I < m else 0
+        for blk in range(-(-n_q // b)):
+            rows = min(b, n_q - blk * b)
+            own = size(blk) if blk < m else 0
             if causal:
-                others = (min(self.top_k, I + 1) - 1) * b
+                others = (min(self.top_k, blk + 1) - 1) * b
             else:
                 others = (min(self.top_k, m) - 1) * (n_k - own) / max(1, m - 1)
             pairs += rows * (own + others)
