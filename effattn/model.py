@@ -21,7 +21,7 @@ from einops import rearrange
 from torch import nn
 
 from .errors import UnsupportedError
-from .registry import Facts, create_attention, get_entry
+from .registry import Facts, create_attention, get_entry, option_names
 
 SHAPES = ("encoder", "decoder", "encdec")
 
@@ -98,6 +98,8 @@ def _require(name: str, options: dict, *, causal: bool, cross: bool, role: str) 
     facts: Facts = get_entry(name).facts
     if causal and not facts.supports_causal:
         raise UnsupportedError(f"attention {name!r} cannot be used for {role}: it does not support causal masking")
+    if not causal and facts.causal_only:
+        raise UnsupportedError(f"attention {name!r} cannot be used for {role}: it computes only the causal form")
     if cross and not facts.supports_cross:
         raise UnsupportedError(
             f"attention {name!r} cannot be used for {role}: it does not support cross-attention "
@@ -123,6 +125,10 @@ class MultiHeadAttention(nn.Module):
         self.k_proj = nn.Linear(d_model, kv_width)
         self.v_proj = nn.Linear(d_model, kv_width)
         self.out_proj = nn.Linear(d_model, d_model)
+        if "head_dim" not in options and "head_dim" in option_names(get_entry(attention).target)[0]:
+            # a plugin whose parameters are sized by the head dimension (gla, deltanet) makes them now,
+            # so that an optimizer built before the first forward sees them
+            options = {**options, "head_dim": d_model // n_heads}
         self.core = create_attention(attention, **options)
         if self.n_kv_heads != n_heads and not getattr(self.core, "supports_gqa", False):
             raise UnsupportedError(
@@ -240,6 +246,8 @@ class Transformer(nn.Module):
         if shape not in SHAPES:
             raise ValueError(f"unknown shape {shape!r}; shapes: {', '.join(SHAPES)}")
         self.cfg, self.shape = cfg, shape
+        if shape in ("encoder", "encdec"):
+            _require(cfg.attention, cfg.attention_options, causal=False, cross=False, role=f"the {shape}'s encoder")
         if shape in ("decoder", "encdec"):
             _require(
                 cfg.attention, cfg.attention_options, causal=True, cross=False, role=f"the {shape}'s self-attention"

@@ -30,6 +30,7 @@ class Facts:
     exact: bool = False
     complexity: str = "unknown"
     supports_causal: bool = False
+    causal_only: bool = False  # computes only the causal form (a recurrence): causal=False is refused
     supports_padding: bool = False
     supports_cross: bool = False
     supports_decode: bool = False  # new_cache / prefill / step (docs/decoding.md)

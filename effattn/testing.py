@@ -135,18 +135,26 @@ class Suite:
         return out
 
     def cases(self) -> list[tuple[int, int, bool, bool]]:
-        """(n_q, n_k, causal, padded) for every case the plugin's facts allow."""
+        """(n_q, n_k, causal, padded) for every case the plugin's facts allow (a `causal_only`
+        plugin: the causal ones only)."""
         f, n = self.facts, self.n_max
-        out = [(m, m, False, False) for m in self.seq_lens]
+        plain = not f.causal_only
+        out = [(m, m, False, False) for m in self.seq_lens] if plain else []
         if f.supports_causal:
             out += [(m, m, True, False) for m in self.seq_lens]
         if f.supports_padding:
-            out += [(n, n, False, True)] + ([(n, n, True, True)] if f.supports_causal else [])
+            out += ([(n, n, False, True)] if plain else []) + ([(n, n, True, True)] if f.supports_causal else [])
         if f.supports_cross:
-            out += [(max(1, n // 2), n, False, False), (n, max(1, n // 2) + 3, False, False)]
+            out += [(max(1, n // 2), n, False, False), (n, max(1, n // 2) + 3, False, False)] if plain else []
             if f.supports_causal:
                 out.append((max(1, n // 2), n, True, False))
         return out
+
+    @property
+    def plain(self) -> dict:
+        """The keyword arguments of a call without a mask: none, or causal=True for a plugin that
+        computes only the causal form (`causal_only`)."""
+        return {"causal": True} if self.facts.causal_only else {}
 
     def inputs(self, n_q, n_k, dtype=torch.float32, seed_offset=0, batch=None):
         return _inputs(batch or self.batch, self.heads, n_q, n_k, self.head_dim, dtype, self.device,
@@ -196,12 +204,27 @@ def shape_and_dtype(s: Suite):
 
         def one(dtype=dtype):
             q, k, v = s.inputs(11, 11, dtype)
-            out = s.call(q, k, v)
+            out = s.call(q, k, v, **s.plain)
             assert tuple(out.shape) == tuple(q.shape), f"output shape {tuple(out.shape)}, want {tuple(q.shape)}"
             assert out.dtype == dtype, f"output dtype {out.dtype}, want {dtype} (the inputs' dtype)"
             assert torch.isfinite(out).all(), "non-finite output (the plugin declares this dtype)"
 
         fails.case(dt, one)
+    if s.facts.causal_only:  # the claim is a promise to refuse the other form, never to compute it silently
+
+        def refuses():
+            from .errors import UnsupportedError
+
+            q, k, v = s.inputs(11, 11)
+            try:
+                s.attn(q, k, v, causal=False)
+            except UnsupportedError:
+                return
+            except Exception as e:
+                raise AssertionError(f"causal=False raised {type(e).__name__}, want UnsupportedError: {e}") from e
+            raise AssertionError("the plugin declares causal_only but computed causal=False instead of refusing it")
+
+        fails.case("causal_only", refuses)
     fails.raise_any()
 
 
@@ -346,7 +369,7 @@ def padding_no_leak(s: Suite):
     n = s.n_max
     q, k, v = (t.requires_grad_() for t in s.inputs(n, n))
     kpm = _padding(s.batch, n, s.device)
-    out = s.call(q, k, v, key_padding_mask=kpm)
+    out = s.call(q, k, v, key_padding_mask=kpm, **s.plain)
     gk, gv = torch.autograd.grad(out.sum(), (k, v), allow_unused=True)
     pad = kpm[:, None, :, None].expand(s.batch, s.heads, n, s.head_dim)
     fails = _Failures()
@@ -363,7 +386,7 @@ def padding_no_leak(s: Suite):
         keep = ~kpm[:, None, :, None]
         k2, v2 = (torch.where(keep, a.detach(), b) for a, b in zip((k, v), other[1:]))
         with torch.no_grad():
-            out2 = s.call(q.detach(), k2, v2, key_padding_mask=kpm)
+            out2 = s.call(q.detach(), k2, v2, key_padding_mask=kpm, **s.plain)
         _unchanged(out, out2, "the padded keys and values")
 
     fails.case(f"n={n}, outputs", by_value)
@@ -381,7 +404,7 @@ def leaves_inputs_and_process_alone(s: Suite):
     guard = TorchState()
     try:
         with torch.no_grad():
-            s.call(q, k, v, key_padding_mask=kpm) if kpm is not None else s.call(q, k, v)
+            s.call(q, k, v, key_padding_mask=kpm, **s.plain) if kpm is not None else s.call(q, k, v, **s.plain)
     finally:
         state = guard.restore()
     changed = state.split("; ") if state else []
@@ -395,11 +418,11 @@ def deterministic(s: Suite):
     q, k, v = s.inputs(s.n_max, s.n_max)
     torch.manual_seed(s.seed)
     a = s.build().to(s.device)
-    out1, out2 = a(q, k, v), a(q, k, v)
+    out1, out2 = a(q, k, v, **s.plain), a(q, k, v, **s.plain)
     torch.manual_seed(s.seed + 12345)  # a rebuilt plugin must not depend on the global RNG state...
     if s.rebuilds_from_name:  # ...unless it was handed over built (then it is the same module)
         torch.manual_seed(s.seed)
-    out3 = s.build().to(s.device)(q, k, v)
+    out3 = s.build().to(s.device)(q, k, v, **s.plain)
     assert all(torch.isfinite(o).all() for o in (out1, out2, out3)), "non-finite output (see the other checks)"
     assert torch.equal(out1, out2), "two calls on the same input differ"
     assert torch.equal(out1, out3), "two plugins built with the same seed differ"
@@ -580,7 +603,7 @@ def _accepted(attn, lens: tuple[int, ...], asked, device) -> tuple[tuple[int, ..
     for n in sorted(added, reverse=True):
         q = torch.zeros(1, 1, n, 4, device=device)
         try:
-            attn(q, q, q)
+            attn(q, q, q, **({"causal": True} if getattr(attn, "causal_only", False) else {}))
         except UnsupportedError as e:
             refused = f"the plugin refused n >= {n}: {e}"
             lens = tuple(m for m in lens if m < n)

@@ -15,9 +15,11 @@ def _chunk_paths(request, monkeypatch):
     the tests are there to check. Off in this process unless a test is marked `dense_shortcut`;
     CLI runs in fresh processes keep it, as users get it."""
     if "dense_shortcut" not in request.keywords:
-        from effattn.attention import _chunked
+        from effattn.attention import _pattern
 
-        monkeypatch.setattr(_chunked, "DENSE_ABOVE", None)
+        monkeypatch.setattr(_pattern, "DENSE_ABOVE", None)
+
+
 # Ray instances that the tests start (and the CLI runs they spawn) send no usage statistics.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 

@@ -25,6 +25,14 @@ SMALL_OPTIONS = {
     "linformer": [dict(proj_len=16, max_len=128)],
     "nystrom": [dict(num_landmarks=8)],
     "moba": [dict(block_size=8, top_k=2), dict(block_size=5, top_k=1)],
+    # chunks that do not divide the lengths, so that the scan over chunks is exercised at n <= 77
+    "gla": [dict(chunk=5)],
+    "deltanet": [dict(chunk=5)],
+    "gated_deltanet": [dict(chunk=5)],
+    "nsa": [
+        dict(block_size=8, block_stride=4, select_size=8, top_n=3, window=6, local_blocks=1),
+        dict(block_size=6, block_stride=4, select_size=5, top_n=2, window=3, local_blocks=0, chunk=7),
+    ],
 }
 
 
@@ -334,3 +342,35 @@ def test_absurd_check_lengths_are_refused(cli_here):
             run_checks("full", seq_lens=bad)
     code, _, err = cli_here("check", "full", "--seq-lens", "99999999")
     assert code == 2 and "at most 4096" in err and len(err.strip().splitlines()) == 1
+
+
+class _CausalOnly(torch.nn.Module):
+    """A gated running mean over the unpadded j <= i that declares `causal_only`; `refuse=False`
+    computes the causal form for causal=False too, instead of refusing it."""
+
+    supports_causal = True
+    supports_padding = True
+    causal_only = True
+
+    def __init__(self, refuse: bool = True):
+        super().__init__()
+        self.refuse = refuse
+
+    def forward(self, q, k, v, causal=False, key_padding_mask=None):
+        if not causal and self.refuse:
+            raise effattn.UnsupportedError("causal only")
+        keep = torch.ones(v.shape[:3], dtype=v.dtype)
+        if key_padding_mask is not None:
+            keep = keep * (~key_padding_mask)[:, None].to(v.dtype)
+        w = keep[..., None] * torch.sigmoid(k)
+        return torch.sigmoid(q) * (w * v).cumsum(2) / (w.cumsum(2) + 1)
+
+
+def test_a_causal_only_plugin_is_checked_in_the_causal_form_and_must_refuse_the_other():
+    r = {x.name: x for x in run_checks(_CausalOnly())}
+    assert all(x.status != "failed" for x in r.values()), r
+    assert r["padding_no_leak"].status == "passed" and r["deterministic"].status == "passed"
+    assert r["finite_outputs_and_gradients"].detail == "4 cases"  # 3 causal lengths, and causal padded
+    r = {x.name: x for x in run_checks(_CausalOnly(refuse=False))}
+    assert r["shape_and_dtype"].status == "failed"
+    assert "declares causal_only but computed causal=False" in r["shape_and_dtype"].detail

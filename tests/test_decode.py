@@ -201,8 +201,8 @@ def test_plugins_without_gqa_refuse_fewer_kv_heads_and_bad_groupings_are_errors(
     for name in ("linformer", "nystrom"):
         with pytest.raises(UnsupportedError, match="grouped-query"):
             create_attention(name)(q, k, v)
-    with pytest.raises(UnsupportedError, match="grouped-query"):
-        create_attention("sparse", stride=4)(q, k, v)
+    # (sparse strided refused them until its pieces ran on the chunked engine's layout: it takes them now)
+    assert create_attention("sparse", stride=4)(q, k, v).shape == q.shape
     q3 = torch.randn(1, 3, 16, 8)
     with pytest.raises(ValueError, match="must divide"):
         create_attention("full")(q3, k, v)
@@ -254,7 +254,7 @@ def test_decode_group_rows_carry_the_cache_and_errors():
     from effattn.bench.rounds import measure_group
     from effattn.spec import parse_variants
 
-    vs = parse_variants("full,sliding_window:window=16,linear,sparse,nystrom")
+    vs = parse_variants("full,sliding_window:window=16,linear,sparse,moba,nystrom")
     spec = SweepSpec(seq_lens=[64], variants=vs, mode="decode", causal=True, heads=4, head_dim=8,
                      kv_heads=2, min_run_time_s=0.01)  # fmt: skip
     rows = {r["label"]: r for r in measure_group(spec, vs, 64)}
@@ -268,7 +268,8 @@ def test_decode_group_rows_carry_the_cache_and_errors():
     assert sw["cache_bytes"] == 2 * B * K * 17 * D * e and sw["rel_err_vs_own_dense"] < 1e-6
     assert sw["rel_err_vs_full"] > 1e-3  # a window of 16 over 65 tokens is not full attention
     assert rows["linear"]["cache_bytes"] == B * K * D * (D + 1) * e
-    assert rows["sparse"]["status"] == "unsupported" and "grouped-query" in rows["sparse"]["reason"]
+    assert rows["sparse"]["status"] == "ok" and rows["sparse"]["rel_err_vs_own_dense"] < 1e-6
+    assert rows["moba"]["status"] == "unsupported" and "grouped-query" in rows["moba"]["reason"]
     assert rows["nystrom"]["status"] == "unsupported" and "causal" in rows["nystrom"]["reason"]
 
 

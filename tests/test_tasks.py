@@ -122,6 +122,7 @@ def test_task_cli_and_bad_input(run_cli, tmp_path):
         (["--task", "mqr"], "did you mean mqar"),
         (["--task", "mqar", "--seq-lens", "10"], "needs seq_len >= 24"),
         (["--task", "mqar", "--attn", "linformer"], "does not support causal"),
+        (["--task", "listops", "--attn", "gla"], "trains an encoder and it is causal only"),
     ):
         r = run_cli("bench", *args, "--out", "bad.jsonl", cwd=str(tmp_path))
         assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

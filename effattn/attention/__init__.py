@@ -2,12 +2,15 @@
 
 from . import (  # noqa: F401 - importing a plugin module registers it
     bigbird,
+    deltanet,
     flex_named,
     full,
+    gla,
     linear,
     linformer,
     masked,
     moba,
+    nsa,
     nystrom,
     peer_hf_longformer,
     peer_local_attention,

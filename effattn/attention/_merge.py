@@ -39,7 +39,7 @@ def _flash_ops():
     return (fwd, bwd) if fwd is not None and bwd is not None else None
 
 
-def _kernel_ok(q: torch.Tensor) -> bool:
+def kernel_ok(q: torch.Tensor) -> bool:
     return q.device.type == "cpu" and _flash_ops() is not None
 
 
@@ -178,6 +178,6 @@ def run_pieces(plans: list[_chunked.Plan], q, k, v, key_padding_mask=None, scale
     of the pieces' pairs (disjoint per row)."""
     if scale is None:
         scale = q.shape[-1] ** -0.5
-    if _kernel_ok(q):
+    if kernel_ok(q):
         return _Merged.apply(q, k, v, plans, key_padding_mask, scale)
     return _run(plans, q, k, v, key_padding_mask, scale, _piece_math)[0]

@@ -20,6 +20,7 @@ class AttentionBase(nn.Module):
     exact: bool = True
     complexity: str = "O(n^2)"
     supports_causal: bool = True
+    causal_only: bool = False
     supports_padding: bool = True
     supports_cross: bool = True
     supports_decode: bool = False
@@ -47,6 +48,11 @@ class AttentionBase(nn.Module):
                 )
         if causal and not self.supports_causal:
             raise UnsupportedError(f"{type(self).__name__} does not support causal attention")
+        if not causal and self.causal_only:
+            raise UnsupportedError(
+                f"{type(self).__name__} computes only the causal form (a recurrence over the sequence, "
+                "each token's output from the tokens up to it): call it with causal=True"
+            )
         if key_padding_mask is not None:
             if not self.supports_padding:
                 raise UnsupportedError(f"{type(self).__name__} does not support key_padding_mask")

@@ -14,13 +14,13 @@ from __future__ import annotations
 import torch
 
 from ..registry import register_attention
-from . import _chunked
+from . import _chunked, _pattern
 from ._decode import KVDecoding
 from .base import check_int
 
 
 @register_attention("bigbird")
-class BigBirdAttention(KVDecoding, _chunked.PatternAttention):
+class BigBirdAttention(KVDecoding, _pattern.PatternAttention):
     """BigBird: sliding blocks + first/last global blocks + r random blocks per block row.
 
     Decoding: the newest token of a prefix of n tokens is in block ceil(n / b) - 1, the last

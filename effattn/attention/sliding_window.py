@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from ..registry import register_attention
-from . import _chunked
+from . import _chunked, _pattern
 from ._decode import RingCache, attend, check_step, expand_padding
 from .base import check_int
 
@@ -59,7 +59,7 @@ class _WindowDecoding:
 
 
 @register_attention("sliding_window")
-class SlidingWindowAttention(_WindowDecoding, _chunked.PatternAttention):
+class SlidingWindowAttention(_WindowDecoding, _pattern.PatternAttention):
     """Longformer: |i - j| <= window, plus global tokens that attend and are attended by all."""
 
     complexity = "O(n·w)"
@@ -83,7 +83,7 @@ class SlidingWindowAttention(_WindowDecoding, _chunked.PatternAttention):
 
 
 @register_attention("sliding_window_sinks")
-class SinkWindowAttention(_WindowDecoding, _chunked.PatternAttention):
+class SinkWindowAttention(_WindowDecoding, _pattern.PatternAttention):
     """StreamingLLM: |i - j| <= window, plus the first `sinks` keys, seen by every query."""
 
     complexity = "O(n·w)"

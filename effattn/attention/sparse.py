@@ -16,13 +16,13 @@ from __future__ import annotations
 import torch
 
 from ..registry import register_attention
-from . import _chunked
+from . import _chunked, _pattern
 from ._decode import KVDecoding
 from .base import check_choice, check_int
 
 
 @register_attention("sparse")
-class SparseAttention(KVDecoding, _chunked.PatternAttention):
+class SparseAttention(KVDecoding, _pattern.PatternAttention):
     """Sparse Transformer strided or fixed pattern.
 
     Decoding keeps every key (a later row of either pattern may attend any earlier position:

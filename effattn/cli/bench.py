@@ -82,17 +82,23 @@ def _on_sigterm(signum, frame):
     raise Terminated()
 
 
-def _default_variants(device: str) -> str:
+def _default_variants(device: str, causal: bool) -> str:
     from ..registry import get_entry, list_attention
 
     # effattn's own built-ins; the wrappers of other libraries (`wraps`: local-attention, HF, FlexAttention)
-    # are compared on purpose, through --attn or the `peers` preset
+    # are compared on purpose, through --attn or the `peers` preset; and only those that compute the
+    # sweep's masking (a causal-only recurrence has no row in a bidirectional sweep, nor an encoder-only
+    # variant in a causal one: asked for by name, they are recorded as unsupported)
+    def fits(e) -> bool:
+        return e.facts.supports_causal if causal else not e.facts.causal_only
+
     return ",".join(
         n
         for n in list_attention()
         if get_entry(n).source == "builtin"
         and not getattr(get_entry(n).target, "wraps", None)
         and get_entry(n).availability(device) is None
+        and fits(get_entry(n))
     )
 
 
@@ -315,7 +321,7 @@ def _timing_spec(o: dict):
     # Device checks run here only when this machine has the device; a CPU-only driver of a GPU
     # cluster leaves them to the workers, whose rows say what failed.
     here = device == "cpu" or torch.cuda.is_available()
-    variants = _variants(o["attn"] or _default_variants(device))
+    variants = _variants(o["attn"] or _default_variants(device, bool(o["causal"]) or o["mode"] == "decode"))
     if len({v.label for v in variants}) != len(variants):
         fail("--attn lists the same variant twice")
     if here:
@@ -629,6 +635,10 @@ def _task_mode(o):
                 fail(
                     f"{v.label} cannot run {task.name}: the task trains a causal decoder and it does not support causal"
                 )
+    else:
+        for v in variants:
+            if get_entry(v.name).facts.causal_only:
+                fail(f"{v.label} cannot run {task.name}: the task trains an encoder and it is causal only")
     ex = make_executor(o["executor"], address=o["ray_address"], cpus_per_point=o["cpus_per_point"] or 1)
     ex.open("cpu")
     rf = _results_file(o, ex.name)

@@ -26,7 +26,7 @@ def list_cmd(device, pattern):
         masks = [
             m
             for m, ok in (
-                ("causal", f.supports_causal),
+                ("causal-only" if f.causal_only else "causal", f.supports_causal),
                 ("padding", f.supports_padding),
                 ("cross", f.supports_cross),
                 ("gqa", f.supports_gqa),
