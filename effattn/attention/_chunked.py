@@ -32,6 +32,10 @@ class Group:
     # [k0 + g step, k0 + g step + K): then q, k, v are read through unfold views, with no copy
     sliding: tuple[int, int, int] | None = None
     row_start: int | None = None  # rows are [row_start, row_start + G c): read q as a view
+    # (first, step) when chunk g holds rows first + g + step * t (t < c), step >= G: a lattice (the
+    # residue classes i mod s) read through an as_strided view, with no copy; likewise for keys
+    row_lattice: tuple[int, int] | None = None
+    key_lattice: tuple[int, int] | None = None
     _float_masks: dict | None = None
     _workspace: dict | None = None
 
@@ -64,12 +68,30 @@ def _sliding(rows: torch.Tensor, keys: torch.Tensor):
     return r0, k0, step
 
 
+def _lattice(idx: torch.Tensor):
+    """(first, step) when idx[g, t] = first + g + step * t with step >= G (no overlap), else None."""
+    G, c = idx.shape
+    first = int(idx[0, 0])
+    step = int(idx[0, 1] - idx[0, 0]) if c > 1 else G
+    if step < G:
+        return None
+    want = first + torch.arange(G)[:, None] + step * torch.arange(c)[None, :]
+    return (first, step) if torch.equal(idx, want) else None
+
+
+def _lattice_view(x: torch.Tensor, first: int, step: int, G: int, c: int) -> torch.Tensor:
+    """x (heads, n, D) -> the (G, heads, c, D) view of rows first + g + step * t, without a copy."""
+    sh, sn, sd = x.stride()
+    return x.as_strided((G, x.shape[0], c, x.shape[2]), (sn, sh, step * sn, sd), x.storage_offset() + first * sn)
+
+
 @dataclass
 class Plan:
     groups: list[Group]
     order: torch.Tensor | None  # permutation putting group outputs back in row order (None: already)
     pairs: int  # attended pairs (for FLOP counts)
     computed_pairs: int  # pairs actually computed, slack included
+    _scratch: tuple | None = None  # the merge module's output buffers for this piece, reused
 
 
 def build_plan(chunks: Iterable[tuple[torch.Tensor, torch.Tensor]], pair_mask: PairMask) -> Plan:
@@ -96,7 +118,12 @@ def build_plan(chunks: Iterable[tuple[torch.Tensor, torch.Tensor]], pair_mask: P
         rows_t, keys_t = torch.stack(rows), torch.stack(keys)
         flat = rows_t.reshape(-1)
         r0 = int(flat[0]) if torch.equal(flat, torch.arange(int(flat[0]), int(flat[0]) + flat.numel())) else None
-        groups.append(Group(rows_t, keys_t, mask, row_keep, _sliding(rows_t, keys_t), r0))
+        g = Group(rows_t, keys_t, mask, row_keep, _sliding(rows_t, keys_t), r0)
+        if r0 is None:
+            g.row_lattice = _lattice(rows_t)
+        if g.sliding is None:
+            g.key_lattice = _lattice(keys_t)
+        groups.append(g)
     groups.sort(key=lambda g: int(g.rows.min()))
     flat = torch.cat([g.rows.reshape(-1) for g in groups])
     order = None if torch.equal(flat, torch.arange(flat.numel())) else torch.argsort(flat)
@@ -145,10 +172,11 @@ def element_inputs(g: Group, b: int, q, k, v, key_padding_mask, reuse: bool, boo
     K = g.keys.shape[1]
     dev = q.device
     if g.row_start is not None:
-        qb = q[b].narrow(1, g.row_start, G * c)  # (H, G*c, D)
+        qb = q[b].narrow(1, g.row_start, G * c).unflatten(1, (G, c)).transpose(0, 1)  # (G, H, c, D)
+    elif g.row_lattice is not None:
+        qb = _lattice_view(q[b], *g.row_lattice, G, c)
     else:
-        qb = q[b].index_select(1, g.rows.to(dev).reshape(-1))
-    qb = qb.unflatten(1, (G, c)).transpose(0, 1)  # (G, H, c, D)
+        qb = q[b].index_select(1, g.rows.to(dev).reshape(-1)).unflatten(1, (G, c)).transpose(0, 1)
     if Gq > 1:
         qb = qb.reshape(G, Kh, Gq * c, D)
     if g.sliding:
@@ -157,6 +185,9 @@ def element_inputs(g: Group, b: int, q, k, v, key_padding_mask, reuse: bool, boo
         kb = k[b].narrow(1, k0, span).unfold(1, K, step).permute(1, 0, 3, 2)  # (G, Kh, K, D)
         vb = v[b].narrow(1, k0, span).unfold(1, K, step).permute(1, 0, 3, 2)
         pad = None if key_padding_mask is None else key_padding_mask[b].narrow(0, k0, span).unfold(0, K, step)
+    elif g.key_lattice is not None:
+        kb, vb = (_lattice_view(x[b], *g.key_lattice, G, K) for x in (k, v))
+        pad = None if key_padding_mask is None else key_padding_mask[b][g.keys.to(dev)]  # (G, K)
     else:
         keys = g.keys.to(dev)
         flat = keys.reshape(-1)

@@ -39,10 +39,6 @@ class BigBirdAttention(KVDecoding, _pattern.PatternAttention):
         self.num_random_blocks = check_int("num_random_blocks", num_random_blocks, 0)
         self.seed = check_int("seed", seed, 0)
         self._random: dict[int, list[list[int]]] = {}
-        #: the middle rows' global key blocks as a piece of their own (see _piece_plans)
-        self.global_piece = True
-        #: rows per chunk of that piece
-        self.global_rows = 1024
 
     def random_blocks(self, m: int) -> list[list[int]]:
         """Row I's random key blocks for an m-block sequence (empty for the global rows)."""
@@ -83,30 +79,7 @@ class BigBirdAttention(KVDecoding, _pattern.PatternAttention):
         table = self._block_table(-(-n_k // self.block_size)).to(device)
         return lambda i, j: self.pair_mask(i, j, causal, n_k, table)
 
-    def _piece_plans(self, n: int, n_k: int, causal: bool) -> list[_chunked.Plan]:
-        """Two pieces merged by log-sum-exp (`_merge`) when there are middle block rows that see a
-        global block outside their band: the global key blocks those rows share, run as long row
-        chunks against one key set (no gather per block row), and the rest, one softmax per block
-        row over its gathered band and random blocks. Else the one plan."""
-        b = self.block_size
-        m = -(-n // b)
-        if not self.global_piece or m < 5:
-            return [self._plan(n, n_k, causal)]
-        A = _chunked.arange
-        table = self._block_table(m)
-        glob = A(0, b) if causal else torch.cat([A(0, b), A((m - 1) * b, n)])
-        R = b * max(1, self.global_rows // b)
-        chunks = [(A(s, min(s + R, (m - 2) * b)), glob) for s in range(2 * b, (m - 2) * b, R)]
-
-        def global_mask(i, j):
-            return self.pair_mask(i, j, causal, n, table)
-
-        rest = self._plan(n, n_k, causal, skip_globals=True)
-        return [rest, _chunked.build_plan(chunks, global_mask)]
-
-    def _plan(self, n: int, _n_k: int, causal: bool, skip_globals: bool = False) -> _chunked.Plan:
-        """One softmax per block row over its gathered key blocks; with `skip_globals` the middle
-        rows 2..m-3 leave out the global blocks 0 and m-1 (another piece computes them)."""
+    def _plan(self, n: int, _n_k: int, causal: bool) -> _chunked.Plan:
         b = self.block_size
         m = -(-n // b)
         A = _chunked.arange
@@ -118,12 +91,9 @@ class BigBirdAttention(KVDecoding, _pattern.PatternAttention):
                 keys = A(0, min(n, (I + 1) * b) if causal else n)
             else:
                 order = [0, I - 1, I] if causal else [0, m - 1, I - 1, I, I + 1]
-                if skip_globals and 2 <= I <= m - 3:
-                    order = [I - 1, I] if causal else [I - 1, I, I + 1]
                 order += [J for J in rand[I] if not causal or J < I]
                 if causal:  # keep the diagonal block last so that its triangle sits in one place
-                    first = [0] if 0 in order else []
-                    order = first + sorted(set(order) - {0, I - 1, I}) + [I - 1, I]
+                    order = [0] + sorted(set(order) - {0, I - 1, I}) + [I - 1, I]
                 seen, uniq = set(), []
                 for J in order:
                     if J not in seen:
@@ -131,7 +101,4 @@ class BigBirdAttention(KVDecoding, _pattern.PatternAttention):
                 keys = torch.cat([blk(J) for J in uniq])
             chunks.append((blk(I), keys))
         table = self._block_table(m)
-        if skip_globals:
-            mid = lambda i, j: (i // b >= 2) & (i // b <= m - 3) & ((j // b == 0) | (j // b == m - 1))
-            return _chunked.build_plan(chunks, lambda i, j: self.pair_mask(i, j, causal, n, table) & ~mid(i, j))
         return _chunked.build_plan(chunks, lambda i, j: self.pair_mask(i, j, causal, n, table))
