@@ -25,6 +25,14 @@ from ._decode import RingCache, attend, check_step, expand_padding
 from .base import check_int
 
 
+def default_chunk(window: int) -> int:
+    """Rows per chunk: 3/4 of the window (a multiple of 16, 32 to 512). A chunk of c rows computes
+    c + 2w keys for 2w + 1 useful ones, while the CPU kernel runs small query blocks less well;
+    measured at 8k, 2 threads: 192 rows beat 160, 224 and 256 for w = 256 (92 against 85-87
+    GFLOP/s), 384 beat 512 for w = 512 and 96 beat 128 for w = 128, each by 6-9%."""
+    return min(max(32, (3 * window // 4) // 16 * 16), 512)
+
+
 class _WindowDecoding:
     """Decoding for a window of w plus `fixed` always-seen first tokens, from a `RingCache`."""
 
@@ -68,7 +76,7 @@ class SlidingWindowAttention(_WindowDecoding, _pattern.PatternAttention):
         super().__init__(backend)
         self.window = check_int("window", window, 0)
         self.global_tokens = check_int("global_tokens", global_tokens, 0)
-        self.chunk = check_int("chunk", chunk, 0) or min(max(self.window, 32), 512)
+        self.chunk = check_int("chunk", chunk, 0) or default_chunk(self.window)
 
     def _fixed(self) -> int:
         return self.global_tokens
@@ -92,7 +100,7 @@ class SinkWindowAttention(_WindowDecoding, _pattern.PatternAttention):
         super().__init__(backend)
         self.window = check_int("window", window, 0)
         self.sinks = check_int("sinks", sinks, 0)
-        self.chunk = check_int("chunk", chunk, 0) or min(max(self.window, 32), 512)
+        self.chunk = check_int("chunk", chunk, 0) or default_chunk(self.window)
 
     def _fixed(self) -> int:
         return self.sinks
