@@ -128,6 +128,11 @@ def _frac(r: dict | None) -> str:
     return "n/a" if f is None else f"{f:.0%}"
 
 
+def _basis(r: dict) -> str:
+    """What a row's FLOPs count (rows from before the column existed: pairs when exact, else none)."""
+    return r.get("flops_basis") or ("pairs" if r.get("exact") else "none")
+
+
 def _short_ratio(run: dict, n: int) -> float | None:
     a, b = run.get(("full", "short", n)), run.get(("sliding_window:window=64", "short", n))
     return b["time_ms"] / a["time_ms"] if a and b else None
@@ -146,7 +151,7 @@ def table(d: Path, before: Path | None) -> str:
     head.append("target")
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for lab in labels:
-        basis = next((r.get("flops_basis") or "pairs" for k, r in after.items() if k[0] == lab), "")
+        basis = next((_basis(r) for k, r in after.items() if k[0] == lab), "")
         cells = [f"`{lab}`", basis]
         for m, n in cols:
             cells.append(" → ".join(_frac(rr.get((lab, m, n))) for _, rr in runs))

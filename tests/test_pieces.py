@@ -44,14 +44,16 @@ def _piece_masks(plan: _chunked.Plan, n_q: int, n_k: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("key", list(PIECED))
 @pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("training", [False, True])
 @pytest.mark.parametrize("n_q,n_k", [(1, 1), (7, 7), (40, 40), (67, 67), (30, 51), (51, 30)])
-def test_pieces_partition_the_pattern(key, causal, n_q, n_k):
+def test_pieces_partition_the_pattern(key, causal, n_q, n_k, training):
     """Every attended pair lies in exactly one piece, and no piece computes a pair outside the
     pattern: the merge adds each pair once."""
     attn = _build(key)
     if not getattr(attn, "supports_cross", True) and n_q != n_k:
         pytest.skip(f"{key} is defined on one sequence")
-    plans = attn._piece_plans(n_q, n_k, causal)
+    attn.band_chunk, attn.band_chunk_training = 4, 16  # several band chunks, two layouts
+    plans = attn._piece_plans(n_q, n_k, causal, training)
     total = sum(_piece_masks(p, n_q, n_k) for p in plans)
     want = attn.dense_mask(n_q, n_k, causal).long()
     assert torch.equal(total, want)

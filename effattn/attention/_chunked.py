@@ -305,17 +305,18 @@ def run_plan(plan: Plan, q, k, v, key_padding_mask=None, scale=None):
 
 
 class PlanCache:
-    """Plans depend only on (n_q, n_k, causal): build once per shape, reuse every call."""
+    """Plans depend only on (n_q, n_k, causal) and what a plugin adds (whether the call trains):
+    build once per key, reuse every call."""
 
     def __init__(self, build: Callable[[int, int, bool], Plan], size: int = 8):
         self.build, self.size, self.plans = build, size, {}
 
-    def __call__(self, n_q: int, n_k: int, causal: bool) -> Plan:
-        key = (n_q, n_k, causal)
+    def __call__(self, n_q: int, n_k: int, causal: bool, *extra):
+        key = (n_q, n_k, causal, *extra)
         if key not in self.plans:
             if len(self.plans) >= self.size:
                 self.plans.pop(next(iter(self.plans)))
-            self.plans[key] = self.build(n_q, n_k, causal)
+            self.plans[key] = self.build(n_q, n_k, causal, *extra)
         return self.plans[key]
 
 

@@ -50,9 +50,11 @@ class PatternAttention(AttentionBase):
     def _plan(self, n_q: int, n_k: int, causal: bool) -> Plan:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _piece_plans(self, n_q: int, n_k: int, causal: bool) -> list[Plan]:
+    def _piece_plans(self, n_q: int, n_k: int, causal: bool, training: bool = False) -> list[Plan]:
         """The pattern as plans whose pairs are disjoint per row, merged by log-sum-exp
-        (`_merge`); one plan (one softmax per chunk, no merge) unless a plugin cuts it."""
+        (`_merge`); one plan (one softmax per chunk, no merge) unless a plugin cuts it. A plugin
+        may lay out a call that needs gradients (`training`) differently: the backward pays for
+        every key a chunk repeats (its gradient is zero-filled and added back per chunk)."""
         return [self._plan(n_q, n_k, causal)]
 
     def dense_mask(self, n_q: int, n_k: int, causal: bool = False) -> torch.Tensor:
@@ -60,7 +62,8 @@ class PatternAttention(AttentionBase):
 
     def _chunked(self, q, k, v, causal, key_padding_mask):
         n_q, n_k = q.shape[2], k.shape[2]
-        plans = self._plans(n_q, n_k, causal)
+        training = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+        plans = self._plans(n_q, n_k, causal, training)
         if DENSE_ABOVE is not None and n_q * n_k <= DENSE_MAX_PAIRS:
             if sum(p.computed_pairs for p in plans) >= DENSE_ABOVE * n_q * n_k:
                 self.last_backend = "chunked (as one dense call: the chunks cover most pairs)"
