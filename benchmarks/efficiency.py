@@ -4,14 +4,16 @@ comparison (batch 32, forward + backward, against `full`).
 
     python benchmarks/efficiency.py run --out-dir results/efficiency-cpu
     python benchmarks/efficiency.py table results/efficiency-cpu [--before results/efficiency-cpu-before]
+    python benchmarks/efficiency.py bounds
 
 `run` makes three sweeps with `effattn bench` (one process each, nothing else may run meanwhile):
 forward at 4k, 8k and 16k; forward + backward at 8k; forward + backward at n = 128 and 512, batch 32,
 `sliding_window(window=64)` against `full`. `--repo DIR` measures another checkout of effattn (an
 older commit: the "before" column). `table` prints the fractions, the targets they are held to
-and, with `--before`, the two runs side by side. Exact variants count 4·D per attended pair;
-approximate ones the FLOPs their algorithm states (`flops_basis` in the rows). A fraction is
-comparable across machines; a bare time is not.
+and, with `--before`, the two runs side by side. `bounds` times the CPU flash kernel alone on
+each layout's main chunk shape: the fraction of the peak the kernel allows it. Exact variants
+count 4·D per attended pair; approximate ones the FLOPs their algorithm states (`flops_basis`
+in the rows). A fraction is comparable across machines; a bare time is not.
 """
 
 from __future__ import annotations
@@ -182,6 +184,53 @@ def table(d: Path, before: Path | None) -> str:
     return "\n".join(lines)
 
 
+#: the main group of each layout at n = 8192, 8 heads, D = 64: (what, rows per chunk c, keys per
+#: chunk K, masked, attended pairs per row of the chunk)
+LAYOUTS = [
+    ("sliding_window(256): 192-row chunks", 192, 704, True, 513),
+    ("sparse strided band: 32-row chunks", 32, 286, True, 254),
+    ("sparse strided residue classes", 64, 64, False, 64),
+    ("sparse fixed own block", 128, 128, True, 120),
+    ("sparse fixed summary columns", 1024, 512, False, 512),
+    ("bigbird: 64-row block rows, 8 gathered blocks", 64, 512, False, 512),
+    ("dense reference: 1024-row chunks, no mask", 1024, 1024, False, 1024),
+]
+
+
+def bounds(n: int = 8192, heads: int = 8, d: int = 64, repeats: int = 5) -> str:
+    """The CPU flash kernel alone on each layout's main group shape: its rate on the pairs it
+    computes, and on the useful ones (the layout's slack removed), as fractions of a matmul peak
+    timed next to each: what the kernel allows each layout, whatever the code around it does."""
+    import time
+
+    import torch
+
+    op = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+
+    def best(fn):
+        fn()
+        t = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            t = min(t, time.perf_counter() - t0)
+        return t
+
+    lines = ["| layout | c × K | kernel on computed pairs | on useful pairs |", "| --- | --- | --- | --- |"]
+    for what, c, k, masked, useful in LAYOUTS:
+        g = n // c
+        q, kk, vv = torch.randn(g, heads, c, d), torch.randn(g, heads, k, d), torch.randn(g, heads, k, d)
+        mask = torch.zeros(c, k) if masked else None
+        if masked:
+            mask[:, 0] = float("-inf")
+        t = best(lambda: op(q, kk, vv, attn_mask=mask, scale=d**-0.5))
+        peak = 2 * 1024**3 / best(lambda: torch.mm(a, b)) / 1e9
+        rate = 4 * g * heads * c * k * d / t / 1e9
+        lines.append(f"| {what} | {c} × {k} | {rate / peak:.0%} | {rate * useful / k / peak:.0%} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -193,7 +242,11 @@ def main(argv=None):
     t = sub.add_parser("table", help="print the table of a run directory")
     t.add_argument("run_dir", type=Path)
     t.add_argument("--before", type=Path)
+    sub.add_parser("bounds", help="the CPU flash kernel alone on each layout's main group shape")
     a = ap.parse_args(argv)
+    if a.cmd == "bounds":
+        print(bounds())
+        return
     if a.cmd == "run":
         only = a.only.split(",") if a.only else None
         if only and set(only) - set(FILES):
