@@ -114,7 +114,12 @@ def _check_dtype(device: str, dtype: str):
 
 @click.command()
 @click.option("--seq-lens", default=None, help=f"comma list; k = 1024 [default: {DEFAULT_SEQ_LENS}; 64 with --task]")
-@click.option("--attn", "attn", default=None, help="NAME[:KEY=VALUE...] comma list [default: every available built-in]")
+@click.option(
+    "--attn",
+    "attn",
+    default=None,
+    help="NAME[:KEY=VALUE...] comma list [default: every available built-in that computes the sweep's masking]",
+)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option(
     "--dtype", type=click.Choice(["float32", "bfloat16", "float16", "float64"]), default="float32", show_default=True
