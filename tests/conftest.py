@@ -13,11 +13,13 @@ def _chunk_paths(request, monkeypatch):
     """At test sizes most pattern calls would take the chunked engine's dense shortcut (one
     masked SDPA call when the chunks cover most pairs) and never reach the chunk and piece paths
     the tests are there to check. Off in this process unless a test is marked `dense_shortcut`;
-    CLI runs in fresh processes keep it, as users get it."""
+    CLI runs in fresh processes keep it, as users get it. The same for MoBA's dense path (every
+    call of a test's size would take it)."""
     if "dense_shortcut" not in request.keywords:
-        from effattn.attention import _pattern
+        from effattn.attention import _pattern, moba
 
         monkeypatch.setattr(_pattern, "DENSE_ABOVE", None)
+        monkeypatch.setattr(moba, "DENSE_MAX_ELEMENTS", None)
 
 
 # Ray instances that the tests start (and the CLI runs they spawn) send no usage statistics.

@@ -33,6 +33,29 @@ def test_moba_equals_its_dense_definition_forward_and_backward(n, causal, padded
     assert all(torch.allclose(a, b, atol=1e-9) for a, b in zip(g, gr))
 
 
+@pytest.mark.dense_shortcut
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_moba_short_calls_take_the_dense_path_and_equal_the_definition(causal, top_k):
+    """A call of a training task's size runs as one masked SDPA call; same definition, same
+    gradients, and a row whose every kept key is padding is zeros, as on the loop path."""
+    q, k, v = _qkv(40)
+    kpm = torch.zeros(2, 40, dtype=torch.bool)
+    kpm[1, 5:] = True  # top_k = 1: rows 8.. of batch 1 keep only their own block, all padding
+    attn = create_attention("moba", block_size=8, top_k=top_k)
+    out = attn(q, k, v, causal=causal, key_padding_mask=kpm)
+    assert attn.last_backend == "dense-masked"
+    ref = moba_reference(q, k, v, 8, top_k, causal, kpm)
+    assert torch.allclose(out, ref, atol=1e-10)
+    assert (out[1, :, 8:].abs().sum() == 0) == (top_k == 1)
+    g = torch.autograd.grad(out.square().sum(), (q, k, v))
+    gr = torch.autograd.grad(ref.square().sum(), (q, k, v))
+    assert all(torch.allclose(a, b, atol=1e-9) for a, b in zip(g, gr))
+    big = torch.zeros(1, 1, 2049, 8)  # B·H·n² > 2^22: the block loop
+    attn(big, big, big)
+    assert attn.last_backend == "block-gather"
+
+
 def test_the_gate_keeps_what_a_per_query_loop_keeps():
     """Own block always; then the top_k - 1 others by q . mean(block keys), causal: only blocks
     that start at or before the query."""

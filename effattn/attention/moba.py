@@ -11,6 +11,11 @@ on the data, so the pattern has no `dense_mask`: the plugin is approximate (its 
 Computed without any n x n tensor: for each key block, the queries that kept it attend it in one
 matmul, with a running log-sum-exp per query row merging the blocks (flash-style); O(n * top_k * b)
 time and O(n * b) memory per block step. Forward and backward in plain PyTorch.
+
+Short calls (B * H * n_q * n_k at most `DENSE_MAX_ELEMENTS`) compute the same definition as one
+masked SDPA call instead (backend `dense-masked`): the block loop's Python overhead, one small
+matmul and three index_puts per (batch, head, block), dominates there, and the short training
+tasks (batch 32, n = 64 or 128) are such calls.
 """
 
 from __future__ import annotations
@@ -18,7 +23,12 @@ from __future__ import annotations
 import torch
 
 from ..registry import register_attention
-from .base import AttentionBase, check_int
+from .base import AttentionBase, causal_mask, check_int
+from .full import dense_attention
+
+#: calls with B * H * n_q * n_k at most this run as one masked SDPA call; None: never (the tests
+#: of the block loop set this)
+DENSE_MAX_ELEMENTS: int | None = 1 << 22
 
 
 def block_scores(q, k, block: int, causal: bool, key_padding_mask=None):
@@ -64,15 +74,23 @@ def _finite_choice(s, top):
     return torch.zeros(s.shape, dtype=torch.bool, device=s.device).scatter_(-1, top.indices, ok)
 
 
+def kept_mask(kept, block: int, n_k: int, causal: bool, key_padding_mask=None):
+    """(B, H, n_q, n_k) bool: the keys of the kept blocks, j <= i when causal, padding removed."""
+    allowed = kept.repeat_interleave(block, -1)[..., :n_k]
+    if causal:
+        allowed = allowed & causal_mask(kept.shape[2], n_k, kept.device)
+    if key_padding_mask is not None:
+        allowed = allowed & ~key_padding_mask[:, None, None, :]
+    return allowed
+
+
 def moba_reference(q, k, v, block: int, top_k: int, causal: bool, key_padding_mask=None):
     """MoBA computed densely in float64: the kept blocks as an (n_q, n_k) mask per row, then masked
     softmax (rows with no key: zeros)."""
     q, k, v = q.double(), k.double(), v.double()
     kept = select_blocks(q, k, block, top_k, causal, key_padding_mask)  # (B, H, n_q, m)
-    n_k = k.shape[2]
-    allowed = kept.repeat_interleave(block, -1)[..., :n_k]
-    if causal:
-        allowed = allowed & torch.ones(q.shape[2], n_k, dtype=torch.bool).tril()
+    allowed = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool).tril() if causal else True
+    allowed = kept.repeat_interleave(block, -1)[..., : k.shape[2]] & allowed
     if key_padding_mask is not None:
         allowed = allowed & ~key_padding_mask[:, None, None, :]
     scores = (q @ k.transpose(-1, -2)) / q.shape[-1] ** 0.5
@@ -105,6 +123,9 @@ class MoBAAttention(AttentionBase):
         with torch.no_grad():  # the selection is discrete: no gradient flows through the gate
             kept = select_blocks(q, k, b, self.top_k, causal, key_padding_mask)  # (B, H, n, m)
         m = kept.shape[-1]
+        if DENSE_MAX_ELEMENTS is not None and B * H * n * n <= DENSE_MAX_ELEMENTS:
+            self.last_backend = "dense-masked"
+            return dense_attention(q, k, v, kept_mask(kept, b, n, causal, key_padding_mask))
         scale = D**-0.5
         Dv = v.shape[-1]
         qf, kf, vf = q.reshape(B * H, n, D), k.reshape(B * H, n, D), v.reshape(B * H, n, Dv)
