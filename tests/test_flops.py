@@ -16,7 +16,12 @@ from effattn.spec import Variant
 
 #: options that keep the count's shapes small enough to run quickly, and blocks that do not
 #: divide n (the ragged last block is where a count goes wrong)
-SMALL = {"moba": {"block_size": 48}, "performer": {"num_features": 64}, "performer_pytorch": {"num_features": 64}}
+SMALL = {
+    "moba": {"block_size": 48},
+    "hf_bigbird": {"block_size": 16, "num_random_blocks": 2},
+    "performer": {"num_features": 64},
+    "performer_pytorch": {"num_features": 64},
+}
 
 
 def _approximate_builtins() -> list[str]:

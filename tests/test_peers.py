@@ -16,6 +16,7 @@ from effattn.testing import run_checks
 PEERS = {
     "local_attention": ({"window": 16}, "local_attention"),
     "hf_longformer": ({"window": 16}, "transformers"),
+    "hf_bigbird": ({"block_size": 8, "num_random_blocks": 1}, "transformers"),
     "performer_pytorch": ({"num_features": 64}, "performer_pytorch"),
 }
 
@@ -150,3 +151,121 @@ def test_flex_named_mask_equals_the_named_plugin():
         create_attention("flex", mask="sliding_window", backend="chunked")
     with pytest.raises(Exception, match="mask"):
         create_attention("flex", mask="nope")
+
+
+def _drawn_blocks(peer, q, k, v):
+    """Run the plugin, recording the random blocks HF draws: (B, H, m - 2, r) block indices for
+    query blocks 1 .. m - 2 (read where HF turns them into masks)."""
+    mod = peer._module(q.shape[1], q.shape[3])  # the HF module the call will use
+    real = mod._create_rand_mask_from_inputs
+    seen = []
+
+    def spy(from_blocked, to_blocked, rand_attn, *rest):
+        seen.append(rand_attn.clone())
+        return real(from_blocked, to_blocked, rand_attn, *rest)
+
+    mod._create_rand_mask_from_inputs = spy
+    try:
+        out = peer(q, k, v)
+    finally:
+        del mod._create_rand_mask_from_inputs
+    return out, seen[0]
+
+
+def _bigbird_counts(rand, n: int, block: int):
+    """(B, H, n, n) how many times HF's softmax counts key j for query i: the first and last query
+    blocks every key once; a middle block i the blocks {0, i - 1, i, i + 1, m - 1} once each, plus
+    one per random slot (a slot on one of those blocks counts its keys again)."""
+    B, H, rows, _ = rand.shape
+    m = rows + 2
+    c = torch.zeros(B, H, m, m, dtype=torch.float64)
+    c[:, :, 0] = c[:, :, -1] = 1
+    for i in range(1, m - 1):
+        c[:, :, i, sorted({0, i - 1, i, i + 1, m - 1})] = 1
+    c[:, :, 1:-1].scatter_add_(-1, rand, torch.ones(rand.shape, dtype=torch.float64))
+    return c.repeat_interleave(block, 2).repeat_interleave(block, 3)[:, :, :n, :n]
+
+
+def _counted_softmax(q, k, v, counts):
+    s = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+    w = counts * torch.exp(s - s.amax(-1, keepdim=True))
+    return (w / w.sum(-1, keepdim=True)) @ v
+
+
+@pytest.mark.parametrize(("n", "block", "r"), [(70, 8, 1), (150, 8, 2), (1024, 64, 3)])
+def test_hf_bigbird_equals_a_softmax_over_the_blocks_hf_drew(n, block, r):
+    """Forward and gradients in float64 against a softmax that counts each key as often as HF's
+    gathers do: at n = 70 and 150 (padded to the block; HF's per-head plan) and at n = 1024, one of
+    the paper's old plans, where a random slot can repeat a window or global block."""
+    _need("transformers")
+    import numpy as np
+
+    q, k, v = (t.double().requires_grad_() for t in _qkv(n, B=2, H=2, D=8))
+    peer = create_attention("hf_bigbird", block_size=block, num_random_blocks=r)
+    before = np.random.get_state()[1].copy()
+    out, rand = _drawn_blocks(peer, q, k, v)
+    assert peer.last_backend == "hf-bigbird"
+    assert np.array_equal(np.random.get_state()[1], before)  # HF reseeds numpy; the plugin restores it
+    assert not torch.equal(rand[:, 0], rand[:, 1])  # one draw per head
+    counts = _bigbird_counts(rand, n, block)
+    want = _counted_softmax(q, k, v, counts)
+    assert torch.allclose(out, want, atol=1e-10)
+    g = torch.autograd.grad(out.square().sum(), (q, k, v))
+    gw = torch.autograd.grad(want.square().sum(), (q, k, v))
+    assert all(torch.allclose(a, b, atol=1e-9) for a, b in zip(g, gw))
+    repeats = bool((counts > 1).any())
+    assert repeats == (n == 1024), "repeats only on the old plans (n = 1024, 3072, 4096)"
+    out2, rand2 = _drawn_blocks(create_attention("hf_bigbird", block_size=block, num_random_blocks=r), q, k, v)
+    assert torch.equal(rand2, rand) and torch.equal(out2, out)  # the same seed, the same blocks
+    other = _drawn_blocks(create_attention("hf_bigbird", block_size=block, num_random_blocks=r, seed=1), q, k, v)[1]
+    assert not torch.equal(other, rand)
+
+
+def test_hf_bigbird_long_plans_put_random_blocks_at_the_start_and_short_inputs_run_full():
+    """Above 2r + 5 blocks (and off the old plans) HF draws every row's random blocks from the first
+    2r + 5 blocks; at or below it, BigBirdModel uses full attention and so does the plugin."""
+    _need("transformers")
+    q, k, v = _qkv(2048, B=1, H=2, D=8)
+    rand = _drawn_blocks(create_attention("hf_bigbird", block_size=64, num_random_blocks=3), q, k, v)[1]
+    assert int(rand.max()) < 2 * 3 + 5 and rand.shape[2] == 2048 // 64 - 2
+    q, k, v = _qkv(56, D=8)  # 7 blocks of 8, r = 1: 7 <= 2r + 5
+    peer = create_attention("hf_bigbird", block_size=8, num_random_blocks=1)
+    assert torch.allclose(peer(q, k, v), create_attention("full")(q, k, v), atol=1e-6)
+    assert peer.last_backend.startswith("full")
+    q, k, v = _qkv(80, D=8)
+    q0 = q.clone()
+    peer(q, k, v)
+    assert torch.equal(q, q0) and peer.last_backend == "hf-bigbird"
+
+
+def test_hf_bigbird_eval_mode_counts_block_0_again_for_every_random_slot():
+    """The raw library in eval mode (`model.eval()`): every random slot is block 0, so block 0's
+    keys enter each middle row's softmax 1 + r times. Shown here so that the plugin's choice of the
+    training-mode draw cannot outlive its reason unnoticed."""
+    _need("transformers")
+    from transformers import BigBirdConfig
+    from transformers.models.big_bird.modeling_big_bird import BigBirdBlockSparseAttention, BigBirdModel
+
+    n, block, r, H, D = 96, 8, 2, 2, 8
+    q, k, v = (t.double() for t in _qkv(n, B=1, H=H, D=D))
+    cfg = BigBirdConfig(hidden_size=H * D, num_attention_heads=H, block_size=block, num_random_blocks=r,
+                        attention_type="block_sparse", use_bias=False)  # fmt: skip
+    raw = BigBirdBlockSparseAttention(cfg, seed=0).double().eval()
+    eye = torch.eye(H * D, dtype=torch.float64)
+    for lin in (raw.query, raw.key, raw.value):
+        lin.weight.data.copy_(eye)  # hidden states = q, k or v: HF's own projections pass them through
+    masks = BigBirdModel.create_masks_for_block_sparse_attn(torch.ones(1, n, dtype=torch.float64), block)
+    blocked, band, from_mask, to_mask = masks
+
+    def run(x_q, x_k, x_v):
+        raw.query.forward = lambda _h: x_q.transpose(1, 2).reshape(1, n, H * D)
+        raw.key.forward = lambda _h: x_k.transpose(1, 2).reshape(1, n, H * D)
+        raw.value.forward = lambda _h: x_v.transpose(1, 2).reshape(1, n, H * D)
+        out = raw(torch.zeros(1, n, H * D, dtype=torch.float64), band, from_mask, to_mask, blocked, blocked)[0]
+        return out.view(1, n, H, D).transpose(1, 2)
+
+    evald = run(q, k, v)
+    zeros = torch.zeros(1, H, n // block - 2, r, dtype=torch.long)
+    assert torch.allclose(evald, _counted_softmax(q, k, v, _bigbird_counts(zeros, n, block)), atol=1e-10)
+    plain = _counted_softmax(q, k, v, _bigbird_counts(zeros, n, block).clamp(max=1))
+    assert (evald - plain).abs().max() > 1e-3  # a real difference from counting each key once

@@ -12,6 +12,7 @@ from . import (  # noqa: F401 - importing a plugin module registers it
     moba,
     nsa,
     nystrom,
+    peer_hf_bigbird,
     peer_hf_longformer,
     peer_local_attention,
     peer_performer_pytorch,
