@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import json
 import math
 import random
@@ -61,8 +60,6 @@ import signal
 import statistics
 import sys
 import time
-import types
-import warnings
 from pathlib import Path
 
 LENGTHS, QUICK_LENGTHS = "1024,4096", "128,256"
@@ -97,46 +94,11 @@ class TooSlow(Exception):
 
 
 # ----------------------------------------------------------------------------- fla's naive references
-def _fla_path(rel: str) -> Path | None:
-    spec = importlib.util.find_spec("fla")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / "ops" / f"{rel}.py"
-    return path if path.exists() else None
-
-
 def fla_naive(rel: str):
-    """fla/ops/<rel>.py loaded by path (as tests/test_gated_linear.py and tests/test_nsa.py do):
-    `import fla` imports every Triton kernel, and Triton is not installed for CPU. For the NSA
-    file, the two variable-length helpers it imports are stubbed while it loads (neither is
-    called without cu_seqlens) and sys.modules is restored after. None if the file is absent."""
-    path = _fla_path(rel)
-    if path is None:
-        return None
-    names = ["fla", "fla.ops", "fla.ops.utils", "fla.ops.utils.pooling"] if rel == "nsa/naive" else []
-    saved = {nm: sys.modules.get(nm) for nm in names}
+    """fla/ops/<rel>.py loaded without Triton (effattn.fla_reference), or None."""
+    from effattn import fla_reference
 
-    def unused(*a, **kw):
-        raise NotImplementedError("stubbed: only used with cu_seqlens")
-
-    try:
-        for nm in names:
-            sys.modules[nm] = types.ModuleType(nm)
-        if names:
-            sys.modules["fla.ops.utils"].prepare_chunk_offsets = unused
-            sys.modules["fla.ops.utils.pooling"].mean_pooling = unused
-        mod_spec = importlib.util.spec_from_file_location(f"_fla_{rel.replace('/', '_')}", path)
-        mod = importlib.util.module_from_spec(mod_spec)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            mod_spec.loader.exec_module(mod)
-        return mod
-    finally:
-        for nm, m in saved.items():
-            if m is None:
-                sys.modules.pop(nm, None)
-            else:
-                sys.modules[nm] = m
+    return fla_reference.load(rel)
 
 
 # ----------------------------------------------------------------------------- the references
@@ -461,6 +423,10 @@ def parse_lengths(text: str) -> list[int]:
 def run(args) -> int:
     import torch
 
+    if args.lengths is not None and not args.lengths.strip(" ,"):
+        raise Fail("--lengths is empty: give comma-separated lengths (e.g. 1024,4096)")
+    if args.variants is not None and not args.variants.strip(" ,"):
+        raise Fail(f"--variants is empty: give comma-separated cases of {', '.join(CASE_NAMES)}")
     lengths = parse_lengths(args.lengths or (QUICK_LENGTHS if args.quick else LENGTHS))
     names = CASE_NAMES
     if args.variants:
@@ -473,6 +439,8 @@ def run(args) -> int:
         args.repeats = 3 if args.quick else 7
     if args.min_block is None:
         args.min_block = 0.01 if args.quick else 0.05
+    if not args.min_block > 0:
+        raise Fail(f"--min-block must be positive seconds, not {args.min_block}")
     if args.repeats < 1:
         raise Fail(f"--repeats must be at least 1, not {args.repeats}")
     if not args.max_ref_seconds > 0:

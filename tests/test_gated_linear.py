@@ -2,9 +2,7 @@
 docs/semantics.md, written here as a float64 loop over tokens; against flash-linear-attention's
 own reference recurrences where fla-core is installed; and their refusals."""
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -227,18 +225,13 @@ def test_facts_and_the_backbone():
 
 # ----------------------------------------------------------------------------- flash-linear-attention's references
 def _fla_naive(rel: str):
-    """fla's reference module fla/ops/<rel>.py, loaded by path: `import fla` runs fla/__init__.py,
-    which imports its Triton kernels (Triton is not installed for CPU), while the naive modules need
-    only torch and einops."""
-    spec = importlib.util.find_spec("fla")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("fla-core (flash-linear-attention's ops) is not installed: pip install 'effattn[peers]'")
-    path = Path(list(spec.submodule_search_locations)[0]) / "ops" / f"{rel}.py"
-    if not path.exists():
-        pytest.skip(f"this fla-core has no {path.name} at fla/ops/{rel}.py")
-    mod_spec = importlib.util.spec_from_file_location(f"_fla_{rel.replace('/', '_')}", path)
-    mod = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(mod)
+    """fla's reference module fla/ops/<rel>.py, loaded by path (effattn.fla_reference: `import fla`
+    needs Triton, the naive modules only torch and einops)."""
+    from effattn import fla_reference
+
+    mod = fla_reference.load(rel)
+    if mod is None:
+        pytest.skip(f"fla-core with fla/ops/{rel}.py is not installed: pip install 'effattn[peers]'")
     return mod
 
 

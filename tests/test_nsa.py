@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import sys
-import types
-import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -200,43 +196,18 @@ def test_nsa_refusals_and_bad_options_are_clear_errors():
 
 # ----------------------------------------------------------------------------- fla's naive reference
 def _fla_naive():
-    """fla's naive NSA (fla/ops/nsa/naive.py, plain PyTorch). `import fla` needs Triton (its
-    fla/ops/__init__ imports every kernel; Triton is not installed for CPU), so without Triton the
-    file is loaded by path, with the two helpers it imports for variable-length inputs stubbed while
-    it loads (neither is called without cu_seqlens) and sys.modules restored after."""
+    """fla's naive NSA (fla/ops/nsa/naive.py, plain PyTorch): imported when Triton is there, else
+    loaded by path with its variable-length helpers stubbed (effattn.fla_reference)."""
     if importlib.util.find_spec("triton") is not None and importlib.util.find_spec("fla") is not None:
         from fla.ops.nsa import naive
 
         return naive
-    spec = importlib.util.find_spec("fla")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("fla-core (flash-linear-attention's ops) is not installed: pip install 'effattn[peers]'")
-    path = Path(list(spec.submodule_search_locations)[0]) / "ops" / "nsa" / "naive.py"
-    if not path.exists():
-        pytest.skip("this fla-core has no fla/ops/nsa/naive.py")
-    names = ["fla", "fla.ops", "fla.ops.utils", "fla.ops.utils.pooling"]
-    saved = {nm: sys.modules.get(nm) for nm in names}
+    from effattn import fla_reference
 
-    def unused(*a, **kw):
-        raise NotImplementedError("stubbed: only used with cu_seqlens")
-
-    try:
-        for nm in names:
-            sys.modules[nm] = types.ModuleType(nm)
-        sys.modules["fla.ops.utils"].prepare_chunk_offsets = unused
-        sys.modules["fla.ops.utils.pooling"].mean_pooling = unused
-        mod_spec = importlib.util.spec_from_file_location("_fla_nsa_naive", path)
-        mod = importlib.util.module_from_spec(mod_spec)
-        with warnings.catch_warnings():  # "Flash Attention is not installed": not needed here
-            warnings.simplefilter("ignore", ImportWarning)
-            mod_spec.loader.exec_module(mod)
-        return mod
-    finally:
-        for nm, m in saved.items():
-            if m is None:
-                sys.modules.pop(nm, None)
-            else:
-                sys.modules[nm] = m
+    mod = fla_reference.load("nsa/naive")
+    if mod is None:
+        pytest.skip("fla-core with fla/ops/nsa/naive.py is not installed: pip install 'effattn[peers]'")
+    return mod
 
 
 def _mean_blocks(x, bs):
