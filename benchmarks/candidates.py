@@ -382,6 +382,8 @@ def table(args) -> int:
         raise SystemExit(f"candidates: {d} is not a directory")
     if not any((d / f"{p}.jsonl").exists() for p in PARTS):
         raise SystemExit(f"candidates: {d} holds none of {', '.join(p + '.jsonl' for p in PARTS)}")
+    if not any(_rows(d / f"{p}.jsonl") for p in PARTS):
+        raise SystemExit(f"candidates: {d} holds no results rows (torn or foreign files?)")
     for part in ("sweep-fwd", "sweep-fwdbwd", "sweep-trained"):
         rows = {(r["label"], r["seq_len"]): r for r in _rows(d / f"{part}.jsonl")}  # the latest row per point
         if not rows:

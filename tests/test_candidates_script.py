@@ -111,13 +111,16 @@ def test_bad_option(cand):
         ["run", "--out-dir", "X", "--min-run-time", "nan"],
         ["table", "/nonexistent/dir"],
         ["table", "EMPTY"],
+        ["table", "GARBAGE"],  # a torn or foreign results file: no rows, said so (it printed nothing, exit 0)
         ["run", "--out-dir", "FILE"],
     ],
 )
 def test_bad_cli_input(args, tmp_path):
     (tmp_path / "FILE").write_text("x")
     (tmp_path / "EMPTY").mkdir()
-    args = [str(tmp_path / a) if a in ("X", "EMPTY", "FILE") else a for a in args]
+    (tmp_path / "GARBAGE").mkdir()
+    (tmp_path / "GARBAGE" / "sweep-fwd.jsonl").write_text("garbage\n{}\n")
+    args = [str(tmp_path / a) if a in ("X", "EMPTY", "FILE", "GARBAGE") else a for a in args]
     p = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=120)
     assert p.returncode != 0
     lines = [x for x in p.stderr.strip().splitlines() if x.strip() and "Warning" not in x]

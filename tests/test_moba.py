@@ -56,6 +56,21 @@ def test_moba_short_calls_take_the_dense_path_and_equal_the_definition(causal, t
     assert attn.last_backend == "block-gather"
 
 
+@pytest.mark.dense_shortcut
+def test_moba_dense_and_loop_paths_meet_at_the_boundary():
+    """B·H·n² = 2^22 is the last call on the dense path, one more row and the loop takes over; both
+    equal the definition (causal)."""
+    from effattn.attention import moba
+
+    for n, path in ((1024, "dense-masked"), (1025, "block-gather")):
+        g = torch.Generator().manual_seed(0)
+        q, k, v = (torch.randn(1, 4, n, 8, generator=g) for _ in range(3))
+        attn = create_attention("moba", block_size=128, top_k=2)
+        out = attn(q, k, v, causal=True)
+        assert attn.last_backend == path and 4 * 1024 * 1024 == moba.DENSE_MAX_ELEMENTS
+        assert torch.allclose(out, moba_reference(q, k, v, 128, 2, True).float(), atol=1e-5)
+
+
 def test_the_gate_keeps_what_a_per_query_loop_keeps():
     """Own block always; then the top_k - 1 others by q . mean(block keys), causal: only blocks
     that start at or before the query."""

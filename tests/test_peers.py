@@ -269,3 +269,40 @@ def test_hf_bigbird_eval_mode_counts_block_0_again_for_every_random_slot():
     assert torch.allclose(evald, _counted_softmax(q, k, v, _bigbird_counts(zeros, n, block)), atol=1e-10)
     plain = _counted_softmax(q, k, v, _bigbird_counts(zeros, n, block).clamp(max=1))
     assert (evald - plain).abs().max() > 1e-3  # a real difference from counting each key once
+
+
+def test_hf_bigbird_refuses_what_hf_cannot_compute_with_one_line():
+    """Found by an adversarial review: each of these crashed deep inside HF (a reshape of its empty
+    random gather at r = 0; a numpy broadcast in HF's draw at n = 3072/4096 with few candidate
+    blocks; a reshape with a value head size unlike the query's). Each is now a clear refusal, and
+    building HF's module leaves torch's generator alone (its discarded projections draw from it)."""
+    _need("transformers")
+    from effattn import OptionError, UnsupportedError
+
+    with pytest.raises(OptionError, match="num_random_blocks"):
+        create_attention("hf_bigbird", num_random_blocks=0)
+    for n, block, r in ((3000, 256, 1), (4096, 64, 14)):
+        q = torch.randn(1, 1, n, 8)
+        with pytest.raises(UnsupportedError, match=f"cannot place {r} random blocks of {block}"):
+            create_attention("hf_bigbird", block_size=block, num_random_blocks=r)(q, q, q)
+    q, v = torch.randn(1, 2, 100, 16), torch.randn(1, 2, 100, 8)
+    for n in (100, 20):  # the sparse path and the full one refuse alike
+        with pytest.raises(UnsupportedError, match="value head size"):
+            create_attention("hf_bigbird", block_size=8, num_random_blocks=1)(q[:, :, :n], q[:, :, :n], v[:, :, :n])
+    state = torch.get_rng_state().clone()
+    create_attention("hf_bigbird", block_size=8, num_random_blocks=1)(q[:, :, :77], q[:, :, :77], q[:, :, :77])
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_hf_bigbird_additive_mask_lets_padding_in_at_extreme_scores():
+    """The documented limit of padding through HF's additive -10000 (docs/peers.md): at n = 57 (one
+    padded key in the last block), a row whose real scores are all -3600 is still right, and at
+    -14400 the padded key takes the weight. Shown so the note in the docs stays true."""
+    _need("transformers")
+    v = torch.randn(1, 1, 57, 16, dtype=torch.float64)
+    errs = []
+    for c in (30.0, 60.0):  # every real score: -c^2 * 16 / sqrt(16) = -4 c^2
+        q = torch.full((1, 1, 57, 16), c, dtype=torch.float64)
+        out, rand = _drawn_blocks(create_attention("hf_bigbird", block_size=8, num_random_blocks=1), q, -q, v)
+        errs.append(float((out - _counted_softmax(q, -q, v, _bigbird_counts(rand, 57, 8))).abs().max()))
+    assert errs[0] < 1e-10 and errs[1] > 0.1, errs

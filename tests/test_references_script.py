@@ -108,6 +108,9 @@ def test_table_prints_every_case(quick_rows):
         (["run", "--variants", "nsa,bogus"], "unknown variant bogus"),
         (["run", "--repeats", "0"], "--repeats"),
         (["run", "--max-ref-seconds", "0"], "--max-ref-seconds"),
+        (["run", "--lengths", ""], "--lengths is empty"),  # these three used to start the full run
+        (["run", "--variants", " , "], "--variants is empty"),
+        (["run", "--min-block", "-1"], "--min-block"),
         (["table", "/nonexistent/rows.jsonl"], "is not a file"),
     ],
 )

@@ -19,7 +19,11 @@ What HF computes (docs/peers.md has the measurements), as a new user would meet 
   so does the plugin (backend `full (HF switches below (2r+5) blocks)`).
 * *Length a multiple of the block.* `BigBirdModel` pads; the plugin pads, masks the added keys and
   cuts the added rows. Its masks mark tokens (a masked row's output is zeroed), so effattn's
-  key-only padding mask is not declared.
+  key-only padding mask is not declared. HF masks by adding -10000 to a score: a row whose every
+  real score is below about -10000 gives the added keys the weight (extreme inputs only).
+* *Refused:* num_random_blocks = 0 (HF's random gather fails on it), a value head size other than
+  the query's, and lengths at which HF's draw cannot place r blocks (at n = 3072 or 4096 with a
+  large block or many random blocks, some row has too few candidates: numpy fails inside HF).
 
 Because the pattern is per head, random and may count a key twice, it is no one `dense_mask`: the
 plugin is declared approximate (its error against `full` is reported), and tests/test_peers.py
@@ -33,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UnsupportedError
 from ..registry import register_attention
 from .base import AttentionBase, check_int
 from .full import dense_attention
@@ -45,6 +50,24 @@ def sparse_blocks(n: int, block: int, r: int) -> int | None:
     (at or below 2r + 5 blocks `BigBirdModel` uses full attention)."""
     m = -(-n // block)
     return m if m > 2 * r + 5 else None
+
+
+def _refusing(draw, block: int, r: int):
+    """HF's random-block draw, with its failure turned into a clear refusal. At n = 3072 and 4096 HF
+    draws every row's blocks among the first 1024 tokens (the paper's old plan); with a large block
+    or many random blocks some row has fewer candidates than r, and numpy fails inside HF (a
+    broadcast of the candidates into the r slots)."""
+
+    def run(*args, **kwargs):
+        try:
+            return draw(*args, **kwargs)
+        except ValueError as e:
+            raise UnsupportedError(
+                f"hf_bigbird: HF cannot place {r} random blocks of {block} at this length "
+                f"(too few candidate blocks in its plan; numpy: {str(e).splitlines()[0]})"
+            ) from None
+
+    return run
 
 
 @register_attention("hf_bigbird")
@@ -63,7 +86,8 @@ class HFBigBirdPeer(AttentionBase):
     def __init__(self, block_size: int = 64, num_random_blocks: int = 3, seed: int = 0):
         super().__init__()
         self.block_size = check_int("block_size", block_size, 1)
-        self.num_random_blocks = check_int("num_random_blocks", num_random_blocks, 0)
+        # r = 0 crashes inside HF (a reshape of its empty random gather): at least one
+        self.num_random_blocks = check_int("num_random_blocks", num_random_blocks, 1)
         self.seed = check_int("seed", seed, 0, 2**32 - 1)  # numpy's seed range
         self._impl: dict[tuple, nn.Module] = {}
 
@@ -85,8 +109,11 @@ class HFBigBirdPeer(AttentionBase):
                 attention_type="block_sparse",
                 use_bias=False,
             )
-            m = BigBirdBlockSparseAttention(cfg, seed=self.seed).train()  # the training-mode draw
+            with torch.random.fork_rng(devices=[]):  # its discarded projections draw from torch's generator
+                m = BigBirdBlockSparseAttention(cfg, seed=self.seed).train()  # the training-mode draw
             m.query, m.key, m.value = _Given(), _Given(), _Given()
+            for draw in ("_bigbird_block_rand_mask", "_bigbird_block_rand_mask_with_head"):
+                setattr(m, draw, _refusing(getattr(m, draw), self.block_size, self.num_random_blocks))
             self._impl[key] = m
         return self._impl[key]
 
@@ -94,6 +121,8 @@ class HFBigBirdPeer(AttentionBase):
         if (empty := peer_begin(self, "hf_bigbird", q, k, v, causal, key_padding_mask)) is not None:
             return empty
         B, H, n, D = q.shape
+        if v.shape[-1] != D:  # HF's layout has one head size for q, k and v
+            raise UnsupportedError(f"hf_bigbird: the value head size ({v.shape[-1]}) must equal the query's ({D})")
         b, r = self.block_size, self.num_random_blocks
         m = sparse_blocks(n, b, r)
         if m is None:
