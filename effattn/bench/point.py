@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from ..errors import EffattnError, UnsupportedError
+from ..registry import Facts
 from ..spec import Variant
 from ..store import point_key  # noqa: F401  (the identity of a point lives in effattn.store)
 from . import measure
@@ -369,6 +370,9 @@ def prepare_point(spec: SweepSpec, variant: Variant, n: int, inputs: InputSet, t
         core = cores[0]
         if spec.causal and not getattr(core, "supports_causal", False):
             raise UnsupportedError(f"{variant.label} does not support causal attention")
+        declared = Facts.of(core).dtypes
+        if isinstance(declared, tuple) and spec.dtype not in declared:
+            raise UnsupportedError(f"{variant.label} declares dtypes {', '.join(declared)}, not {spec.dtype}")
         # 1. the budget, before the inputs are allocated
         too_big = over_budget(spec, core, n, inputs, row)
         if too_big:
