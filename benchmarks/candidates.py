@@ -115,7 +115,8 @@ class _Candidate(nn.Module):
     def availability(cls, device="cpu"):
         return _why_not(cls._name)
 
-    def _check(self, q, k, v, causal, key_padding_mask):
+    def _check(self, q, k, v, causal, key_padding_mask, same_v_dim: bool = False):
+        """The call's checks; returns the empty output for n = 0, else None."""
         if not isinstance(causal, bool):
             raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
         if causal and not self.supports_causal:
@@ -124,6 +125,11 @@ class _Candidate(nn.Module):
             raise effattn.UnsupportedError(f"{self._name} does not support key_padding_mask")
         if q.dim() != 4 or k.shape != q.shape or v.shape[:3] != q.shape[:3]:
             raise effattn.UnsupportedError(f"{self._name} needs self-attention q, k, v of one shape (B, H, n, D)")
+        if q.shape[2] == 0:
+            return q.new_zeros(*q.shape[:3], v.shape[-1])
+        if same_v_dim and v.shape[-1] != q.shape[-1]:
+            raise effattn.UnsupportedError(f"{self._name} needs the value dimension equal to head_dim")
+        return None
 
 
 class ReformerLSH(_Candidate):
@@ -144,10 +150,9 @@ class ReformerLSH(_Candidate):
         self._lib = [LSHAttention(bucket_size=self.bucket_size, n_hashes=self.n_hashes, causal=False).eval()]
 
     def forward(self, q, k, v, causal=False, key_padding_mask=None):
-        self._check(q, k, v, causal, key_padding_mask)
+        if (empty := self._check(q, k, v, causal, key_padding_mask)) is not None:
+            return empty
         b, h, n, d = q.shape
-        if n == 0:
-            return q.new_zeros(b, h, 0, v.shape[-1])
         m = math.ceil(n / (2 * self.bucket_size)) * 2 * self.bucket_size
         # q (or k) is unused by the shared-QK method: its gradient is exactly zero, given as such (effattn
         # requires a gradient to reach q, k and v under fwdbwd; the n·d multiply costs nothing next to LSH)
@@ -176,12 +181,9 @@ class Routing(_Candidate):
         self._libs: dict = {}  # (heads, head_dim, clusters, device) -> KmeansAttention; state, not parameters
 
     def forward(self, q, k, v, causal=False, key_padding_mask=None):
-        self._check(q, k, v, causal, key_padding_mask)
+        if (empty := self._check(q, k, v, causal, key_padding_mask, same_v_dim=True)) is not None:
+            return empty
         b, h, n, d = q.shape
-        if n == 0:
-            return q.new_zeros(b, h, 0, v.shape[-1])
-        if v.shape[-1] != d:
-            raise effattn.UnsupportedError("routing needs the value dimension equal to head_dim")
         nc = max(1, round(n / self.window_size))
         wsz = math.ceil(n / nc)
         key = (h, d, nc, str(q.device), q.dtype)
@@ -218,12 +220,9 @@ class Sinkhorn(_Candidate):
         self._libs: dict = {}  # (heads, head_dim) -> SinkhornAttention (no parameters with its default sort net)
 
     def forward(self, q, k, v, causal=False, key_padding_mask=None):
-        self._check(q, k, v, causal, key_padding_mask)
+        if (empty := self._check(q, k, v, causal, key_padding_mask, same_v_dim=True)) is not None:
+            return empty
         b, h, n, d = q.shape
-        if n == 0:
-            return q.new_zeros(b, h, 0, v.shape[-1])
-        if v.shape[-1] != d:
-            raise effattn.UnsupportedError("sinkhorn needs the value dimension equal to head_dim")
         m = math.ceil(n / self.bucket_size) * self.bucket_size
         from sinkhorn_transformer.sinkhorn_transformer import SinkhornAttention
 
