@@ -26,10 +26,12 @@ from dataclasses import dataclass, field
 import torch
 
 from .guard import TorchState
+from .reference import TOLERANCE, reference_attention
 from .registry import Facts, create_attention
 
-#: relative error allowed between an exact plugin in float32 and the float64 reference.
-EXACT_RTOL = 1e-5
+#: relative error allowed between an exact plugin in float32 and the float64 reference (the same
+#: bound a sweep holds every exact float32 point to: effattn.reference.TOLERANCE)
+EXACT_RTOL = TOLERANCE["float32"]
 #: the longest length tried while looking for a length at which the pattern excludes a pair
 #: (lengths grow as 2n + 1: odd, so no multiple of a block size hides an edge case)
 PATTERN_BOUND = 1023
@@ -57,18 +59,6 @@ class PluginRaised(Exception):
 
 class Skip(Exception):
     """Raised by a check that does not apply; its message is the reason."""
-
-
-def reference_attention(q, k, v, allowed: torch.Tensor) -> torch.Tensor:
-    """Dense masked softmax attention in float64; rows with no allowed key give zeros.
-    `allowed` broadcasts to (B, H, n_q, n_k)."""
-    q, k, v = q.double(), k.double(), v.double()
-    scores = (q @ k.transpose(-2, -1)) / q.shape[-1] ** 0.5
-    allowed = allowed.expand_as(scores)
-    scores = scores.masked_fill(~allowed, float("-inf"))
-    has_key = allowed.any(-1, keepdim=True)
-    probs = torch.where(has_key, scores, torch.zeros_like(scores)).softmax(-1) * allowed
-    return probs @ v
 
 
 def _rel_err(a, b) -> float:

@@ -26,10 +26,19 @@ def _chunk_paths(request, monkeypatch):
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
+@pytest.fixture(autouse=True)
+def _own_machine_history(monkeypatch, tmp_path):
+    """What sweeps learn about this machine (its usual reference rate: effattn.bench.load.History)
+    goes to a folder of each test's own, never to the user's cache: a test starts with no history,
+    and rates a test scripts reach no other test (the CLI runs a test starts inherit it)."""
+    monkeypatch.setenv("EFFATTN_CACHE_DIR", str(tmp_path / "effattn-cache"))
+
+
 @pytest.fixture(scope="session")
 def plugin_site(tmp_path_factory):
     """Install the third-party demo packages (one good, one broken at import, one that kills its
-    worker, for the Ray tests, and the adversarial ones of the integrity tests) with pip into a
+    worker, for the Ray tests, the adversarial ones of the integrity tests and the subtly wrong
+    exact ones of tests/test_exactness.py) with pip into a
     private folder, as a user would install a plugin package, and return that folder."""
     target = tmp_path_factory.mktemp("site")
     cmd = [
@@ -47,6 +56,7 @@ def plugin_site(tmp_path_factory):
         str(HERE / "plugins" / "demo_broken"),
         str(HERE / "plugins" / "demo_faulty"),
         str(HERE / "plugins" / "demo_adversarial"),
+        str(HERE / "plugins" / "demo_wrong"),
     ]
     subprocess.run(cmd, check=True, capture_output=True)
     return target

@@ -12,7 +12,7 @@ PKG = Path(__file__).resolve().parent.parent / "effattn"
 
 # Lowest first. A module's layer is the longest prefix listed here.
 LAYERS = [
-    ["effattn._version", "effattn.errors", "effattn.options", "effattn.stats", "effattn.guard"],
+    ["effattn._version", "effattn.errors", "effattn.options", "effattn.stats", "effattn.guard", "effattn.reference"],
     ["effattn", "effattn.env", "effattn.registry", "effattn.store", "effattn.spec", "effattn.presets"],
     ["effattn.attention", "effattn.decoding", "effattn.model", "effattn.tasks", "effattn.testing", "effattn.scaffold"],
     ["effattn.bench", "effattn.results"],

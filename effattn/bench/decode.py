@@ -19,10 +19,11 @@ import torch
 
 from ..decoding import cache_nbytes, decoder_for
 from ..errors import UnsupportedError
+from ..reference import tolerance
 from ..spec import Variant
 from . import measure
+from .exactness import MASK_MAX_N, applies
 from .point import (
-    DENSE_REF_MAX_N,
     InputSet,
     Prepared,
     SweepSpec,
@@ -168,9 +169,12 @@ def prepare_decode(spec: SweepSpec, variant: Variant, n: int, inputs: InputSet, 
             row["step_flops"] = flops
             row["flops"] = flops
             row["exact"] = bool(getattr(core, "exact", False))
-            if spec.error:
+            if spec.error or row["exact"]:
                 beat()
                 row.update(_decode_errors(core, tensors, n, first))  # the first step saw exactly n tokens
+                problem = _inexact(row, spec.dtype)
+                if problem:
+                    return Prepared(variant, {**row, "status": "error", "reason": problem})
         del out, first
         if budget and row["peak_mem_bytes"] is not None:
             held = row["input_bytes"] + max(row["prefill_peak_mem_bytes"] or 0, (row["cache_bytes"] or 0) + peak)
@@ -197,10 +201,21 @@ def prepare_decode(spec: SweepSpec, variant: Variant, n: int, inputs: InputSet, 
     return Prepared(variant, row)
 
 
+def _inexact(row: dict, dtype: str) -> str | None:
+    """Why an exact plugin's step is wrong: its output beyond rounding from its own pattern's."""
+    err, tol = row.get("rel_err_vs_own_dense"), row.get("exact_tolerance")
+    if err is None or tol is None or err <= tol:
+        return None
+    return (
+        f"not exact: the step's output differs from its own dense_mask's pattern by {err:.2e} "
+        f"(relative; {dtype} rounding stays below {tol:.0e})"
+    )
+
+
 def _decode_errors(core, tensors, n: int, out) -> dict:
     """The step's output against `full`'s on the same n + 1 tokens (the last row of exact causal
-    softmax), and for an exact plugin with a dense_mask (n + 1 <= DENSE_REF_MAX_N) against its own
-    pattern's last row, in float64."""
+    softmax), and for an exact plugin with a dense_mask (n + 1 <= MASK_MAX_N) against its own
+    pattern's last row, in float64; `exact_check` says which was done."""
     from ..attention._decode import attend
 
     q, k, v = (t.detach() for t in tensors)
@@ -210,8 +225,13 @@ def _decode_errors(core, tensors, n: int, out) -> dict:
         ref = attend(qn.double(), k.double(), v.double())
         res["rel_err_vs_full"], res["cosine_vs_full"] = measure.output_errors(out, ref)
         mask = getattr(core, "dense_mask", None)
-        if getattr(core, "exact", False) and callable(mask) and n + 1 <= DENSE_REF_MAX_N:
+        res["exact_check"] = applies(core)
+        if res["exact_check"] is None and n + 1 > MASK_MAX_N:
+            res["exact_check"] = f"not computed: n + 1 = {n + 1} > {MASK_MAX_N} (the reference needs the mask)"
+        elif res["exact_check"] is None:
             keep = mask(n + 1, n + 1, True)[-1].to(q.device)  # the newest token's row
             own = attend(qn.double(), k.double(), v.double(), keep[None].expand(q.shape[0], -1))
             res["rel_err_vs_own_dense"] = measure.output_errors(out, own)[0]
-    return {k2: (x if x is None or math.isfinite(x) else None) for k2, x in res.items()}
+            res["exact_tolerance"] = tolerance(out.dtype)
+            res["exact_check"] = "the step's output against its own pattern's last row"
+    return {k2: (x if not isinstance(x, float) or math.isfinite(x) else None) for k2, x in res.items()}

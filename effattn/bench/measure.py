@@ -98,6 +98,39 @@ def peak_memory_bytes(fn, device: str, tries: int = 3) -> int:
     return peak
 
 
+class ResidentPeak:
+    """The measuring process's resident memory at its highest since this object was made, above
+    what was resident then: memory a plugin takes outside torch's allocator (NumPy, a C library)
+    counts here and nowhere else. Linux: the kernel's high-water mark (VmHWM), reset through
+    /proc/self/clear_refs; `peak()` is None where that cannot be read (other systems)."""
+
+    def __init__(self):
+        self.base = None
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets VmHWM to the current VmRSS
+            self.base = _status_kib("VmRSS")
+        except OSError:
+            pass
+
+    def peak(self) -> int | None:
+        if self.base is None:
+            return None
+        try:
+            hwm = _status_kib("VmHWM")
+        except OSError:
+            return None
+        return None if hwm is None else max(0, hwm - self.base) * 1024
+
+
+def _status_kib(field: str) -> int | None:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return None
+
+
 def storage_bytes(tensors) -> int:
     """Bytes of the distinct storages behind some tensors (a view counts its whole storage)."""
     seen, total = set(), 0

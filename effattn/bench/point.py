@@ -1,9 +1,12 @@
 """One point of a sweep: (variant, seq_len) under a sweep spec, measured in this process.
 
 A point is `ok` only when it was measured correctly: the estimated memory fitted the budget
-before anything was allocated, the output (and under `fwdbwd` the gradients of q, k and v) had
-the right shape, dtype and finite values, and its FLOP count is exact. Anything else is a status
-with its reason.
+before anything was allocated, and the measured peak (torch's and the process's resident memory)
+fitted it after; the output (and under `fwdbwd` the gradients of q, k and v) had the right shape,
+dtype and finite values; an exact plugin computed its declared pattern, to its dtype's rounding
+(`effattn.bench.exactness`); and its FLOP count is exact. Anything else is a status with its
+reason. A reference for the error columns that would outlast the --timeout is left out and said
+so; it never changes the point's status.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from ..errors import EffattnError, UnsupportedError
 from ..registry import Facts
 from ..spec import Variant
 from ..store import point_key  # noqa: F401  (the identity of a point lives in effattn.store)
-from . import measure
+from . import exactness, measure
 from .validate import CoreWatch, check_output
 
 LEVELS = ("attention", "layer", "model")
@@ -28,8 +31,6 @@ MODES = ("fwd", "fwdbwd", "decode")
 DEVICES = ("cpu", "cuda")
 DTYPES = ("float32", "float64", "bfloat16", "float16")
 INPUTS = ("random", "trained")
-#: own-dense-reference error is computed up to this length (it needs an n x n mask)
-DENSE_REF_MAX_N = 4096
 #: a useful FLOP rate above this fraction of the measured matmul peak is a measurement fault
 PEAK_FRACTION_MAX = 1.0
 #: bounds on what a sweep may ask for (larger values are typos, not plans)
@@ -321,6 +322,7 @@ class InputSet:
 
     def __init__(self, spec: SweepSpec, n: int):
         self.spec, self.n, self.tensors, self._pristine = spec, n, None, None
+        self.matmul_gflops: float | None = None  # the group's reference rate: sizes the error references
 
     def get(self):
         if self.tensors is None:
@@ -332,11 +334,19 @@ class InputSet:
     def reference(self, key, compute):
         """A reference output on these inputs (`full`'s, a dense pattern's), computed once and
         shared by the variants of the length."""
+        from ..reference import ReferenceTimeout
+
         if not hasattr(self, "_references"):
             self._references = {}
         if key not in self._references:
-            self._references[key] = compute()
-        return self._references[key]
+            try:
+                self._references[key] = compute()
+            except ReferenceTimeout as e:  # the next variant would wait as long again: said once, kept
+                self._references[key] = e
+        got = self._references[key]
+        if isinstance(got, ReferenceTimeout):
+            raise got
+        return got
 
     def drop_references(self) -> None:
         self._references = {}
@@ -454,7 +464,7 @@ def prepare_point(spec: SweepSpec, variant: Variant, n: int, inputs: InputSet, t
         row["backend"] = getattr(core, "last_backend", None)
         # 3. the steady-state peak of two more calls; what they too create and keep counts (a cache
         #    built on the second or third call is no less kept than one built on the first)
-        steady_peak, per_call, last_out = 0, float("inf"), None
+        steady_peak, per_call, outs = 0, float("inf"), []
         for _ in range(2):
             for _try in range(3):  # a profile that lost its events is taken again
                 t0 = time.perf_counter()
@@ -466,7 +476,8 @@ def prepare_point(spec: SweepSpec, variant: Variant, n: int, inputs: InputSet, t
             lost |= not seen and bool(out.numel())
             steady_peak = max(steady_peak, peak)
             retained += max(0, net - measure.storage_bytes([out]))
-            last_out = out.detach() if not fwdbwd and spec.level == "attention" else None
+            if not fwdbwd and spec.level == "attention":
+                outs.append(out.detach())  # the two outputs of one input: the error and determinism checks
             del out
         if lost:
             row["memory_unmeasured"] = "the profiler recorded no allocator event for a call, three times"
@@ -474,16 +485,21 @@ def prepare_point(spec: SweepSpec, variant: Variant, n: int, inputs: InputSet, t
         row["first_call_peak_mem_bytes"] = first_peak
         row["retained_bytes"] = retained
         row["peak_mem_bytes"] = None if lost else max(first_peak, retained + steady_peak)
-        if budget and not lost and row["input_bytes"] + row["peak_mem_bytes"] > budget:
+        # one more call, not profiled, with the process's resident memory watched: what a plugin
+        # takes outside torch's allocator at every call (NumPy, a library's own buffers) shows here
+        # (after the first call: what loading code and starting threads take is no plugin's)
+        resident = measure.ResidentPeak()
+        clean_step()
+        row["rss_peak_bytes"] = resident.peak()
+        held = max(x for x in (row["peak_mem_bytes"], row["rss_peak_bytes"], 0) if x is not None)
+        if budget and row["input_bytes"] + held > budget:
+            which = "peak" if held == row["peak_mem_bytes"] else "resident peak (memory outside torch's allocator)"
             return Prepared(
                 variant,
                 {
                     **row,
                     "status": "oom",
-                    "reason": (
-                        f"inputs {row['input_bytes']} + peak {row['peak_mem_bytes']} bytes exceed the memory "
-                        f"budget {budget}"
-                    ),
+                    "reason": f"inputs {row['input_bytes']} + {which} {held} bytes exceed the memory budget {budget}",
                 },
             )
         # 4. useful FLOPs from the exact count of attended pairs
@@ -508,13 +524,30 @@ def prepare_point(spec: SweepSpec, variant: Variant, n: int, inputs: InputSet, t
             algo = measure.algorithm_flops(core, spec, n)
             if algo is not None:  # the work an approximate algorithm does, backward as 2 forwards
                 row["flops"], row["flops_basis"] = algo * (3.0 if fwdbwd else 1.0), "algorithm"
+        deadline = time.monotonic() + spec.timeout_s  # the references' budget: the error columns', then the check's
         if spec.error and spec.level == "attention":
             beat()
-            errs, problem = _errors(spec, core, tensors, n, inputs, last_out)
+            errs, problem = _errors(spec, core, tensors, n, inputs, outs[-1] if outs else None, deadline, beat)
             if problem:
                 return Prepared(variant, {**row, "status": "error", "reason": problem})
             row.update(errs)
-        del last_out
+        # 5. an exact plugin computes its declared pattern, or the point is an error
+        beat()
+        qkv = tuple(t.detach() for t in tensors) if spec.level == "attention" else exactness.synthetic_inputs(spec, n)
+        cols, problem = exactness.check(
+            spec,
+            core,
+            n,
+            qkv,
+            outs if len(outs) == 2 else None,
+            inputs.reference if spec.level == "attention" else _no_cache,
+            beat,
+            time.monotonic() + spec.timeout_s,
+        )
+        row.update(cols)
+        del outs
+        if problem:
+            return Prepared(variant, {**row, "status": "error", "reason": problem})
         if not inputs.intact():
             return Prepared(
                 variant, {**row, "status": "error", "reason": f"{variant.label} modified its inputs in place"}
@@ -550,48 +583,54 @@ def record_failure(row: dict, watch, e: BaseException) -> None:
         _failed(row, watch, f"{type(e).__name__}: {e}")
 
 
-def _fingerprint(mask: torch.Tensor) -> tuple:
-    """Which dense pattern this is, cheaply: all pairs, j <= i, or its exact bytes' hash."""
-    n_q, n_k = mask.shape
-    if bool(mask.all()):
-        return ("all", n_q, n_k)
-    import hashlib
-
-    return ("bytes", n_q, n_k, hashlib.sha1(mask.cpu().numpy().tobytes()).hexdigest())
-
-
 def _failed(row, watch, reason):
     """An exception: when the watch saw a bad output first, that is the real reason."""
     problem = watch.problem if watch is not None else None
     row.update(status="error", reason=problem or reason, traceback=traceback.format_exc(limit=6)[-MAX_TRACEBACK:])
 
 
-def _errors(spec, core, tensors, n, inputs: InputSet, out=None) -> tuple[dict, str | None]:
-    """Error of this variant against exact softmax (`full`) and, for exact pattern plugins,
-    against its own dense masked reference (a bug detector: should be ~1e-6). `out` is the
+def _no_cache(key, compute):
+    return compute()
+
+
+def _errors(spec, core, tensors, n, inputs: InputSet, out, deadline, beat) -> tuple[dict, str | None]:
+    """Error of this variant against exact softmax (`full`, in the sweep's dtype). `out` is the
     output of a forward call already made on these inputs (fwd mode); otherwise one more call,
-    without gradients, makes it. The references are computed once per length and shared by the
-    variants (`InputSet.reference`). Returns the columns, or the reason the output is invalid."""
-    from ..attention.full import dense_attention
-    from ..registry import create_attention
+    without gradients, makes it. The reference is computed once per length and shared by the
+    variants (`InputSet.reference`); one that cannot be computed within the --timeout leaves the
+    columns empty, says why in `error_note`, and changes nothing else. Returns the columns, or
+    the reason the output is invalid."""
+    from ..reference import ReferenceTimeout, full_reference
 
     q, k, v = (t.detach() for t in tensors)
+    res = {"rel_err_vs_full": None, "cosine_vs_full": None}
     with torch.no_grad():
         if out is None:
+            beat()
             out = core(q, k, v, causal=spec.causal)
         problem = check_output(out, q, v, "output (error check)")
         if problem:
             return {}, problem
-        ref = inputs.reference(("full", spec.causal), lambda: create_attention("full")(q, k, v, causal=spec.causal))
+        one_call = _predicted_full_s(spec, n, inputs.matmul_gflops) <= spec.timeout_s / 4
+        try:
+            ref = inputs.reference(
+                ("full", spec.causal),
+                lambda: full_reference(q, k, v, spec.causal, deadline=deadline, tick=beat, one_call=one_call),
+            )
+        except ReferenceTimeout as e:
+            return {**res, "error_note": f"not computed: {e}"}, None
         rel, cos = measure.output_errors(out, ref)
-        res = {"rel_err_vs_full": rel, "cosine_vs_full": cos, "rel_err_vs_own_dense": None}
-        mask = getattr(core, "dense_mask", None)
-        if getattr(core, "exact", False) and callable(mask) and n <= DENSE_REF_MAX_N:
-            m = mask(n, n, spec.causal)
-            key = ("dense", _fingerprint(m))
-            own = inputs.reference(key, lambda: dense_attention(q.double(), k.double(), v.double(), m.to(q.device)))
-            res["rel_err_vs_own_dense"] = measure.output_errors(out, own)[0]
+        res.update(rel_err_vs_full=rel, cosine_vs_full=cos)
     bad = [k for k, x in res.items() if isinstance(x, float) and not math.isfinite(x)]
     if bad:
         return {}, f"{', '.join(bad)} not finite: the output or the reference is not comparable"
     return res, None
+
+
+def _predicted_full_s(spec, n: int, gflops: float | None) -> float:
+    """Seconds exact attention at length n should take at half the measured matmul rate (SDPA
+    reaches 80-87% of it); infinite when no rate is known."""
+    if not gflops:
+        return math.inf
+    flops = 4 * spec.batch * spec.heads * spec.head_dim * n * n * (0.5 if spec.causal else 1.0)
+    return flops / (0.5 * gflops * 1e9)
