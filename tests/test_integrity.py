@@ -86,7 +86,7 @@ def test_wrong_shape_dtype_and_nan_outputs_are_errors_at_every_level(adv, tmp_pa
         "--out",
         "l.jsonl",
     )
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 1, r.stderr  # every point an error: the sweep measured nothing (exit 1)
     by = {x["label"]: x for x in _rows(tmp_path / "l.jsonl")}
     assert by["adv_wrong_shape"]["status"] == "error" and "output shape" in by["adv_wrong_shape"]["reason"]
     assert by["adv_nan"]["status"] == "error"
@@ -312,7 +312,7 @@ def test_resume_with_another_configuration_measures_it_and_fits_apart(adv, tmp_p
     s = summary(load(str(tmp_path / "r.jsonl")))
     assert len(s) == 6 and {"full [heads=2, seed=0]", "linear [heads=4, seed=3]"} <= set(s["label"]), s["label"]
     # the run's own summary fits only its own configuration: one line per variant
-    scaling = r.stdout.split("scaling (log-log fit)", 1)[1].split("results:", 1)[0]
+    scaling = r.stdout.split("scaling (log-log fit)\n", 1)[1].split("\n\n", 1)[0]  # the table, to its blank line
     assert "heads=" not in scaling and len([x for x in scaling.splitlines() if x.strip()]) == 3, scaling
 
 
@@ -711,7 +711,8 @@ def test_resume_measures_shorter_lengths_and_remeasures_under_new_limits(adv, tm
 
 
 def test_report_of_a_file_without_an_ok_point(adv, tmp_path):
-    assert adv("bench", *SMALL, "--seq-lens", "16,32", "--attn", "adv_nan", "--out", "e.jsonl").returncode == 0
+    # (every point an error: the sweep itself exits 1, and its rows are in the file all the same)
+    assert adv("bench", *SMALL, "--seq-lens", "16,32", "--attn", "adv_nan", "--out", "e.jsonl").returncode == 1
     r = adv("report", "e.jsonl", "--out", "rep")
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
     assert "Points that did not run" in (tmp_path / "rep" / "report.md").read_text()

@@ -25,7 +25,7 @@ import torch
 from ..guard import TorchState as _TorchState
 from ..spec import Variant
 from ..stats import median_ci
-from . import measure
+from . import load, measure
 from .point import MAX_REASON, MAX_TRACEBACK, InputSet, Prepared, SweepSpec, base_row, prepare_point
 
 #: rounds a length takes when its calls are short; a length of slow points (whose rounds would
@@ -41,6 +41,8 @@ LOAD_WAIT_S = 10.0
 #: the reference kernel: a square matmul of this size (2 n^3 FLOPs), in the sweep's dtype, so that
 #: a bf16 point's fraction of the peak is a fraction of what bf16 matmuls reach
 PROBE_N = {"cpu": 1024, "cuda": 8192}
+#: a half-precision matmul below this fraction of float32's is a degenerate path (see Reference)
+DEGENERATE_FRACTION = 0.25
 
 #: the reference readings this process has taken, newest last (a measuring process serves many
 #: groups); the quiet rate is judged from the last HISTORY of them
@@ -84,18 +86,44 @@ def rounds_for(per_call_s: dict[str, float], min_run_time_s: float) -> tuple[int
 
 
 class Reference:
-    """The reference kernel: a preallocated matmul, timed between rounds."""
+    """The reference kernel: a preallocated matmul, timed between rounds. In the sweep's dtype,
+    unless that dtype's matmul is a degenerate path on this device (a CPU without fast float16 or
+    bfloat16 arithmetic runs it at a fraction of a GFLOP/s, while SDPA converts to float32
+    internally): then float32's, and `note` says so."""
 
     def __init__(self, device: str, dtype=torch.float32):
         n = PROBE_N.get(device, 1024)
-        self.device, self.flops = device, 2 * n**3
+        self.device, self.flops, self.n = device, 2 * n**3, n
+        self.dtype, self.note = dtype, None
+        self._make(dtype)
+        if device == "cpu" and dtype in (torch.float16, torch.bfloat16):
+            own = self._rate()
+            self._make(torch.float32)
+            f32 = self._rate()
+            if own < DEGENERATE_FRACTION * f32:
+                self.dtype = torch.float32
+                name = str(dtype).replace("torch.", "")
+                self.note = (
+                    f"{name} matmuls run at {own:.1f} GFLOP/s on this CPU ({own / f32:.0%} of float32's {f32:.0f}: "
+                    f"no fast {name} path); the peak is float32's"
+                )
+            else:
+                self._make(dtype)
+
+    def _make(self, dtype) -> None:
+        n, device = self.n, self.device
         self.a, self.b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
         self.c = torch.empty(n, n, device=device, dtype=dtype)
         self.block = _Block(lambda: torch.mm(self.a, self.b, out=self.c), device)
         self.block(1)  # warm
+        self.first_gflops = self._rate()  # a first reading, before the rounds: sizes the error references
+
+    def _rate(self) -> float:
+        return self.flops / self.block(1) / 1e9
 
     def gflops(self) -> float:
-        return self.flops / self.block(1) / 1e9
+        """One reading of the reference rate (the probe of the rounds)."""
+        return self._rate()
 
 
 class _Block:
@@ -152,6 +180,7 @@ def measure_group(
             for v in variants
         ]
     inputs = InputSet(spec, n)
+    inputs.matmul_gflops = ref.first_gflops
     guard = _TorchState()
     prepared = []
     if spec.mode == "decode":
@@ -174,6 +203,7 @@ def measure_group(
     else:  # no point to time: the reference alone, so that every row says what the machine could do
         rates = sorted(ref.gflops() for _ in range(3))
         timing = {"points": {}, "group": {"matmul_peak_gflops": rates[1], "probe_gflops_raw": rates}}
+    timing["group"]["peak_note"] = ref.note
     if spec.mode == "decode":  # the roofline of a step that reads its cache: this machine's bandwidth now
         try:
             timing["group"]["membw_peak_gbs"] = measure.memory_bandwidth_gbs(spec.device)
@@ -229,6 +259,8 @@ def _last_call(ready, timing, guard, tick) -> None:
 
 
 def _rounds(spec: SweepSpec, ready, ref: Reference, n: int, tick, baseline_gflops) -> dict:
+    from ..env import environment
+
     block_s = spec.min_run_time_s / ROUNDS
     timers, per_call = {}, {}
     for p in ready:
@@ -259,6 +291,7 @@ def _rounds(spec: SweepSpec, ready, ref: Reference, n: int, tick, baseline_gflop
         return sum(rate >= (1 - LOAD_TOLERANCE) * best for rate in probes)
 
     r, started, extra_deadline, after = 0, time.monotonic(), None, None
+    meter = load.CpuMeter().start()
     while True:
         if r >= planned:  # extra rounds while too few were quiet, as long as the budget lasts
             if extra_deadline is None:
@@ -297,6 +330,7 @@ def _rounds(spec: SweepSpec, ready, ref: Reference, n: int, tick, baseline_gflop
             pass
         r += 1
     best = bar()
+    machine = meter.stop()
     history.extend(readings)
     del history[:-HISTORY]
     # Judge every round again against the quiet rate of the whole group. With too few quiet
@@ -309,6 +343,18 @@ def _rounds(spec: SweepSpec, ready, ref: Reference, n: int, tick, baseline_gflop
     used = set(used)
     quiet = sorted(brackets[i] for i in used) or brackets
     peak = quiet[len(quiet) // 2]
+    # what the machine says: others' CPU time, the load average, this machine's usual rate
+    env = environment()
+    threads = env.get("threads") or torch.get_num_threads()
+    known = load.History()
+    key = load.machine_key(env, spec.device, str(ref.dtype).replace("torch.", ""), ref.n)
+    usual = known.usual(key)
+    reasons = ([] if not group_loaded else ["fewer than 6 rounds were quiet"]) + load.verdict(
+        machine, threads, min(loadavg) if loadavg else None, peak, usual, LOAD_TOLERANCE
+    )
+    if not reasons:
+        known.record(key, peak)
+    machine_loaded = len(reasons) > (1 if group_loaded else 0)
     points = {}
     for label, got in samples.items():
         if label in failed or not got:
@@ -316,7 +362,7 @@ def _rounds(spec: SweepSpec, ready, ref: Reference, n: int, tick, baseline_gflop
             points[label] = {"status": status, "reason": reason}
             continue
         use = [(t, i) for t, i in got if i in used] or got
-        points[label] = _stats(use, len(got) - len(use), group_loaded)
+        points[label] = _stats(use, len(got) - len(use), group_loaded or machine_loaded)
     import uuid
 
     group = {
@@ -327,6 +373,10 @@ def _rounds(spec: SweepSpec, ready, ref: Reference, n: int, tick, baseline_gflop
         "loaded_rounds_total": len(loaded_rounds),
         "probe_best_gflops": best,
         "loadavg_1m": (max(loadavg) if loadavg else None),
+        "others_cpu_cores": machine["others_cpu_cores"],
+        "own_cpu_cores": machine["own_cpu_cores"],
+        "machine_usual_gflops": usual,
+        "load_reasons": reasons or None,
         "rounds_s": time.monotonic() - started,
     }
     return {"points": points, "group": group}

@@ -26,6 +26,7 @@ import statistics
 import sys
 
 from ..env import environment
+from ..errors import EffattnError
 from ..spec import Variant
 from ..store import DONE_STATUSES, ResultsFile, point_key, read_results
 from .point import SweepSpec, base_row
@@ -75,6 +76,56 @@ def group_job(
             mp.close()
     order = {v.label: i for i, v in enumerate(variants)}
     return sorted(rows, key=lambda r: order.get(r.get("label"), len(order)))
+
+
+class MachineBusy(EffattnError):
+    """`require_quiet`: the machine did not become quiet, or a group stayed loaded (exit 3)."""
+
+    exit_code = 3
+
+
+def quiet_group_job(spec, variants, n, isolation, worker, baseline_gflops, wait_s: float, log=None) -> list[dict]:
+    """`group_job` on a quiet machine only (`require_quiet`): wait for quiet before the group,
+    measure it again while its points come back loaded, and give up with MachineBusy after
+    load.QUIET_TRIES tries (nothing of a loaded try is kept)."""
+    import torch
+
+    from . import load
+
+    threads = torch.get_num_threads()
+    why = None
+    for _ in range(load.QUIET_TRIES):
+        busy = load.wait_for_quiet(threads, wait_s, log=log)
+        if busy:
+            raise MachineBusy(f"--require-quiet: the machine was not quiet within {wait_s:g} s ({busy})")
+        rows = group_job(spec, variants, n, isolation, worker, baseline_gflops)
+        loaded = [r for r in rows if r.get("loaded") is True]
+        if not loaded:
+            return rows
+        why = "; ".join(loaded[0].get("load_reasons") or ["too few quiet rounds"])
+        if log:
+            log(f"--require-quiet: n={n} was measured on a busy machine ({why}); measuring it again")
+    raise MachineBusy(
+        f"--require-quiet: n={n} was measured on a busy machine {load.QUIET_TRIES} times ({why}); its rows were "
+        "not kept"
+    )
+
+
+def machine_mismatch(rows: list[dict], env: dict) -> str | None:
+    """Why rows measured before cannot be fitted with rows measured here (another host, CPU or
+    thread count), or None. Task rows and rows from a cluster (Ray) are not judged."""
+    mine = (env.get("host"), env.get("cpu"), env.get("threads"))
+    for r in rows:
+        e = r.get("env")
+        if r.get("kind") == "task" or r.get("executor") == "ray" or not isinstance(e, dict):
+            continue
+        theirs = (e.get("host"), e.get("cpu"), e.get("threads"))
+        if theirs != mine:
+            return (
+                f"its points were measured on {theirs[0]} ({theirs[1]}) with {theirs[2]} thread(s); this run would "
+                f"measure on {mine[0]} ({mine[1]}) with {mine[2]}: their times cannot be fitted together"
+            )
+    return None
 
 
 def run_worker(spec: SweepSpec, variant: Variant, n: int, label: str = "the isolated process") -> dict:
@@ -167,6 +218,8 @@ def run_sweep(
     on_row=None,
     log=_log,
     worker: MeasuringProcess | None = None,
+    require_quiet: bool = False,
+    quiet_wait_s: float = 120.0,
 ) -> list[dict]:
     """Measure every point not yet done in `out` (a path or an open `ResultsFile`); return this
     run's rows.
@@ -177,7 +230,10 @@ def run_sweep(
     every variant (each group: all variants of a length, interleaved); on a concurrent executor
     each variant is its own chain, and chains run side by side. Every row is written and fsynced
     as it arrives, then passed to `on_row`. `progress`: True for a line per point on stderr
-    (`LineProgress`), False for none, or a reporter of one's own (see `LineProgress`)."""
+    (`LineProgress`), False for none, or a reporter of one's own (see `LineProgress`).
+    `require_quiet`: measure on a quiet machine only, waiting up to `quiet_wait_s` for it before
+    each group (`quiet_group_job`; local executor only).
+    Resuming a file measured on another machine or thread count raises EffattnError."""
     from .executors import Job, LocalExecutor
 
     executor = executor or LocalExecutor()
@@ -188,7 +244,14 @@ def run_sweep(
     if isolation not in ISOLATION:
         raise ValueError(f"isolation must be one of {', '.join(ISOLATION)}, got {isolation!r}")
     concurrent = getattr(executor, "concurrent", False)
+    if require_quiet and concurrent:
+        raise EffattnError("require_quiet judges this machine's load: it needs the local executor")
     rf = open_results(out, resume=resume, overwrite=overwrite, executor=executor.name, run_id=run_id, log=log)
+    if not concurrent:
+        mismatch = machine_mismatch(rf.existing, environment())
+        if mismatch:
+            rf.close()
+            raise EffattnError(f"cannot resume {rf.path}: {mismatch}; measure into another --out")
     rf.executor = executor.name
     bar = None
     try:
@@ -263,11 +326,13 @@ def run_sweep(
                     else:
                         group.append(v)
                 if group:
+                    baseline = statistics.median(bars) if bars else None
                     executor.submit(
                         Job(
                             position[i],
-                            group_job,
-                            (spec, group, n, isolation, worker, statistics.median(bars) if bars else None),
+                            quiet_group_job if require_quiet else group_job,
+                            (spec, group, n, isolation, worker, baseline)
+                            + ((quiet_wait_s, log) if require_quiet else ()),
                             base_row(spec, group[0], n),
                             (i, n, group),
                         )

@@ -44,5 +44,5 @@ def main(argv=None):
         sys.exit(e.exit_code if isinstance(e, UsageFail) else EXIT_USAGE)
     except EffattnError as e:
         click.echo(f"effattn: error: {e}", err=True)
-        sys.exit(EXIT_USAGE)
+        sys.exit(getattr(e, "exit_code", EXIT_USAGE))
     sys.exit(rv if isinstance(rv, int) else 0)
