@@ -404,7 +404,12 @@ class ResultsFile:
 def default_results_path(folder: str = "results", prefix: str = "bench") -> str:
     """A fresh name in `folder`, unique even for runs started in the same second: the file is
     created here (empty, O_EXCL) so that no other run can take the same name."""
-    os.makedirs(folder, exist_ok=True)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise ResultsFileError(
+            f"cannot create the results folder {os.path.abspath(folder)} ({e.strerror}); give --out a writable path"
+        ) from None
     stem = os.path.join(folder, time.strftime(f"{prefix}-%Y%m%d-%H%M%S"))
     for i in range(1, 1000):
         path = f"{stem}.jsonl" if i == 1 else f"{stem}-{i}.jsonl"
@@ -413,4 +418,8 @@ def default_results_path(folder: str = "results", prefix: str = "bench") -> str:
             return path
         except FileExistsError:
             continue
+        except OSError as e:
+            raise ResultsFileError(
+                f"cannot create a results file in {os.path.abspath(folder)} ({e.strerror}); give --out a writable path"
+            ) from None
     raise ResultsFileError(f"cannot find a free results file name in {folder}")

@@ -19,6 +19,15 @@ from effattn.spec import Variant, parse_seq_lens, parse_size
 FAST = ["--min-run-time", "0.01", "--heads", "2", "--head-dim", "16"]
 
 
+def fast_unless(args) -> list[str]:
+    """FAST without the options `args` gives itself (an option may be given only once)."""
+    out = []
+    for flag, value in zip(FAST[::2], FAST[1::2]):
+        if flag not in args:
+            out += [flag, value]
+    return out
+
+
 def test_parse_seq_lens_and_sizes():
     assert parse_seq_lens("256,1k,2K,512") == [256, 512, 1024, 2048]
     assert parse_size("4GB") == 4 * 2**30 and parse_size("512MiB") == 512 * 2**20 and parse_size("100") == 100
@@ -117,7 +126,7 @@ def test_unsupported_and_skipped_points(tmp_path):
 
 
 def _bench(run_cli, tmp_path, *args):
-    return run_cli("bench", *FAST, *args, cwd=str(tmp_path))
+    return run_cli("bench", *fast_unless(args), *args, cwd=str(tmp_path))
 
 
 @pytest.mark.parametrize(
@@ -152,7 +161,7 @@ def _bench(run_cli, tmp_path, *args):
 def test_bad_input_is_one_line_exit_2_and_no_file(cli_here, tmp_path, args, needle):
     base = (
         ["bench"]
-        + ([] if "--task" in args else FAST)
+        + ([] if "--task" in args else fast_unless(args))
         + ([] if "--seq-lens" in args else ["--seq-lens", "64"])
         + ([] if "--out" in args else ["--out", "r.jsonl"])
     )
@@ -181,21 +190,8 @@ def test_existing_results_are_never_overwritten_silently(run_cli, tmp_path):
 def test_interrupted_sweep_resumes_with_every_point_once(tmp_path):
     out = tmp_path / "r.jsonl"
     lens = "64,128,256,512,1024,2048"
-    cmd = [
-        sys.executable,
-        "-m",
-        "effattn.cli",
-        "bench",
-        *FAST,
-        "--min-run-time",
-        "0.3",
-        "--seq-lens",
-        lens,
-        "--attn",
-        "full,linear",
-        "--out",
-        str(out),
-    ]
+    base = [sys.executable, "-m", "effattn.cli", "bench", *fast_unless(["--min-run-time"])]
+    cmd = base + ["--min-run-time", "0.3", "--seq-lens", lens, "--attn", "full,linear", "--out", str(out)]
     # A child of a background job inherits SIGINT as ignored; give it the default, as a terminal would.
     p = subprocess.Popen(
         cmd,
@@ -216,7 +212,7 @@ def test_interrupted_sweep_resumes_with_every_point_once(tmp_path):
     before = [json.loads(line) for line in out.read_text().splitlines()]
     assert 3 <= len(before) < 12
     r = subprocess.run(
-        cmd[:-2] + ["--out", str(out), "--resume", "--min-run-time", "0.01"],
+        base + ["--min-run-time", "0.01", "--seq-lens", lens, "--attn", "full,linear", "--out", str(out), "--resume"],
         capture_output=True,
         text=True,
         cwd=tmp_path,

@@ -16,7 +16,7 @@ import sys
 
 import click
 
-from .common import fail, log
+from .common import StrictCommand, fail, log
 
 DEFAULT_SEQ_LENS = "256,512,1k,2k,4k"
 
@@ -40,7 +40,7 @@ _SHAPES = {
 }
 _RAY = {"executor", "ray_address", "cpus_per_point"}
 MODE_OPTIONS = {
-    "timing": _COMMON | _SHAPES | _RAY | {"isolate", "no_error", "layers"},
+    "timing": _COMMON | _SHAPES | _RAY | {"isolate", "no_error", "layers", "require_quiet", "quiet_wait"},
     "find-max-len": _COMMON | _SHAPES | {"find_max_len", "executor", "layers"},
     "task": _COMMON
     | _RAY
@@ -112,7 +112,7 @@ def _check_dtype(device: str, dtype: str):
         fail(f"--dtype {dtype} is not supported on {device}: {str(e).splitlines()[0]}")
 
 
-@click.command()
+@click.command(cls=StrictCommand)
 @click.option("--seq-lens", default=None, help=f"comma list; k = 1024 [default: {DEFAULT_SEQ_LENS}; 64 with --task]")
 @click.option(
     "--attn",
@@ -158,7 +158,20 @@ def _check_dtype(device: str, dtype: str):
 @click.option(
     "--min-run-time", type=FiniteFloat(3600), default=0.2, show_default=True, help="seconds of timed repeats per point"
 )
-@click.option("--no-error", is_flag=True, help="skip the error-vs-full columns")
+@click.option("--no-error", is_flag=True, help="skip the error-vs-full columns (exact variants are still checked)")
+@click.option(
+    "--require-quiet",
+    is_flag=True,
+    help="measure only on a quiet machine: wait for quiet before each length, measure a length again when it "
+    "was loaded, and stop (exit 3) when the machine stays busy",
+)
+@click.option(
+    "--quiet-wait",
+    type=FiniteFloat(7 * 24 * 3600),
+    default=120.0,
+    show_default=True,
+    help="--require-quiet: seconds to wait for a quiet machine before each length",
+)
 @click.option("--seed", type=click.IntRange(min=0, max=2**62), default=0, show_default=True)
 @click.option(
     "--inputs",
@@ -298,6 +311,12 @@ def _check_options(ctx, mode: str, o: dict) -> None:
         fail("--resume and --overwrite exclude each other")
     if mode == "find-max-len" and o["executor"] == "ray":
         fail("--find-max-len runs here only (each probe depends on the one before); drop --executor ray")
+    if ctx.get_parameter_source("quiet_wait") not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP) and not (
+        o.get("require_quiet")
+    ):
+        fail("--quiet-wait applies only with --require-quiet")
+    if o.get("require_quiet") and o["executor"] == "ray":
+        fail("--require-quiet judges this machine's load; it cannot be used with --executor ray")
     if o["executor"] != "ray" and (o["ray_address"] or o["cpus_per_point"]):
         fail(f"{'--ray-address' if o['ray_address'] else '--cpus-per-point'} applies only to --executor ray")
     if mode == "task" and o["device"] == "cuda":
@@ -411,11 +430,14 @@ def _check_third_party(spec, isolation: str):
 
 def _results_file(o: dict, executor_name: str):
     """Open (create atomically, lock) the results file the options name, or a fresh default."""
-    from ..store import ResultsFile, default_results_path
+    from ..store import ResultsFile, ResultsFileError, default_results_path
 
     out_path = o["out_path"]
     if out_path is None:
-        out_path = default_results_path("results", o["preset"].strip() if o.get("preset") else "bench")
+        try:
+            out_path = default_results_path("results", o["preset"].strip() if o.get("preset") else "bench")
+        except ResultsFileError as e:
+            fail(str(e))
     out_dir = os.path.dirname(os.path.abspath(out_path))
     if not os.path.isdir(out_dir):
         if out_path.startswith("results" + os.sep) and os.access(os.path.dirname(out_dir) or ".", os.W_OK):
@@ -454,11 +476,19 @@ def _timing_mode(spec, ex, o):
         f"effattn bench: {len(spec.variants)} variants x {len(spec.seq_lens)} lengths on {spec.device} "
         f"({spec.dtype}, {spec.mode}, {spec.level}) via {ex.describe()}, {how} -> {rf.path}"
     )
-    _keeping_results(
+    measured = _keeping_results(
         rf.path,
         "point",
         lambda: run_sweep(
-            spec, rf, isolate=o["isolate"], executor=ex, log=log, worker=worker, progress=ClickProgress()
+            spec,
+            rf,
+            isolate=o["isolate"],
+            executor=ex,
+            log=log,
+            worker=worker,
+            progress=ClickProgress(),
+            require_quiet=o["require_quiet"],
+            quiet_wait_s=o["quiet_wait"],
         ),
     )
 
@@ -474,6 +504,16 @@ def _timing_mode(spec, ex, o):
     )
     _print_summary(df, summary(df))
     click.echo(f"\nresults: {rf.path}  (effattn report {rf.path})")
+    # no point ok and some an error: nothing was measured (an oom, timeout or unsupported answers
+    # the question "does it fit, is it fast enough, can it run" and leaves the exit status 0)
+    statuses = {r.get("status") for r in measured or []}
+    if "error" in statuses and "ok" not in statuses:
+        counts = {}
+        for r in measured:
+            counts[r.get("status")] = counts.get(r.get("status"), 0) + 1
+        text = ", ".join(f"{v} {k}" for k, v in counts.items())
+        click.echo(f"effattn: error: no point of this run ended ok ({text}); their reasons are above", err=True)
+        sys.exit(1)
 
 
 def _keeping_results(out_path, what, run):
@@ -481,6 +521,7 @@ def _keeping_results(out_path, what, run):
     unwritable file (exit 2), say in one line that every finished {what} is in the file and how
     to complete it."""
     from ..bench.executors import ExecutorLost
+    from ..bench.sweep import MachineBusy
 
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
@@ -495,8 +536,16 @@ def _keeping_results(out_path, what, run):
     except ExecutorLost as e:
         click.echo(f"effattn: error: {e}; every finished {what} is in {out_path}; rerun with --resume", err=True)
         sys.exit(1)
+    except MachineBusy as e:
+        click.echo(
+            f"effattn: error: {e}; every {what} measured quietly is in {out_path}; rerun with --resume", err=True
+        )
+        sys.exit(e.exit_code)
     except OSError as e:
-        fail(f"cannot write results to {out_path}: {e.strerror or e}")
+        fail(
+            f"cannot write results to {out_path}: {e.strerror or e}; every {what} finished before is in the file: "
+            "free the space (or fix the folder) and rerun with --resume"
+        )
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -504,9 +553,16 @@ def _keeping_results(out_path, what, run):
 def _print_summary(df, summ):
     import pandas as pd
 
+    from ..report.build import RECOMPUTE_MARK, RECOMPUTE_NOTE, mark_recompute
+
     if df.empty:
         click.echo("no points")
         return
+    df = mark_recompute(df)
+    if df["label"].str.endswith(RECOMPUTE_MARK).any():
+        summ = summ.copy()
+        marked = set(df.loc[df["label"].str.endswith(RECOMPUTE_MARK), "label"].str[: -len(RECOMPUTE_MARK)])
+        summ["label"] = [lb + RECOMPUTE_MARK if lb in marked else lb for lb in summ["label"]]
 
     def cell(r):
         if r["status"] != "ok":
@@ -563,10 +619,25 @@ def _print_summary(df, summ):
         else df.iloc[:0]
     )
     if len(loaded):
+        why = []
+        for reasons in loaded.get("load_reasons", pd.Series(dtype=object)):
+            for w in reasons if isinstance(reasons, list) else ["fewer than 6 quiet rounds within the wait"]:
+                if w not in why:
+                    why.append(w)
         click.echo(
-            "\n* measured while the machine was busy (fewer than 6 quiet rounds within the wait): "
+            f"\n* WARNING: {len(loaded)} of {len(df)} points were measured while the machine was busy "
+            f"({'; '.join(why[:3]) or 'fewer than 6 quiet rounds within the wait'}); their times, exponents and "
+            "crossovers are not to be trusted (--require-quiet waits for a quiet machine): "
             + ", ".join(f"{r['label']} n={r['seq_len']}" for _, r in loaded.iterrows())
         )
+    errors = df[df["status"] == "error"]
+    if len(errors):
+        click.echo("\npoints that are errors (not measured correctly):")
+        for _, r in errors.iterrows():
+            why = " ".join(str(r["reason"]).split())
+            click.echo(f"  {r['label']} n={r['seq_len']}: {why[:300]}" + ("..." if len(why) > 300 else ""))
+    if df["label"].str.endswith(RECOMPUTE_MARK).any():
+        click.echo(f"\n{RECOMPUTE_MARK.strip()}: {RECOMPUTE_NOTE}")
     faults = df[df["fault"].notna()] if "fault" in df else df.iloc[:0]
     if len(faults):
         click.echo("\nmeasurement faults (not to be trusted):")
@@ -660,7 +731,7 @@ def _task_mode(o):
     click.echo(f"\nresults: {rf.path}")
 
 
-@click.command("presets")
+@click.command("presets", cls=StrictCommand)
 @click.argument("name", required=False)
 def presets_cmd(name):
     """List the named sweeps of `effattn bench --preset`, or show one's options."""

@@ -9,10 +9,10 @@ import sys
 
 import click
 
-from .common import fail
+from .common import StrictCommand, fail
 
 
-@click.command("list")
+@click.command("list", cls=StrictCommand)
 @click.option("--device", default="cpu", show_default=True, help="availability is judged for this device")
 @click.argument("pattern", default="*")
 def list_cmd(device, pattern):
@@ -89,7 +89,7 @@ def _options_line(target) -> str:
     )
 
 
-@click.command()
+@click.command(cls=StrictCommand)
 @click.argument("name", required=False)
 @click.option("--device", default="cpu", show_default=True, help="NAME's availability is judged for this device")
 def info(name, device):
@@ -129,7 +129,7 @@ def info(name, device):
         click.echo("wraps: " + ", ".join(f"{k} {v or '(not installed)'}" for k, v in prov["plugin_wraps"].items()))
 
 
-@click.command()
+@click.command(cls=StrictCommand)
 @click.argument("variant")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--seq-lens", default="1,23,77", show_default=True, help="lengths the checks use")
@@ -168,7 +168,7 @@ def check(variant, device, seq_lens):
     sys.exit(1 if any(r.status == "failed" for r in results) else 0)
 
 
-@click.command("new-plugin")
+@click.command("new-plugin", cls=StrictCommand)
 @click.argument("name")
 @click.option("--dir", "directory", default=".", show_default=True, help="where the package folder is made")
 def new_plugin(name, directory):

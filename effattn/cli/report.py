@@ -8,10 +8,10 @@ import sys
 
 import click
 
-from .common import fail, warn
+from .common import StrictCommand, fail, warn
 
 
-@click.command()
+@click.command(cls=StrictCommand)
 @click.argument("results", nargs=-1, required=True)
 @click.option("--out", "out_dir", default=None, help="folder for the report [default: <first results>-report]")
 @click.option("--format", "fmt", default="md", show_default=True, help="comma list of md, html")
@@ -37,7 +37,7 @@ def report(results, out_dir, fmt):
         click.echo(w)
 
 
-@click.command()
+@click.command(cls=StrictCommand)
 @click.argument("base")
 @click.argument("new")
 @click.option(
@@ -73,7 +73,16 @@ def compare(base, new, threshold, alpha):
     from ..report.compare import compare_runs, config_text, configs_text
     from ..results import load
 
-    c = compare_runs(load(base, on_problem=warn), load(new, on_problem=warn), threshold, alpha)
+    frames = [load(p, on_problem=warn) for p in (base, new)]
+    for p, df in zip((base, new), frames):
+        if len(df) and "kind" in df and df["kind"].eq("task").all():
+            fail(
+                f"{p} holds training runs (--task), not timing points: compare compares times; "
+                f"`effattn report {base} {new}` puts their accuracies side by side"
+            )
+    c = compare_runs(frames[0], frames[1], threshold, alpha)
+    if c.machines:
+        warn(f"{c.machines}: their times are not comparable, and no point is called a regression")
     if not c.points:
         fail(
             f"the two runs share no measured point of the same configuration ({base}: "
