@@ -165,7 +165,10 @@ def summary(df: pd.DataFrame, baseline: str = "full", min_fit_len: int = 1024) -
     matmul timed in the same rounds), so a length measured while the whole machine ran slower
     does not bend the fit; `time_exponent_raw` is the fit to the unscaled medians."""
     df = label_series(latest(df))
-    ok = df[df["status"] == "ok"]
+    # a point flagged as a measurement fault (a rate above the machine's peak) is not fitted and
+    # decides no crossover: its time, FLOP count or peak is wrong
+    faulty = df["fault"].apply(lambda f: isinstance(f, str) and bool(f)) if "fault" in df else False
+    ok = df[(df["status"] == "ok") & ~faulty]
 
     def by_len(label: str) -> dict:
         g = ok[ok["label"] == label].drop_duplicates("seq_len", keep="last")
@@ -233,6 +236,7 @@ def summary(df: pd.DataFrame, baseline: str = "full", min_fit_len: int = 1024) -
         elif is_base:
             text = ""
         statuses = g["status"].value_counts().to_dict()
+        faults = int(faulty[g.index].sum()) if isinstance(faulty, pd.Series) else 0
         loaded = int(pd.Series(g.get("loaded", pd.Series(dtype=object))).fillna(False).astype(bool).sum())
         out.append(
             {
@@ -248,7 +252,8 @@ def summary(df: pd.DataFrame, baseline: str = "full", min_fit_len: int = 1024) -
                 cross_col: cross,
                 "crossover": text,
                 "loaded": loaded,
-                "points": ", ".join(f"{k} {v}" for k, v in statuses.items()),
+                "points": ", ".join(f"{k} {v}" for k, v in statuses.items())
+                + (f" ({faults} a measurement fault, not fitted)" if faults else ""),
             }
         )
     return pd.DataFrame(out)

@@ -209,7 +209,8 @@ def test_noisy_and_loaded_points_are_listed_by_variant(sweep, tmp_path):
     build_report([str(f)], str(tmp_path / "rep"), ("md",))
     md = (tmp_path / "rep" / "report.md").read_text()
     assert f"Noisy points (IQR/median > 10%), 3 of {len(rows)}:\n- naive: n = 64, 128, 256" in md, md
-    assert f"certain), 1 of {len(rows)}:\n- full: n = 256" in md, md
+    assert f"**Points measured while the machine was busy**, 1 of {len(rows)}" in md, md
+    assert "too few quiet rounds):\n- full: n = 256" in md, md
 
 
 def test_the_report_shows_both_error_columns_for_what_they_mean(sweep, tmp_path):

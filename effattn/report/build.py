@@ -20,13 +20,20 @@ from .tables import _cell, _fmt, pivot, table_md
 
 
 def build_report(paths: list[str], out_dir: str, formats=("md",), on_problem=None) -> list[str]:
-    df = label_series(latest(load(*paths, on_problem=on_problem)))
+    every = latest(load(*paths, on_problem=on_problem))
     os.makedirs(out_dir, exist_ok=True)
     written = []
+    is_task = every["kind"].eq("task") if "kind" in every else pd.Series(False, index=every.index)
+    df = label_series(every[~is_task])
     if df.empty:
-        body = "# effattn report\n\nNo points in " + ", ".join(paths) + ".\n"
-        written.append(_write(out_dir, "report.md", body))
+        if is_task.any():  # training runs only (`bench --task`): a report of their own
+            body = task_report(every[is_task], paths, out_dir)
+        else:
+            body = "# effattn report\n\nNo points in " + ", ".join(paths) + ".\n"
+        written += _write_formats(out_dir, body, formats)
+        written += [os.path.join(out_dir, f) for f in ("accuracy.png",) if os.path.exists(os.path.join(out_dir, f))]
         return written
+    df = mark_recompute(df)
     plots = make_plots(df, out_dir)
     pats = pattern_pictures(df, out_dir)
     summ = summary(df)
@@ -44,6 +51,8 @@ def build_report(paths: list[str], out_dir: str, formats=("md",), on_problem=Non
         if p in plots:
             md += [f"![{p}]({p}.png)", ""]
     md.append(table_md(pivot(df, "time_ms"), "Time", "ms"))
+    if df["label"].str.endswith(RECOMPUTE_MARK).any():
+        md += [f"*{RECOMPUTE_MARK.strip()}*: {RECOMPUTE_NOTE}.", ""]
     md.append(table_md(pivot(df, "peak_mem_bytes"), "Peak memory", "MiB", scale=1 / 2**20))
     if "cache_bytes" in df and pd.to_numeric(df["cache_bytes"], errors="coerce").notna().any():
         md.append(table_md(pivot(df, "cache_bytes"), "Decoding cache at context n", "MiB", scale=1 / 2**20))
@@ -68,16 +77,7 @@ def build_report(paths: list[str], out_dir: str, formats=("md",), on_problem=Non
                 "‖out−ref‖/‖ref‖; large for a local pattern by design: it measures the approximation, not a bug",
             )
         )
-    if "rel_err_vs_own_dense" in df and pd.to_numeric(df["rel_err_vs_own_dense"], errors="coerce").notna().any():
-        exact_rows = df[df["exact"].fillna(False).astype(bool)] if "exact" in df else df
-        md.append(
-            table_md(
-                pivot(exact_rows, "rel_err_vs_own_dense"),
-                "Correctness of exact variants (relative error against "
-                "float64 attention over the variant's own pattern)",
-                "‖out−ref‖/‖ref‖; about 1e-7 when correct",
-            )
-        )
+    md += exactness_table(df)
     md += [
         "### Scaling (least-squares fit of log time and log memory against log n)",
         "",
@@ -121,10 +121,11 @@ def build_report(paths: list[str], out_dir: str, formats=("md",), on_problem=Non
     if len(noisy):
         md += ["", f"Noisy points (IQR/median > 10%), {len(noisy)} of {len(df)}:", *_points_by_variant(noisy)]
     if len(loaded):
+        why = sorted({w for ws in loaded.get("load_reasons", []) if isinstance(ws, list) for w in ws})
         md += [
             "",
-            f"Points measured while the machine was busy (too few quiet rounds: their times are less "
-            f"certain), {len(loaded)} of {len(df)}:",
+            f"**Points measured while the machine was busy**, {len(loaded)} of {len(df)} (their times, exponents "
+            "and crossovers are less certain" + (f"; {'; '.join(why[:4])}" if why else "; too few quiet rounds") + "):",
             *_points_by_variant(loaded),
         ]
     faults = measurement_faults(df)
@@ -137,13 +138,134 @@ def build_report(paths: list[str], out_dir: str, formats=("md",), on_problem=Non
         md += ["", "Points that did not run:"] + [
             f"- {r['label']} n={r['seq_len']}: {r['status']} ({r['reason']})" for _, r in failed.iterrows()
         ]
+    if is_task.any():
+        md += ["", task_report(every[is_task], paths, out_dir, heading="##")]
     body = "\n".join(md) + "\n"
+    written += _write_formats(out_dir, body, formats)
+    written += [os.path.join(out_dir, f"{p}.png") for p in plots]
+    return written
+
+
+def _write_formats(out_dir: str, body: str, formats) -> list[str]:
+    written = []
     if "md" in formats:
         written.append(_write(out_dir, "report.md", body))
     if "html" in formats:
         written.append(_write(out_dir, "report.html", to_html(body)))
-    written += [os.path.join(out_dir, f"{p}.png") for p in plots]
     return written
+
+
+RECOMPUTE_MARK = " (recomputes)"
+RECOMPUTE_NOTE = (
+    "the variant has no decoding cache of its own: each step recomputes attention over the whole context, "
+    "so its step time grows with n whatever its pattern"
+)
+
+
+def mark_recompute(df: pd.DataFrame) -> pd.DataFrame:
+    """Decoding rows of a variant that decodes by recomputing attention over its whole context
+    (no cache of its own) carry it in their label, in every table and plot."""
+    if "decode_backend" not in df or not df["decode_backend"].eq("recompute").any():
+        return df
+    df = df.copy()
+    marked = df["decode_backend"].eq("recompute") & ~df["label"].str.endswith(RECOMPUTE_MARK)
+    df.loc[marked, "label"] = df.loc[marked, "label"] + RECOMPUTE_MARK
+    return df
+
+
+def exactness_table(df: pd.DataFrame) -> list[str]:
+    """The exact variants' own-pattern error per length, flagged where it is beyond its dtype's
+    rounding (such a point is an error), or why it was not checked."""
+    if "exact" not in df:
+        return []
+    rows = df[df["exact"].fillna(False).astype(bool)]
+    err = pd.to_numeric(rows.get("rel_err_vs_own_dense"), errors="coerce")
+    if rows.empty or not (err.notna().any() or rows.get("exact_check", pd.Series(dtype=object)).notna().any()):
+        return []
+    lens = sorted(rows["seq_len"].unique())
+    out = [
+        "### Correctness of exact variants (relative error against float64 attention over the variant's own pattern)",
+        "",
+        "‖out−ref‖/‖ref‖ of the swept configuration; **✗** marks an error beyond the dtype's rounding "
+        "(the point is an error; its reason lists every failed comparison: padding, the other masking, "
+        "determinism, gradients); *not checked* says why no comparison was made.",
+        "",
+        "| variant | " + " | ".join(f"n={n}" for n in lens) + " |",
+        "| --- |" + " ---: |" * len(lens),
+    ]
+    for label, g in rows.groupby("label", sort=False):
+        cells = []
+        for n in lens:
+            r = g[g["seq_len"] == n]
+            if r.empty:
+                cells.append("")
+                continue
+            r = r.iloc[-1]
+            e, tol = r.get("rel_err_vs_own_dense"), r.get("exact_tolerance")
+            check = r.get("exact_check")
+            if isinstance(e, (int, float)) and e == e:
+                bad = isinstance(tol, (int, float)) and tol == tol and e > tol
+                failed = r["status"] == "error" and isinstance(r.get("reason"), str) and "not exact" in r["reason"]
+                cells.append(f"**{e:.1e} ✗**" if bad or failed else f"{e:.1e}")
+            elif isinstance(check, str) and check.startswith(("not computed", "not completed", "not checked")):
+                cells.append("*not checked*")
+            else:
+                cells.append(r["status"] if r["status"] != "ok" else "")
+        out.append(f"| {_cell(label)} | " + " | ".join(cells) + " |")
+    notes = sorted(
+        {
+            c
+            for c in rows.get("exact_check", pd.Series(dtype=object))
+            if isinstance(c, str) and c.startswith(("not computed", "not completed", "not checked"))
+        }
+    )
+    out += [""] + [f"- not checked: {_cell(c)}" for c in notes[:5]] + [""]
+    return out
+
+
+def task_report(tasks: pd.DataFrame, paths, out_dir: str, heading: str = "#") -> str:
+    """Training runs (`bench --task`): accuracy, loss and time per variant, length and seed."""
+    from .plots import accuracy_plot
+
+    md = [f"{heading} effattn report: training runs" if heading == "#" else f"{heading} Training runs", ""]
+    if heading == "#":
+        md += [f"Source: {', '.join(paths)}. {len(tasks)} runs.", ""]
+    groups = tasks.groupby(
+        [tasks["task"].astype(str), tasks["task_options"].astype(str), tasks["train_spec"].astype(str)], sort=False
+    )
+    for k, ((task, _, _), g) in enumerate(groups):
+        ok = g[g["status"] == "ok"]
+        first = g.iloc[0]
+        opts = first["task_options"] if isinstance(first["task_options"], dict) else {}
+        train = first["train_spec"] if isinstance(first.get("train_spec"), dict) else {}
+        md += [
+            f"{heading}# {task}"
+            + (f" ({', '.join(f'{k}={v}' for k, v in opts.items())})" if opts else "")
+            + (f" ({k + 1} of {len(groups)} in the plot)" if len(groups) > 1 else ""),
+            "",
+            "Training: " + ", ".join(f"{k} {v}" for k, v in train.items()) + "." if train else "",
+            "",
+            "| variant | n | seeds | test accuracy (mean) | per seed | final loss | train time (s) |",
+            "| --- | ---: | ---: | ---: | --- | ---: | ---: |",
+        ]
+        for (label, n), h in ok.groupby(["label", "seq_len"], sort=False):
+            acc = pd.to_numeric(h["test_accuracy"], errors="coerce")
+            md.append(
+                f"| {_cell(label)} | {int(n)} | {len(h)} | {acc.mean():.3f} | "
+                + ", ".join(f"{a:.3f} (seed {int(s)})" for a, s in zip(acc, h["seed"]))
+                + f" | {pd.to_numeric(h['final_loss'], errors='coerce').mean():.3f} | "
+                f"{pd.to_numeric(h['train_time_s'], errors='coerce').mean():.0f} |"
+            )
+        failed = g[g["status"] != "ok"]
+        if len(failed):
+            md += ["", "Runs that did not finish:"] + [
+                f"- {r['label']} n={r['seq_len']} seed={r['seed']}: {r['status']} ({r['reason']})"
+                for _, r in failed.iterrows()
+            ]
+        md.append("")
+    if accuracy_plot(tasks, out_dir):
+        md += ["![accuracy](accuracy.png)", ""]
+    return "\n".join(md)
 
 
 def _points_by_variant(rows: pd.DataFrame) -> list[str]:

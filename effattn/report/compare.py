@@ -19,6 +19,7 @@ class Comparison:
     only_new: list[dict] = field(default_factory=list)
     regressions: int = 0
     inconclusive: int = 0
+    machines: str | None = None  # why the runs' machines differ (their times then decide nothing)
 
 
 def compare_runs(base: pd.DataFrame, new: pd.DataFrame, threshold: float = 0.10, alpha: float = 0.05) -> Comparison:
@@ -37,6 +38,7 @@ def compare_runs(base: pd.DataFrame, new: pd.DataFrame, threshold: float = 0.10,
     if not (isinstance(alpha, (int, float)) and 0 < alpha < 1):
         raise ValueError(f"alpha {alpha}: must be between 0 and 1")
     a, b = latest(base), latest(new)
+    out_machines = machines_differ(a, b)
     ra_all = {k: r for k, r in zip(point_keys(a), a.to_dict("records")) if r["status"] == "ok"}
     rb_all = {k: r for k, r in zip(point_keys(b), b.to_dict("records")) if r["status"] == "ok"}
     out = Comparison(
@@ -51,7 +53,9 @@ def compare_runs(base: pd.DataFrame, new: pd.DataFrame, threshold: float = 0.10,
         p_slower, p_faster = slower_test(sa, sb), slower_test(sb, sa)
         verdict = ""
         if ratio - 1 > threshold:
-            if ra.get("loaded") is True or rb.get("loaded") is True:
+            if out_machines:
+                verdict = "inconclusive (measured on different machines or thread counts)"
+            elif ra.get("loaded") is True or rb.get("loaded") is True:
                 verdict = "inconclusive (measured while the machine was busy)"
             elif min_p_value(len(sa), len(sb)) > alpha:
                 verdict = f"inconclusive ({len(sa)} and {len(sb)} samples cannot reach p < {alpha:g})"
@@ -65,6 +69,8 @@ def compare_runs(base: pd.DataFrame, new: pd.DataFrame, threshold: float = 0.10,
             verdict = "slower (within the threshold)"
         elif p_faster < alpha:
             verdict = "faster (within the threshold)"
+        else:
+            verdict = "no change (within the noise)"
         out.regressions += verdict == "REGRESSION"
         out.inconclusive += verdict.startswith("inconclusive")
         out.points.append(
@@ -78,7 +84,28 @@ def compare_runs(base: pd.DataFrame, new: pd.DataFrame, threshold: float = 0.10,
                 "verdict": verdict,
             }
         )
+    out.machines = out_machines
     return out
+
+
+def _machine(r) -> tuple | None:
+    e = r.get("env")
+    if not isinstance(e, dict) or r.get("executor") == "ray":
+        return None
+    return (e.get("host"), e.get("cpu"), e.get("threads"), e.get("gpu"))
+
+
+def machines_differ(a: pd.DataFrame, b: pd.DataFrame) -> str | None:
+    """Why the two runs' times are not comparable (another host, CPU, GPU or thread count), or None."""
+    ma = {m for m in map(_machine, a.to_dict("records")) if m}
+    mb = {m for m in map(_machine, b.to_dict("records")) if m}
+    if not ma or not mb or ma == mb:
+        return None
+
+    def text(ms):
+        return "; ".join(f"{h} ({c}{', ' + g if g else ''}), {t} thread(s)" for h, c, t, g in sorted(ms, key=str))
+
+    return f"BASE was measured on {text(ma)}, NEW on {text(mb)}"
 
 
 def config_text(r) -> str:

@@ -233,9 +233,10 @@ def make_plots(df: pd.DataFrame, out_dir: str) -> list[str]:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
         save(fig, "peak_fraction")
-    if pd.to_numeric(df["rel_err_vs_full"], errors="coerce").gt(0).any():
+    err = pd.to_numeric(df["rel_err_vs_full"], errors="coerce")
+    if ((df["status"] == "ok") & (err > 0)).any():  # a log axis needs a positive error of an ok point
         fig, ax = plt.subplots(figsize=(7, 4))
-        _plot_lines(ax, df[pd.to_numeric(df["rel_err_vs_full"], errors="coerce") > 0], "rel_err_vs_full", 1.0, styles)
+        _plot_lines(ax, df[(df["status"] == "ok") & (err > 0)], "rel_err_vs_full", 1.0, styles)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_ylabel("relative error vs full")
@@ -250,15 +251,100 @@ def make_plots(df: pd.DataFrame, out_dir: str) -> list[str]:
             n = int(common[common == common.max()].index.max())
             pts = ok[ok["seq_len"] == n]
             fig, ax = plt.subplots(figsize=(6, 4.5))
+            xy = []
             for _, r in pts.iterrows():
                 e = max(float(r["rel_err_vs_full"]), 1e-9)
-                ax.scatter([r["time_ms"]], [e])
-                ax.annotate(r["label"], (r["time_ms"], e), fontsize=7, xytext=(3, 3), textcoords="offset points")
+                ax.scatter([r["time_ms"]], [e], color=styles.get(r["label"], _style(0))["color"])
+                xy.append((r["label"], float(r["time_ms"]), e))
             ax.set_xscale("log")
             ax.set_yscale("log")
+            place_labels(ax, xy, fontsize=7)
             ax.set_xlabel("time (ms)")
             ax.set_ylabel("relative error vs full (floor 1e-9)")
             ax.set_title(f"speed against accuracy at n = {n}")
             ax.grid(True, which="both", alpha=0.3)
             save(fig, "pareto")
     return made
+
+
+#: where a label may sit around its point (points of offset), nearest first
+_OFFSETS = [(4, 4), (4, -10), (-4, 4), (-4, -10), (4, 14), (4, -20), (-4, 14), (-4, -20), (10, 24), (10, -30),
+            (-10, 24), (-10, -30), (14, 36), (14, -42), (-14, 36), (-14, -42)]  # fmt: skip
+
+
+def place_labels(ax, points, fontsize=7) -> list:
+    """Label each (label, x, y) beside its point where it overlaps no label placed before (the
+    nearest free offset, else the least overlapping one, with a leader line); returns the labels'
+    boxes in display coordinates."""
+    fig = ax.figure
+    fig.canvas.draw()  # the axes' scales and limits, for display coordinates
+    renderer = fig.canvas.get_renderer()
+    placed = []
+    dots = [ax.transData.transform((x, y)) for _, x, y in points]
+    for label, x, y in points:
+        best = None
+        for dx, dy in _OFFSETS:
+            ha = "left" if dx >= 0 else "right"
+            t = ax.annotate(label, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize, ha=ha)
+            box = t.get_window_extent(renderer).expanded(1.05, 1.15)
+            cost = sum(_overlap(box, b) for b in placed) + sum(
+                box.contains(px, py) for px, py in dots
+            ) * box.width * box.height  # fmt: skip
+            if best is None or cost < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (cost, t, box, (dx, dy))
+            else:
+                t.remove()
+            if cost == 0:
+                break
+        cost, t, box, (dx, dy) = best
+        if abs(dx) > 4 or abs(dy) > 14:
+            t.arrow_patch = None
+            t.set_annotation_clip(False)
+            ax.annotate("", (x, y), xytext=(dx, dy), textcoords="offset points",
+                        arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.5"})  # fmt: skip
+        placed.append(box)
+    return placed
+
+
+def _overlap(a, b) -> float:
+    w = min(a.x1, b.x1) - max(a.x0, b.x0)
+    h = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return w * h if w > 0 and h > 0 else 0.0
+
+
+def accuracy_plot(tasks: pd.DataFrame, out_dir: str) -> bool:
+    """Test accuracy per variant (one dot per seed and length, the mean as a bar) for training
+    runs; False when no run ended ok."""
+    ok = tasks[tasks["status"] == "ok"]
+    acc = pd.to_numeric(ok.get("test_accuracy"), errors="coerce")
+    if ok.empty or not acc.notna().any():
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = list(
+        ok.groupby([ok["task"].astype(str), ok["task_options"].astype(str), ok["train_spec"].astype(str)], sort=False)
+    )
+    width = sum(max(3.0, 0.9 * g["label"].nunique() + 1.5) for _, g in groups)
+    fig, axes = plt.subplots(1, len(groups), figsize=(width, 3.8), squeeze=False, sharey=True)
+    styles = {label: _style(i) for i, label in enumerate(dict.fromkeys(ok["label"]))}
+    for k, (ax, ((task, _, _), g)) in enumerate(zip(axes[0], groups)):
+        labels = list(dict.fromkeys(g["label"]))
+        for i, label in enumerate(labels):
+            a = pd.to_numeric(g.loc[g["label"] == label, "test_accuracy"], errors="coerce")
+            ax.bar(i, a.mean(), color=styles[label]["color"], alpha=0.35, width=0.6)
+            ax.scatter([i] * len(a), a, color=styles[label]["color"], zorder=3, s=14)
+        ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+        ax.set_title(f"{task} ({k + 1} of {len(groups)})" if len(groups) > 1 else task, fontsize=9)
+        ax.grid(True, axis="y", alpha=0.3)
+    axes[0][0].set_ylim(0, 1.02)
+    axes[0][0].set_ylabel("test accuracy")
+    fig.suptitle("test accuracy per variant (bar: mean; dots: one per seed and length)", fontsize=9)
+    for ext in ("png", "svg"):
+        fig.savefig(os.path.join(out_dir, f"accuracy.{ext}"), dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return True
