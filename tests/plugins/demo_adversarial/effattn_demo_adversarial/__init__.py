@@ -284,3 +284,21 @@ class HugeMessage(_Base):
 
     def forward(self, q, k, v, causal=False, key_padding_mask=None):
         raise RuntimeError("x" * (8 << 20))
+
+
+class NumpyMemory(_Base):
+    """Allocates (and touches) `mib` MiB through NumPy at every call, outside torch's allocator,
+    and frees it before returning."""
+
+    def __init__(self, at_len: int = 0, mib: int = 256):
+        super().__init__(at_len)
+        self.mib = mib
+
+    def forward(self, q, k, v, causal=False, key_padding_mask=None):
+        import numpy as np
+
+        if self.misbehave(q):
+            scratch = np.ones(self.mib * 2**20 // 8)  # float64, every page written
+            scratch.sum()
+            del scratch
+        return self.attend(q, k, v, causal)
