@@ -38,9 +38,12 @@ def git_commit(package_dir: str | None = None) -> str | None:
     elsewhere in the checkout - above all the results file a sweep is writing, which may be
     tracked - do not change what was measured and do not make a row dirty."""
     here = package_dir or os.path.dirname(os.path.abspath(__file__))
+    # a query, never a write: without this, `git status` refreshes the index under .git/index.lock,
+    # which a process that cannot write (a full disk, a size limit) leaves behind for the user's git
+    env = dict(os.environ, GIT_OPTIONAL_LOCKS="0")
     try:
         out = subprocess.run(
-            ["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+            ["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5, env=env
         )
         if out.returncode == 0:
             dirty = subprocess.run(
@@ -48,6 +51,7 @@ def git_commit(package_dir: str | None = None) -> str | None:
                 capture_output=True,
                 text=True,
                 timeout=5,
+                env=env,
             ).stdout
             code = [line for line in dirty.splitlines() if not line.rstrip().endswith(("/__pycache__/", ".pyc"))]
             return out.stdout.strip() + ("-dirty" if code else "")
