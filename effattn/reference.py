@@ -34,7 +34,7 @@ GRAD_TOLERANCE_FACTOR = 4.0
 #: a few units in the last place of the dtype (kernels that reduce in a varying order, atomics)
 DETERMINISM_ULPS = 8
 #: the scores of one block of rows are kept under this many elements
-BLOCK_ELEMENTS = 2**23
+BLOCK_ELEMENTS = 2**21  # (16 MiB of float64: reused by the allocator, not mapped anew per block)
 
 
 class ReferenceTimeout(Exception):
@@ -125,20 +125,42 @@ def reference_attention(
         return q.new_zeros(B, H, m, v.shape[-1]) + 0 * (q.sum() + k.sum() + v.sum())
     clock = _Clock(deadline, "the float64 reference", tick)
     scale = 1.0 / math.sqrt(d)
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    everything = keep is None and bool(allowed.all())
     parts = []
-    blocks = _blocks(m, B * H * n_k)
-    for a, b in blocks:
-        scores = (q[:, :, a:b] @ k.transpose(-2, -1)) * scale  # (B, H, r, n_k)
-        mask = allowed[..., a:b, :] if allowed.dim() >= 2 and allowed.shape[-2] != 1 else allowed
-        if keep is not None:
-            mask = mask & keep
-        mask = mask.expand_as(scores)
-        has_key = mask.any(-1, keepdim=True)
-        scores = scores.masked_fill(~mask, float("-inf"))
-        probs = torch.where(has_key, scores, torch.zeros_like(scores)).softmax(-1) * mask
-        parts.append(probs @ v)
+    for a, b in _blocks(m, B * H * n_k):
+        scores = (q[:, :, a:b] @ k.transpose(-2, -1)) * scale if grad else None  # (B, H, r, n_k)
+        mask = None
+        if not everything:
+            mask = allowed[..., a:b, :] if allowed.dim() >= 2 and allowed.shape[-2] != 1 else allowed
+            if keep is not None:
+                mask = mask & keep
+        parts.append(_softmax_graph(scores, mask) @ v if grad else _fused(q[:, :, a:b], k, v, mask))
         clock.after(b, m)
     return torch.cat(parts, 2) if len(parts) > 1 else parts[0]
+
+
+def _softmax_graph(scores, mask):
+    """Masked softmax that autograd can follow; a row with no allowed key is zeros."""
+    if mask is None:
+        return scores.softmax(-1)
+    mask = mask.expand_as(scores)
+    has_key = mask.any(-1, keepdim=True)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.where(has_key, scores, torch.zeros_like(scores)).softmax(-1) * mask
+
+
+def _fused(q, k, v, mask):
+    """The same without a graph, through PyTorch's fused kernel in float64 (one block's memory);
+    a row with no allowed key attends key 0 inside the kernel and is zeroed after it."""
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v)
+    has_key = mask.any(-1, keepdim=True)
+    if not bool(has_key.all()):
+        first = torch.zeros(mask.shape[-1], dtype=torch.bool, device=mask.device)
+        first[0] = True
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask | (~has_key & first)) * has_key
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
 def full_reference(q, k, v, causal: bool, *, deadline=None, tick=None, one_call: bool = True) -> torch.Tensor:

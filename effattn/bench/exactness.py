@@ -13,6 +13,9 @@ inputs it is timed on, the check compares
 * the other masking (causal in a bidirectional sweep, and the reverse), where it supports both;
 * under `fwdbwd`, the gradients reaching q, k and v, for an upstream gradient on sampled rows.
 
+The last three run on the first head alone (the forward compares every head): they cost a
+head's work, not the point's.
+
 Beyond MASK_MAX_N the reference's n x n mask is too large and the row says the check was not
 made; a reference that would outlast the --timeout is abandoned, and the row says that too. A
 failed comparison makes the point `error`, with every measured figure in the row.
@@ -110,11 +113,11 @@ def check(spec, core, n: int, qkv, outputs, reference, beat, deadline: float | N
     found = _Findings(spec.dtype)
     causal = spec.causal
 
-    def call(causal, key_padding_mask=None):
+    def call(causal, key_padding_mask=None, qkv=(q, k, v)):
         beat()
         with torch.no_grad():
-            out = core(q, k, v, causal=causal, key_padding_mask=key_padding_mask)
-        problem = check_output(out, q, v, "output (exactness check)")
+            out = core(*qkv, causal=causal, key_padding_mask=key_padding_mask)
+        problem = check_output(out, qkv[0], qkv[2], "output (exactness check)")
         if problem:
             raise _Invalid(problem)
         return out
@@ -141,24 +144,26 @@ def check(spec, core, n: int, qkv, outputs, reference, beat, deadline: float | N
             determinism_tolerance(spec.dtype),
             "two calls on the same inputs differ",
         )
-        some = sample_rows(n)
+        # The probes of other forms run on the first head alone (its key/value head with it): the
+        # forward above compared every head; a head's work is what these calls cost.
+        some, one = sample_rows(n), (q[:, :1], k[:, :1], v[:, :1])
         # 3. key padding
         if getattr(core, "supports_padding", False) and n >= 3:
             kpm = torch.zeros(q.shape[0], n, dtype=torch.bool, device=q.device)
             kpm[0, n - n // 3 :] = True
-            out = call(causal, kpm).index_select(2, some.to(q.device))
-            want = reference_attention(q, k, v, mask, key_padding_mask=kpm, rows=some, deadline=deadline, tick=beat)
+            out = call(causal, kpm, one).index_select(2, some.to(q.device))
+            want = reference_attention(*one, mask, key_padding_mask=kpm, rows=some, deadline=deadline, tick=beat)
             found.compare("padded", rel_err(out, want), tol, "with key padding, the output differs from its pattern")
         # 4. the other masking
         other = not causal
         if getattr(core, "supports_causal", False) if other else not getattr(core, "causal_only", False):
-            out = call(other).index_select(2, some.to(q.device))
-            want = reference_attention(q, k, v, core.dense_mask(n, n, other), rows=some, deadline=deadline, tick=beat)
+            out = call(other, None, one).index_select(2, some.to(q.device))
+            want = reference_attention(*one, core.dense_mask(n, n, other), rows=some, deadline=deadline, tick=beat)
             what = "causal" if other else "bidirectional"
             found.compare(what, rel_err(out, want), tol, f"the {what} output (not this row's) differs from its pattern")
         # 5. gradients
         if spec.mode == "fwdbwd":
-            _gradients(core, q, k, v, mask, causal, found, tol * GRAD_TOLERANCE_FACTOR, beat, deadline)
+            _gradients(core, *one, mask, causal, found, tol * GRAD_TOLERANCE_FACTOR, beat, deadline)
     except _Invalid as e:
         cols["exact_check"] = "failed"
         return cols, str(e)
