@@ -465,17 +465,10 @@ def prepare_point(spec: SweepSpec, variant: Variant, n: int, inputs: InputSet, t
         # 3. the steady-state peak of two more calls; what they too create and keep counts (a cache
         #    built on the second or third call is no less kept than one built on the first)
         steady_peak, per_call, outs = 0, float("inf"), []
-        rss_peak = None
-        for call in range(2):
+        for _ in range(2):
             for _try in range(3):  # a profile that lost its events is taken again
-                # the process's resident memory too, over the last call: what a plugin takes outside
-                # torch's allocator at every call (NumPy, a library's own buffers) shows there (not
-                # over the first: what loading code and starting threads take is no plugin's)
-                resident = measure.ResidentPeak() if call == 1 else None
                 t0 = time.perf_counter()
                 out, peak, net, seen = measure.profile_memory(clean_step, spec.device, with_events=True)
-                if resident is not None:
-                    rss_peak = resident.peak()
                 per_call = min(per_call, time.perf_counter() - t0)  # sizes the rounds' blocks (an upper bound)
                 if seen or not out.numel() or _try == 2:
                     break
@@ -492,16 +485,16 @@ def prepare_point(spec: SweepSpec, variant: Variant, n: int, inputs: InputSet, t
         row["first_call_peak_mem_bytes"] = first_peak
         row["retained_bytes"] = retained
         row["peak_mem_bytes"] = None if lost else max(first_peak, retained + steady_peak)
-        row["rss_peak_bytes"] = rss_peak
-        held = max(x for x in (row["peak_mem_bytes"], row["rss_peak_bytes"], 0) if x is not None)
-        if budget and row["input_bytes"] + held > budget:
-            which = "peak" if held == row["peak_mem_bytes"] else "resident peak (memory outside torch's allocator)"
+        if budget and not lost and row["input_bytes"] + row["peak_mem_bytes"] > budget:
             return Prepared(
                 variant,
                 {
                     **row,
                     "status": "oom",
-                    "reason": f"inputs {row['input_bytes']} + {which} {held} bytes exceed the memory budget {budget}",
+                    "reason": (
+                        f"inputs {row['input_bytes']} + peak {row['peak_mem_bytes']} bytes exceed the memory "
+                        f"budget {budget}"
+                    ),
                 },
             )
         # 4. useful FLOPs from the exact count of attended pairs

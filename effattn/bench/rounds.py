@@ -199,7 +199,7 @@ def measure_group(
     inputs.drop_references()  # the error columns are done: their references are not timed
     if ready:
         timing = _rounds(spec, ready, ref, n, tick, baseline_gflops)
-        _last_call(ready, timing, guard, tick)
+        _last_call(ready, timing, guard, tick, spec.memory_budget_bytes)
     else:  # no point to time: the reference alone, so that every row says what the machine could do
         rates = sorted(ref.gflops() for _ in range(3))
         timing = {"points": {}, "group": {"matmul_peak_gflops": rates[1], "probe_gflops_raw": rates}}
@@ -233,10 +233,13 @@ def _is_oom(e: BaseException) -> bool:
     )
 
 
-def _last_call(ready, timing, guard, tick) -> None:
+def _last_call(ready, timing, guard, tick, budget: int | None) -> None:
     """One more call of every timed point, watched like the first: a plugin whose output turns
     bad after a few calls (or in a later layer than the first) is caught, and the point is an
-    error instead of `ok`."""
+    error instead of `ok`. The process's resident memory is watched over it: what a plugin takes
+    outside torch's allocator at every call (NumPy, a library's own buffers) shows there, after
+    the rounds have settled the heap (over the first calls, the allocator's growth and the loading
+    of code would count too), and a point above the budget with it is `oom`."""
     from .validate import CoreWatch
 
     for p in ready:
@@ -248,14 +251,24 @@ def _last_call(ready, timing, guard, tick) -> None:
         try:
             if tick is not None:
                 tick(label)
+            resident = measure.ResidentPeak()
             with CoreWatch(*p.cores) as watch:
                 p.step()
+            point["rss_peak_bytes"] = resident.peak()
             problem = watch.problem
         except (Exception, SystemExit) as e:  # noqa: BLE001 - a plugin's failure is a recorded status
             problem = f"{type(e).__name__}: {e}"
         changed = guard.restore()
         if problem or changed:
             point.update(status="error", reason=f"after {point.get('rounds', 0)} timed rounds: {problem or changed}")
+            continue
+        rss, inputs = point.get("rss_peak_bytes"), p.row.get("input_bytes") or 0
+        if budget and rss is not None and rss > (p.row.get("peak_mem_bytes") or 0) and inputs + rss > budget:
+            point.update(
+                status="oom",
+                reason=f"inputs {inputs} + resident peak (memory outside torch's allocator) {rss} bytes exceed the "
+                f"memory budget {budget}",
+            )
 
 
 def _rounds(spec: SweepSpec, ready, ref: Reference, n: int, tick, baseline_gflops) -> dict:
