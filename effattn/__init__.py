@@ -7,6 +7,7 @@
 The registry is this package's API; sweeps are in effattn.bench, reports in effattn.report.
 """
 
+from . import registry as _registry
 from ._version import __version__
 from .errors import EffattnError, OptionError, UnknownAttentionError, UnsupportedError
 from .registry import (
@@ -17,6 +18,15 @@ from .registry import (
     list_attention,
     register_attention,
 )
+
+
+def _builtins() -> None:
+    from .attention import load_builtins
+
+    load_builtins()
+
+
+_registry.add_source(_builtins)  # effattn's own plugins, found in effattn.attention when first needed
 
 __all__ = [
     "EffattnError",

@@ -20,9 +20,21 @@ from .errors import OptionError, UnknownAttentionError
 ENTRY_POINT_GROUP = "effattn.attention"
 
 
+#: the optional methods a plugin may have beside `forward`; Facts says which it has
+OPTIONAL_METHODS = {
+    "has_dense_mask": "dense_mask",  # (n_q, n_k, causal) -> bool mask: the pattern an exact plugin computes
+    "has_nnz": "nnz",  # (n_q, n_k, causal) -> int: its attended pairs, counted without the mask
+    "states_flops": "algorithm_flops",  # (batch, heads, kv_heads, n_q, n_k, head_dim, causal) -> int
+    "declares_memory": "min_memory_bytes",  # (batch, heads, n_q, n_k, head_dim, element_size, causal, grad)
+    "has_availability": "availability",  # (device) -> None, or why it cannot run there
+}
+
+
 @dataclass(frozen=True)
 class Facts:
-    """What a plugin declares about itself. Undeclared facts take these defaults, which are
+    """What a plugin declares about itself, read once from its class (`Facts.of`) when it is
+    registered; every consumer (the sweep, the conformance suite, the report, `effattn list`)
+    asks these instead of the plugin. Undeclared facts take these defaults, which are
     deliberately modest: a minimal plugin (one class with a `forward`) is treated as an
     approximate, non-causal, self-attention-only, unpadded plugin of unknown complexity, and the
     conformance suite checks only what is claimed."""
@@ -38,17 +50,33 @@ class Facts:
     devices: tuple[str, ...] = ("cpu", "cuda")
     dtypes: tuple[str, ...] = ("float32", "float64", "bfloat16", "float16")
     description: str = ""
+    #: option sets that keep the plugin quick and its pattern non-trivial at short lengths (n <=
+    #: 77): the conformance suite checks each, pictures and quick checks use the first
+    small_options: tuple[dict, ...] = ()
+    #: the libraries a wrapper runs (`wraps = ("local-attention",)`): their versions are recorded
+    wraps: tuple[str, ...] = ()
+    #: the relative error an approximate plugin's decoding may have against its causal forward
+    decode_rtol: float | None = None
+    has_dense_mask: bool = False
+    has_nnz: bool = False
+    states_flops: bool = False
+    declares_memory: bool = False
+    has_availability: bool = False
 
     @classmethod
     def of(cls, target: Any) -> Facts:
         values = {}
         for f in cls.__dataclass_fields__:
-            if hasattr(target, f):
+            if f in OPTIONAL_METHODS:
+                values[f] = callable(getattr(target, OPTIONAL_METHODS[f], None))
+            elif hasattr(target, f):
                 v = getattr(target, f)
-                if f in ("devices", "dtypes"):  # "cpu" is one device; torch.float32 is "float32"
+                if f in ("devices", "dtypes", "wraps"):  # "cpu" is one device; torch.float32 is "float32"
                     v = (v,) if isinstance(v, str) else tuple(v) if isinstance(v, (list, tuple, set)) else v
                     if isinstance(v, tuple):
                         v = tuple(str(x).replace("torch.", "") for x in v)
+                elif f == "small_options":
+                    v = (dict(v),) if isinstance(v, dict) else tuple(dict(x) for x in v or ())
                 values[f] = tuple(v) if isinstance(v, (list, tuple)) else v
         if "description" not in values:
             doc = inspect.getdoc(target) or ""
@@ -183,8 +211,7 @@ def provenance(name: str) -> dict[str, Any]:
         if found:
             dist = found[0]
             version = _dist_version(dist)
-    wraps = getattr(entry.target, "wraps", None)
-    wraps = (wraps,) if isinstance(wraps, str) else tuple(wraps or ())
+    wraps = entry.facts.wraps
     return {
         "plugin_dist": dist,
         "plugin_version": version,
@@ -217,9 +244,24 @@ def option_info(target) -> list[dict[str, Any]]:
     return out
 
 
-def _ensure_loaded() -> None:
-    from . import attention  # noqa: F401  - registers the built-ins
+_SOURCES: list[Callable[[], None]] = []
+_sources_loaded = False
 
+
+def add_source(load: Callable[[], None]) -> None:
+    """A source of plugins besides the entry points: `load()` registers them, once, before the
+    first lookup (effattn's package registers its built-ins so). The registry imports no plugin."""
+    global _sources_loaded
+    _SOURCES.append(load)
+    _sources_loaded = False
+
+
+def _ensure_loaded() -> None:
+    global _sources_loaded
+    if not _sources_loaded:
+        _sources_loaded = True  # (set first: a plugin module that looks an entry up while loading)
+        for load in list(_SOURCES):
+            load()
     load_entry_points()
 
 
@@ -277,14 +319,20 @@ def option_defaults(target) -> dict[str, Any]:
     }
 
 
-def create_attention(name: str, **options):
-    """Build the plugin `name` with its validated options."""
-    entry = get_entry(name)
-    names, var_kw = option_names(entry.target)
+def check_option_names(name: str, options: dict) -> None:
+    """Refuse an option the plugin `name` does not take, naming the ones it does. Reads the
+    signature only: no plugin code runs (a third-party constructor may hang or exit)."""
+    names, var_kw = option_names(get_entry(name).target)
     unknown = [k for k in options if k not in names]
     if unknown and not var_kw:
         valid = ", ".join(names) if names else "none"
         raise OptionError(f"attention {name!r} has no option {', '.join(map(repr, unknown))}; valid options: {valid}")
+
+
+def create_attention(name: str, **options):
+    """Build the plugin `name` with its validated options."""
+    entry = get_entry(name)
+    check_option_names(name, options)
     defaults = option_defaults(entry.target)
     for k, v in options.items():
         d = defaults.get(k)

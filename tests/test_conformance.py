@@ -1,40 +1,12 @@
 """Every registered plugin, parametrized over the registry: a new plugin is tested for free.
-Plugins with block or window options are also checked at small sizes, so that the patterns are
-really exercised at the short lengths the suite uses."""
+Each plugin is also checked with the option sets it declares for short lengths (its
+`small_options`), so that its pattern is really exercised at the lengths the suite uses."""
 
 import pytest
 import torch
 
 import effattn
 from effattn.testing import check_attention, reference_attention, run_checks
-
-# Small option sets so that the patterns are non-trivial at n <= 77.
-SMALL_OPTIONS = {
-    "sliding_window": [dict(window=5), dict(window=4, global_tokens=3), dict(window=0)],
-    "bigbird": [
-        dict(block_size=8, num_random_blocks=2),
-        dict(block_size=5, num_random_blocks=1, seed=3),
-        dict(block_size=16, num_random_blocks=0),
-    ],
-    "sparse": [
-        dict(pattern="strided", stride=6),
-        dict(pattern="fixed", stride=8, summary=2),
-        dict(pattern="fixed", stride=5, summary=1),
-    ],
-    "performer": [dict(num_features=32)],
-    "linformer": [dict(proj_len=16, max_len=128)],
-    "nystrom": [dict(num_landmarks=8)],
-    "moba": [dict(block_size=8, top_k=2), dict(block_size=5, top_k=1)],
-    # chunks that do not divide the lengths, so that the scan over chunks is exercised at n <= 77
-    "gla": [dict(chunk=5)],
-    "deltanet": [dict(chunk=5)],
-    "gated_deltanet": [dict(chunk=5)],
-    "nsa": [
-        dict(block_size=8, block_stride=4, select_size=8, top_n=3, window=6, local_blocks=1),
-        dict(block_size=6, block_stride=4, select_size=5, top_n=2, window=3, local_blocks=0, chunk=7),
-    ],
-}
-
 
 FLEX_ON_CPU = (
     "FlexAttention has no backward on CPU and compiles for seconds per shape: its forward is checked "
@@ -51,7 +23,7 @@ def _cases():
         if name == "flex":  # the suite's gradient checks need a backward, which CPU FlexAttention lacks
             marks = [pytest.mark.skip(reason=FLEX_ON_CPU)]
         yield pytest.param(name, {}, id=name, marks=marks)
-        for i, opts in enumerate(SMALL_OPTIONS.get(name, [])):
+        for i, opts in enumerate(entry.facts.small_options):
             yield pytest.param(name, opts, id=f"{name}-small{i}", marks=marks)
 
 

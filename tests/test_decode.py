@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from effattn import create_attention
-from effattn.attention import _decode
 from effattn.attention.base import AttentionBase
 from effattn.decoding import Recompute, decoder_for
 from effattn.errors import EffattnError, UnsupportedError
+from effattn.kernels import caches
 from effattn.testing import run_checks
 
 CACHED = {
@@ -85,7 +85,7 @@ def test_cache_sizes_follow_their_formulas_byte_for_byte():
 
 
 def test_kv_cache_truncate_and_growth():
-    c = _decode.KVCache(1, 1, 4, torch.float32, "cpu", capacity=2)
+    c = caches.KVCache(1, 1, 4, torch.float32, "cpu", capacity=2)
     for t in range(5):
         c.append(torch.full((1, 1, 1, 4), float(t)), torch.full((1, 1, 1, 4), float(t)))
     assert c.length == 5 and c.capacity >= 5
@@ -103,7 +103,7 @@ def test_kv_cache_truncate_and_growth():
 @pytest.mark.parametrize("masked", [False, True])
 def test_split_step_equals_one_softmax(monkeypatch, K, masked):
     """The segmented step (log-sum-exp merge) is exact, padded keys and empty segments included."""
-    monkeypatch.setattr(_decode, "SPLIT_MIN_KEYS", 4)
+    monkeypatch.setattr(caches, "SPLIT_MIN_KEYS", 4)
     B, H, L, D = 2, 8, 101, 16
     q, k, v = _qkv(B, H, K, L, D, dtype=torch.float32)
     q = q[:, :, :1]
@@ -111,7 +111,7 @@ def test_split_step_equals_one_softmax(monkeypatch, K, masked):
     if masked:
         keep = torch.rand(B, L, generator=torch.Generator().manual_seed(1)) > 0.5
         keep[1, :60] = False  # whole segments with no key
-    got = _decode.attend(q, k, v, keep)
+    got = caches.attend(q, k, v, keep)
     rep = H // K
     kr, vr = k.repeat_interleave(rep, 1).double(), v.repeat_interleave(rep, 1).double()
     s = (q.double() @ kr.transpose(-1, -2)) / D**0.5
@@ -124,7 +124,7 @@ def test_split_step_equals_one_softmax(monkeypatch, K, masked):
 def test_a_step_of_a_token_with_no_key_left_is_zeros():
     q, k, v = _qkv(1, 2, 2, 5, 4, dtype=torch.float32)
     keep = torch.zeros(1, 5, dtype=torch.bool)
-    assert torch.equal(_decode.attend(q[:, :, :1], k, v, keep), torch.zeros(1, 2, 1, 4))
+    assert torch.equal(caches.attend(q[:, :, :1], k, v, keep), torch.zeros(1, 2, 1, 4))
 
 
 class _LeakyWindow(AttentionBase):
@@ -144,12 +144,12 @@ class _LeakyWindow(AttentionBase):
         return m & (j <= i) if causal else m
 
     def forward(self, q, k, v, causal=False, key_padding_mask=None):
-        from effattn.attention.full import dense_attention
+        from effattn.kernels.masks import dense_attention
 
         return dense_attention(q, k, v, self.dense_mask(q.shape[2], k.shape[2], causal))
 
     def new_cache(self, batch, heads, head_dim, dtype=torch.float32, device="cpu", max_len=0):
-        return _decode.RingCache(batch, heads, head_dim, dtype, device, fixed=0, ring=self.window)  # bug: w + 1
+        return caches.RingCache(batch, heads, head_dim, dtype, device, fixed=0, ring=self.window)  # bug: w + 1
 
     def prefill(self, cache, q, k, v, key_padding_mask=None):
         cache.write(k, v)
@@ -157,7 +157,7 @@ class _LeakyWindow(AttentionBase):
 
     def step(self, cache, q, k, v):
         cache.write(k, v)
-        return _decode.attend(q, cache.k, cache.v, cache.valid(cache.length - 1, self.window))
+        return caches.attend(q, cache.k, cache.v, cache.valid(cache.length - 1, self.window))
 
 
 def test_a_cache_one_token_short_is_caught():
@@ -236,7 +236,7 @@ def test_backbone_generates_through_caches_as_its_forward_does():
 
 
 def test_spec_refuses_bad_decode_requests():
-    from effattn.bench.point import SweepSpec
+    from effattn.bench.spec import SweepSpec
     from effattn.spec import parse_variants
 
     vs = parse_variants("full")
@@ -250,8 +250,8 @@ def test_spec_refuses_bad_decode_requests():
 
 
 def test_decode_group_rows_carry_the_cache_and_errors():
-    from effattn.bench.point import SweepSpec
-    from effattn.bench.rounds import measure_group
+    from effattn.bench.group import measure_group
+    from effattn.bench.spec import SweepSpec
     from effattn.spec import parse_variants
 
     vs = parse_variants("full,sliding_window:window=16,linear,sparse,moba,nystrom")
@@ -311,8 +311,8 @@ def test_a_plugin_whose_step_misbehaves_is_an_error_row_and_the_sweep_goes_on(te
     """A step that returns NaN, the wrong shape or raises, and a cache that cannot be built: each
     is that point's `error` with the reason; the other points of the group are measured."""
     from effattn.attention.full import FullAttention
-    from effattn.bench.point import SweepSpec
-    from effattn.bench.rounds import measure_group
+    from effattn.bench.group import measure_group
+    from effattn.bench.spec import SweepSpec
     from effattn.spec import Variant
 
     class NanStep(FullAttention):

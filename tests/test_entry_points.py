@@ -44,7 +44,7 @@ def test_cli_list_and_check_third_party(plugin_site, run_cli):
 def test_rows_record_the_distribution_that_provided_the_plugin(with_plugins):
     from importlib.metadata import version
 
-    from effattn.bench.point import SweepSpec, base_row
+    from effattn.bench.spec import SweepSpec, base_row
     from effattn.spec import Variant
 
     spec = SweepSpec(seq_lens=[16], variants=[Variant("full", {})])

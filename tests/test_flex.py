@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import effattn
-from effattn.attention._flex import flex_available
+from effattn.kernels.flex import flex_available
 
 pytestmark = pytest.mark.skipif(flex_available() is not None, reason=str(flex_available()))
 
@@ -54,7 +54,7 @@ def test_auto_picks_chunked_on_cpu():
 def test_past_the_recompile_limit_flex_fails_instead_of_running_dense(monkeypatch):
     """Dynamo's own fallback at its recompile limit runs flex_attention eagerly, which builds every
     n x n score: a 'flex' row would then measure dense work. It must fail, saying why."""
-    import effattn.attention._flex as flex_mod
+    import effattn.kernels.flex as flex_mod
 
     monkeypatch.setattr(flex_mod, "RECOMPILE_LIMIT", 1)
     attn = effattn.create_attention("sliding_window", window=8, backend="flex")
@@ -79,7 +79,7 @@ def test_float64_on_cuda_takes_the_chunked_path_and_flex_refuses_it():
 def test_a_large_block_mask_is_built_without_the_n_by_n_mask(monkeypatch, compiled):
     """Built eagerly, create_block_mask evaluates all n x n pairs at once (4 GiB at 16k); past
     COMPILED_MASK_PAIRS it is built compiled. The first call's measured peak says which."""
-    import effattn.attention._flex as flex_mod
+    import effattn.kernels.flex as flex_mod
     from effattn.bench.measure import profile_memory
 
     monkeypatch.setattr(flex_mod, "COMPILED_MASK_PAIRS", 1 if compiled else 1 << 62)

@@ -9,19 +9,14 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from effattn.bench import measure
-from effattn.bench.point import SweepSpec
+from effattn import contract
 from effattn.registry import create_attention, get_entry, list_attention
-from effattn.spec import Variant
 
-#: options that keep the count's shapes small enough to run quickly, and blocks that do not
-#: divide n (the ragged last block is where a count goes wrong)
-SMALL = {
-    "moba": {"block_size": 48},
-    "hf_bigbird": {"block_size": 16, "num_random_blocks": 2},
-    "performer": {"num_features": 64},
-    "performer_pytorch": {"num_features": 64},
-}
+
+def _small(name) -> dict:
+    """The plugin's own small options (quick, and blocks that do not divide n = 300: the ragged
+    last block is where a count goes wrong)."""
+    return dict(next(iter(get_entry(name).facts.small_options), {}))
 
 
 def _approximate_builtins() -> list[str]:
@@ -30,7 +25,7 @@ def _approximate_builtins() -> list[str]:
         entry = get_entry(name)
         if entry.source != "builtin":
             continue
-        attn = create_attention(name, **SMALL.get(name, {}))
+        attn = create_attention(name, **_small(name))
         if getattr(attn, "exact", False) or (attn.availability("cpu") if hasattr(attn, "availability") else None):
             continue
         out.append(name)
@@ -43,7 +38,7 @@ def test_stated_flops_match_torch_count(name, causal):
     """Every built-in approximate plugin states its forward's matmul FLOPs, and they are within 5%
     of what torch.utils.flop_counter counts when the forward runs (elementwise work is left out of
     both); with grouped-query heads where the plugin takes them."""
-    attn = create_attention(name, **SMALL.get(name, {}))
+    attn = create_attention(name, **_small(name))
     assert callable(getattr(attn, "algorithm_flops", None)), f"{name} states no algorithm_flops"
     if causal and not attn.supports_causal:
         pytest.skip(f"{name} is not causal")
@@ -76,10 +71,9 @@ class _Counted:
 
 @pytest.mark.parametrize("bad", [-1, float("nan"), float("inf"), "many", None, True, RuntimeError("boom")])
 def test_a_broken_count_is_no_count(bad):
-    spec = SweepSpec(seq_lens=[64], variants=[Variant("linear")])
-    assert measure.algorithm_flops(_Counted(bad), spec, 64) is None
-    assert measure.algorithm_flops(object(), spec, 64) is None
-    assert measure.algorithm_flops(_Counted(10**9), spec, 64) == 10**9
+    assert contract.algorithm_flops(_Counted(bad), 1, 8, 8, 64, 64, 64, False) is None
+    assert contract.algorithm_flops(object(), 1, 8, 8, 64, 64, 64, False) is None
+    assert contract.algorithm_flops(_Counted(10**9), 1, 8, 8, 64, 64, 64, False) == 10**9
 
 
 def test_bench_rows_carry_the_basis(tmp_path, run_cli):

@@ -1,4 +1,4 @@
-"""Patterns cut into pieces merged by log-sum-exp (`effattn.attention._merge`): the pieces
+"""Patterns cut into pieces merged by log-sum-exp (`effattn.kernels.merge`): the pieces
 partition the pattern, and the merged result equals float64 softmax attention over the pattern,
 forward and gradients, on the CPU flash kernel's path and on the explicit-score path."""
 
@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from effattn.attention import _chunked, _merge, _pattern
-from effattn.attention.base import combine_masks
-from effattn.attention.full import dense_attention
+from effattn.attention import base
+from effattn.kernels import chunked, merge
+from effattn.kernels.masks import combine_masks, dense_attention
 from effattn.registry import create_attention
 
 PIECED = {
@@ -29,7 +29,7 @@ def _build(key):
     return attn
 
 
-def _piece_masks(plan: _chunked.Plan, n_q: int, n_k: int) -> torch.Tensor:
+def _piece_masks(plan: chunked.Plan, n_q: int, n_k: int) -> torch.Tensor:
     """The (n_q, n_k) pairs a plan computes, from its groups (mask and rows without keys)."""
     out = torch.zeros(n_q, n_k, dtype=torch.int64)
     for g in plan.groups:
@@ -74,8 +74,8 @@ def _qkv(B, H, Kh, n_q, n_k, D, seed=0):
 )
 def test_merged_equals_float64_softmax(monkeypatch, path, key, n_q, n_k, causal, pad, Kh):
     if path == "explicit":
-        monkeypatch.setattr(_merge, "kernel_ok", lambda q: False)
-    elif not _merge.kernel_ok(torch.zeros(1)):
+        monkeypatch.setattr(merge, "kernel_ok", lambda q: False)
+    elif not merge.kernel_ok(torch.zeros(1)):
         pytest.skip("this torch build has no CPU flash kernel")
     attn = _build(key)
     if not getattr(attn, "supports_cross", True) and n_q != n_k:
@@ -135,13 +135,13 @@ def test_dense_shortcut_engages_only_where_chunks_cover_most_pairs():
     out = win(q, k, v, causal=True, key_padding_mask=kpm)
     assert "dense" in win.last_backend
     grads = torch.autograd.grad(out.square().sum(), (q, k, v))
-    _pattern.DENSE_ABOVE, saved = None, _pattern.DENSE_ABOVE
+    base.DENSE_ABOVE, saved = None, base.DENSE_ABOVE
     try:
         ref = win(q, k, v, causal=True, key_padding_mask=kpm)
         assert win.last_backend.startswith("chunked-")
         want = torch.autograd.grad(ref.square().sum(), (q, k, v))
     finally:
-        _pattern.DENSE_ABOVE = saved
+        base.DENSE_ABOVE = saved
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
     for a, b in zip(grads, want):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-11)

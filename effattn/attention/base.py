@@ -1,15 +1,18 @@
-"""What every built-in plugin shares: declared facts, option checks and the mask conventions of
-docs/semantics.md (causal is top-left aligned `j <= i`; `key_padding_mask` is True at padding; a query
-row left with no key outputs zeros)."""
+"""What every built-in plugin shares: declared facts and option checks (`AttentionBase`, with the
+mask conventions of docs/semantics.md in `effattn.kernels.masks`), and the base of the exact
+pattern plugins (`PatternAttention`): a pattern stated as `pair_mask`, laid out as chunk plans for
+the plain-PyTorch engine (`effattn.kernels.chunked`), merged by log-sum-exp where it is cut into
+pieces (`effattn.kernels.merge`), or handed to FlexAttention or a dense mask (the backends)."""
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import nn
 
 from ..errors import UnsupportedError
+from ..kernels import merge
+from ..kernels.chunked import Plan, PlanCache, folds, run_plan
+from ..kernels.masks import combine_masks, dense_attention
 from ..options import check_choice, check_float, check_int  # noqa: F401  (re-exported: plugins import them from here)
 
 
@@ -77,73 +80,121 @@ class AttentionBase(nn.Module):
         return out
 
 
-def dense_pairs(n_q: int, n_k: int, causal: bool) -> int:
-    """Pairs of an unrestricted softmax: n_q * n_k, or with causal the pairs with j <= i."""
-    if not causal:
-        return n_q * n_k
-    m = min(n_q, n_k)
-    return m * (m + 1) // 2 + max(0, n_q - n_k) * n_k
+# --------------------------------------------------------------------- exact pattern plugins
+BACKENDS = ("auto", "chunked", "dense", "flex")
+#: the chunked backend runs a pattern as ONE masked SDPA call over its dense (n_q, n_k) mask when
+#: its chunks would compute at least this fraction of all n_q x n_k pairs anyway (short sequences,
+#: where a window covers nearly every pair and the chunks' extra calls are the cost: fwd+bwd of
+#: sliding_window(64) at n = 128, batch 32, took 1.8x as long as full), and the mask has at most
+#: DENSE_MAX_PAIRS elements. None: never (tests that exercise the chunk paths at small n).
+DENSE_ABOVE: float | None = 0.5
+DENSE_MAX_PAIRS = 1 << 22
+#: what FlexAttention's Triton kernels compile for (float64 fails inside Triton's dot: found on an H200)
+FLEX_CUDA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
-# ----------------------------------------------------------------------------- masks
-def causal_mask(n_q: int, n_k: int, device=None) -> torch.Tensor:
-    """(n_q, n_k) bool, True where j <= i (top-left aligned, as SDPA's is_causal)."""
-    i = torch.arange(n_q, device=device)[:, None]
-    j = torch.arange(n_k, device=device)[None, :]
-    return j <= i
+class PatternAttention(AttentionBase):
+    """Base of the exact pattern plugins: `pair_mask(i, j, causal)` states the pattern, `_plan`
+    lays out chunks for the engine.
 
+    backend: `chunked` (plain PyTorch; forward and backward everywhere), `flex` (compiled
+    FlexAttention; CUDA forward+backward, CPU forward only), `dense` (masked SDPA over
+    `dense_mask`: the labelled simulated-sparsity baseline, O(n^2)), `auto` (flex on CUDA, chunked
+    on CPU, where flex compiles for seconds per shape and has no backward; chunked for float64 on
+    CUDA, which FlexAttention's kernels do not take)."""
 
-def combine_masks(pattern: torch.Tensor | None, key_padding_mask: torch.Tensor | None):
-    """Pattern (n_q, n_k) and padding (B, n_k, True = pad) -> allowed mask broadcastable to
-    (B, 1, n_q, n_k), or None when everything attends."""
-    mask = pattern
-    if key_padding_mask is not None:
-        keep = ~key_padding_mask[:, None, None, :]  # (B, 1, 1, n_k)
-        mask = keep if mask is None else (mask & keep)
-    return mask
+    complexity = "O(nnz)"
+    supports_gqa = True
 
+    def __init__(self, backend: str = "auto"):
+        super().__init__()
+        self.backend = check_choice("backend", backend, BACKENDS)
+        self._plans = PlanCache(self._piece_plans)
+        self._flex_masks: dict = {}
+        self._dense_masks: dict = {}
 
-def guard_empty_rows(mask: torch.Tensor | None):
-    """A row with no allowed key would make softmax 0/0. Let such rows attend key 0 instead (so
-    every intermediate and gradient stays finite) and return a row multiplier that zeroes them.
-    Returns (mask, row_keep) where row_keep is None when no row is empty."""
-    if mask is None:
-        return None, None
-    has_key = mask.any(-1, keepdim=True)  # (..., n_q, 1)
-    if bool(has_key.all()):
-        return mask, None
-    first = torch.zeros(mask.shape[-1], dtype=torch.bool, device=mask.device)
-    first[0] = True
-    return mask | (~has_key & first), has_key
+    def pair_mask(self, i, j, causal: bool):  # pragma: no cover - abstract
+        raise NotImplementedError
 
+    def _plan(self, n_q: int, n_k: int, causal: bool) -> Plan:  # pragma: no cover - abstract
+        raise NotImplementedError
 
-def softmax_scale(head_dim: int) -> float:
-    return 1.0 / math.sqrt(head_dim)
+    def _piece_plans(self, n_q: int, n_k: int, causal: bool, training: bool = False) -> list[Plan]:
+        """The pattern as plans whose pairs are disjoint per row, merged by log-sum-exp
+        (`effattn.kernels.merge`); one plan (one softmax per chunk, no merge) unless a plugin cuts it. A plugin
+        may lay out a call that needs gradients (`training`) differently: the backward pays for
+        every key a chunk repeats (its gradient is zero-filled and added back per chunk)."""
+        return [self._plan(n_q, n_k, causal)]
 
+    def dense_mask(self, n_q: int, n_k: int, causal: bool = False) -> torch.Tensor:
+        return self.pair_mask(torch.arange(n_q)[:, None], torch.arange(n_k)[None, :], causal)
 
-def band_pairs(n_q: int, n_k: int, window: int, causal: bool = False, fixed: int = 0) -> int:
-    """Pairs with |i - j| <= window (and j <= i when causal), plus the first `fixed` keys for every
-    query (sinks), counted without building the mask."""
-    i = torch.arange(n_q)
-    lo = (i - window).clamp(min=0)
-    hi = torch.minimum(i if causal else i + window, torch.tensor(n_k - 1))
-    band = (hi - lo + 1).clamp(min=0)
-    if fixed:
-        extra = torch.minimum(torch.tensor(fixed), lo)  # sinks below the band's start
-        if causal:
-            extra = torch.minimum(extra, i + 1)
-        band = band + extra.clamp(min=0)
-    return int(band.sum())
+    def _chunked(self, q, k, v, causal, key_padding_mask):
+        n_q, n_k = q.shape[2], k.shape[2]
+        training = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+        plans = self._plans(n_q, n_k, causal, training)
+        if DENSE_ABOVE is not None and n_q * n_k <= DENSE_MAX_PAIRS:
+            if sum(p.computed_pairs for p in plans) >= DENSE_ABOVE * n_q * n_k:
+                self.last_backend = "chunked (as one dense call: the chunks cover most pairs)"
+                key = (n_q, n_k, causal, str(q.device))
+                if key not in self._dense_masks:
+                    if len(self._dense_masks) >= 4:
+                        self._dense_masks.pop(next(iter(self._dense_masks)))
+                    self._dense_masks[key] = self.dense_mask(n_q, n_k, causal).to(q.device)
+                return dense_attention(q, k, v, combine_masks(self._dense_masks[key], key_padding_mask))
+        B, H = q.shape[:2]
+        if len(plans) == 1 and not (merge.kernel_ok(q) and not any(folds(g, B, H) for g in plans[0].groups)):
+            self.last_backend = "chunked-sdpa"
+            return run_plan(plans[0], q, k, v, key_padding_mask)
+        if len(plans) == 1:
+            # one plan through the flash kernel with the merge module's backward, which adds each
+            # group's gradient straight into dq, dk, dv: autograd's backward of the per-element
+            # selects, slices and unfold views zero-filled a full-size tensor for each (33 fills,
+            # a third of a window's fwd+bwd at 8k)
+            self.last_backend = "chunked-flash"
+            return merge.run_pieces(plans, q, k, v, key_padding_mask)
+        self.last_backend = "chunked-pieces"
+        return merge.run_pieces(plans, q, k, v, key_padding_mask)
 
+    def _flex_pair_mask(self, n_q: int, n_k: int, causal: bool, device):
+        return lambda i, j: self.pair_mask(i, j, causal)
 
-def rows_with_a_key(keep: torch.Tensor, window: int, n_q: int, causal: bool) -> torch.Tensor:
-    """keep (B, n_k) bool, True where a key may be attended -> (B, n_q) bool: whether row i has any
-    kept key j with |i - j| <= window (j <= i when causal). For wrappers of libraries that give a
-    row with no key the mean of V instead of zeros."""
-    B, n_k = keep.shape
-    c = torch.nn.functional.pad(keep.long().cumsum(1), (1, 0))  # c[:, j] = kept keys before j
-    i = torch.arange(n_q, device=keep.device)
-    lo = (i - window).clamp(min=0, max=n_k)
-    hi = (i if causal else i + window).clamp(max=n_k - 1) + 1
-    hi = torch.maximum(hi, lo)
-    return (c[:, hi] - c[:, lo]) > 0
+    def forward(self, q, k, v, causal: bool = False, key_padding_mask=None):
+        self.check_call(q, k, v, causal, key_padding_mask)
+        if (empty := self.empty_output(q, k, v)) is not None:
+            return empty
+        backend = self.backend
+        if backend == "auto":
+            from ..kernels.flex import flex_available
+
+            backend = (
+                "flex"
+                if q.device.type == "cuda" and q.dtype in FLEX_CUDA_DTYPES and flex_available() is None
+                else "chunked"
+            )
+        if backend == "flex":
+            if q.device.type == "cuda" and q.dtype not in FLEX_CUDA_DTYPES:
+                raise UnsupportedError(
+                    f"backend 'flex': FlexAttention's CUDA kernels take float16, bfloat16 and "
+                    f"float32, not {str(q.dtype).replace('torch.', '')}; use backend='chunked'"
+                )
+            from ..kernels.flex import flex_forward
+
+            self.last_backend = "flex"
+            pm = self._flex_pair_mask(q.shape[2], k.shape[2], causal, q.device)
+            return flex_forward(pm, q, k, v, causal, key_padding_mask, self._flex_masks)
+        if backend == "dense":
+            self.last_backend = "dense (simulated sparsity)"
+            pattern = self.dense_mask(q.shape[2], k.shape[2], causal).to(q.device)
+            return dense_attention(q, k, v, combine_masks(pattern, key_padding_mask))
+        return self._chunked(q, k, v, causal, key_padding_mask)
+
+    def nnz(self, n_q: int, n_k: int, causal: bool = False) -> int:
+        """Attended pairs, from the plan (no n x n mask)."""
+        if n_q == 0 or n_k == 0:
+            return 0
+        return sum(p.pairs for p in self._plans(n_q, n_k, causal))
+
+    def min_memory_bytes(self, batch, heads, n_q, n_k, head_dim, element_size, causal, grad) -> int:
+        """The `dense` backend builds the (n_q, n_k) boolean pattern; the others stay O(nnz)."""
+        return n_q * n_k if self.backend == "dense" else 0

@@ -144,6 +144,9 @@ class _DeltaRule(GatedRecurrence):
 class DeltaNet(_DeltaRule):
     """DeltaNet: linear attention whose state is corrected by the delta rule; chunked, causal only."""
 
+    #: option sets that keep it quick and its pattern non-trivial at short lengths (tests, pictures)
+    small_options = ({"chunk": 5},)
+
     def __init__(self, seed: int = 0, chunk: int = 64, head_dim: int = 0):
         super().__init__(seed, chunk, head_dim)
 
@@ -159,6 +162,8 @@ class GatedDeltaNet(_DeltaRule):
     """Gated DeltaNet: the delta rule with a scalar decay gate per token (Mamba2's); chunked, causal only."""
 
     gated = True
+    #: option sets that keep it quick and its pattern non-trivial at short lengths (tests, pictures)
+    small_options = ({"chunk": 5},)
 
     def __init__(self, seed: int = 0, chunk: int = 64, head_dim: int = 0):
         super().__init__(seed, chunk, head_dim)

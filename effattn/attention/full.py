@@ -10,17 +10,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..kernels.caches import KVDecoding
+from ..kernels.masks import causal_mask, combine_masks, dense_attention, dense_pairs, guard_empty_rows, softmax_scale
 from ..registry import register_attention
-from ._decode import KVDecoding
-from .base import AttentionBase, causal_mask, combine_masks, dense_pairs, guard_empty_rows, softmax_scale
-
-
-def dense_attention(q, k, v, mask, scale=None):
-    """SDPA with a boolean mask (True attends), zeros for rows with no key. k and v may carry
-    fewer heads than q (grouped-query: SDPA's `enable_gqa`)."""
-    mask, row_keep = guard_empty_rows(mask)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
-    return out if row_keep is None else out * row_keep
+from .base import AttentionBase
 
 
 def grouped(q, k, v):

@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..kernels.caches import check_step
 from ..registry import register_attention
-from ._decode import check_step
 from .base import AttentionBase, check_float, check_int
 
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import torch
 
+from ..kernels.caches import KVDecoding
+from ..kernels.masks import causal_mask, combine_masks, dense_attention, dense_pairs
 from ..registry import register_attention
-from ._decode import KVDecoding
-from .base import AttentionBase, causal_mask, combine_masks, dense_pairs
-from .full import dense_attention
+from .base import AttentionBase
 
 
 @register_attention("masked")

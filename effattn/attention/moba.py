@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import torch
 
+from ..kernels.masks import causal_mask, dense_attention
 from ..registry import register_attention
-from .base import AttentionBase, causal_mask, check_int
-from .full import dense_attention
+from .base import AttentionBase, check_int
 
 #: calls with B * H * n_q * n_k at most this run as one masked SDPA call; None: never (the tests
 #: of the block loop set this)
@@ -107,6 +107,8 @@ class MoBAAttention(AttentionBase):
     exact = False  # exact to its definition, but the kept blocks depend on the data: no dense_mask
     complexity = "O(n·k·b)"
     supports_cross = False  # blocks and own block are defined on one sequence
+    #: option sets that keep it quick and its pattern non-trivial at short lengths (tests, pictures)
+    small_options = ({"block_size": 8, "top_k": 2}, {"block_size": 5, "top_k": 1})
 
     def __init__(self, block_size: int = 256, top_k: int = 3):
         super().__init__()

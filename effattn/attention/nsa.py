@@ -342,6 +342,11 @@ class NativeSparseAttention(AttentionBase):
     complexity = "O(n·(n/d + n_sel·l' + w))"
     supports_cross = False  # blocks and the query's own block are defined on one sequence
     supports_gqa = True
+    #: option sets that keep it quick and its pattern non-trivial at short lengths (tests, pictures)
+    small_options = (
+        {"block_size": 8, "block_stride": 4, "select_size": 8, "top_n": 3, "window": 6, "local_blocks": 1},
+        {"block_size": 6, "block_stride": 4, "select_size": 5, "top_n": 2, "window": 3, "local_blocks": 0, "chunk": 7},
+    )
 
     def __init__(
         self,

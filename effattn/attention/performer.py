@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from ..kernels.caches import check_step
 from ..registry import register_attention
-from ._decode import check_step
 from .base import AttentionBase, check_int
 from .linear import LinearState, linear_attention, linear_flops
 
@@ -41,6 +41,8 @@ class PerformerAttention(AttentionBase):
     complexity = "O(n·m)"
     supports_decode = True
     supports_gqa = True
+    #: option sets that keep it quick and its pattern non-trivial at short lengths (tests, pictures)
+    small_options = ({"num_features": 32},)
 
     def __init__(self, num_features: int = 256, seed: int = 0, orthogonal: bool = True, chunk: int = 64):
         super().__init__()

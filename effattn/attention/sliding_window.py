@@ -7,7 +7,7 @@ HF's `attention_window` is the full width 2w). Cost O(n * (2w + 1 + g) + g * n).
 every query, but sink rows see only their window and the sinks (not everything, as global rows do).
 
 Rows are cut into chunks of c rows; chunk rows [s, s+c) gather keys [0, g) + [s - w, s + c + w),
-so every interior chunk shares one (c, g + c + 2w) mask (see `_chunked`). The g global rows form
+so every interior chunk shares one (c, g + c + 2w) mask (see `effattn.kernels.chunked`). The g global rows form
 a chunk of their own over all keys.
 
 Decoding keeps the first g (or s) tokens and a ring of the last w + 1: a cache of constant size,
@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import torch
 
+from ..kernels import chunked
+from ..kernels.caches import RingCache, attend, check_step, expand_padding
 from ..registry import register_attention
-from . import _chunked, _pattern
-from ._decode import RingCache, attend, check_step, expand_padding
-from .base import check_int
+from .base import PatternAttention, check_int
 
 
 def default_chunk(window: int) -> int:
@@ -67,10 +67,12 @@ class _WindowDecoding:
 
 
 @register_attention("sliding_window")
-class SlidingWindowAttention(_WindowDecoding, _pattern.PatternAttention):
+class SlidingWindowAttention(_WindowDecoding, PatternAttention):
     """Longformer: |i - j| <= window, plus global tokens that attend and are attended by all."""
 
     complexity = "O(n·w)"
+    #: option sets that keep it quick and its pattern non-trivial at short lengths (tests, pictures)
+    small_options = ({"window": 5}, {"window": 4, "global_tokens": 3}, {"window": 0})
 
     def __init__(self, window: int = 256, global_tokens: int = 0, chunk: int = 0, backend: str = "auto"):
         super().__init__(backend)
@@ -86,15 +88,17 @@ class SlidingWindowAttention(_WindowDecoding, _pattern.PatternAttention):
         m = ((i - j).abs() <= w) | (i < g) | (j < g)
         return m & (j <= i) if causal else m
 
-    def _plan(self, n_q: int, n_k: int, causal: bool) -> _chunked.Plan:
+    def _plan(self, n_q: int, n_k: int, causal: bool) -> chunked.Plan:
         return _window_plan(self, n_q, n_k, causal, self.global_tokens, global_rows=True)
 
 
 @register_attention("sliding_window_sinks")
-class SinkWindowAttention(_WindowDecoding, _pattern.PatternAttention):
+class SinkWindowAttention(_WindowDecoding, PatternAttention):
     """StreamingLLM: |i - j| <= window, plus the first `sinks` keys, seen by every query."""
 
     complexity = "O(n·w)"
+    #: option sets that keep it quick and its pattern non-trivial at short lengths (tests, pictures)
+    small_options = ({"window": 5, "sinks": 2},)
 
     def __init__(self, window: int = 256, sinks: int = 4, chunk: int = 0, backend: str = "auto"):
         super().__init__(backend)
@@ -109,15 +113,15 @@ class SinkWindowAttention(_WindowDecoding, _pattern.PatternAttention):
         m = ((i - j).abs() <= self.window) | (j < self.sinks)
         return m & (j <= i) if causal else m
 
-    def _plan(self, n_q: int, n_k: int, causal: bool) -> _chunked.Plan:
+    def _plan(self, n_q: int, n_k: int, causal: bool) -> chunked.Plan:
         return _window_plan(self, n_q, n_k, causal, self.sinks, global_rows=False)
 
 
-def _window_plan(attn, n_q: int, n_k: int, causal: bool, g: int, global_rows: bool) -> _chunked.Plan:
+def _window_plan(attn, n_q: int, n_k: int, causal: bool, g: int, global_rows: bool) -> chunked.Plan:
     """Chunks of c rows over keys [0, g) + [s - w, s + c + w); with `global_rows` the first g
     rows form a chunk of their own over all keys."""
     w, c = attn.window, attn.chunk
-    A = _chunked.arange
+    A = chunked.arange
     chunks = []
     first = min(g, n_q) if global_rows else 0
     if global_rows and g:
@@ -130,4 +134,4 @@ def _window_plan(attn, n_q: int, n_k: int, causal: bool, g: int, global_rows: bo
         if keys.numel() == 0:
             keys = A(0, 1)  # rows beyond every key (cross-attention): masked, output zeros
         chunks.append((A(s, e), keys))
-    return _chunked.build_plan(chunks, lambda i, j: attn.pair_mask(i, j, causal))
+    return chunked.build_plan(chunks, lambda i, j: attn.pair_mask(i, j, causal))

@@ -5,7 +5,7 @@
 
 `fixed` runs on the chunked SDPA engine (block rows; keys = own block + summary columns).
 `strided` couples a band with a residue class per row, which no shared-mask chunking covers, so
-it runs as two pieces merged by log-sum-exp (`_merge`): the band, chunks of rows against a
+it runs as two pieces merged by log-sum-exp (`effattn.kernels.merge`): the band, chunks of rows against a
 contiguous run of keys (an unfold view, one shared mask), and the residue classes, each class
 i mod s one chunk of its rows against its keys. The pair (i, i) lies in both sets and is counted
 in the residue piece only.
@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import torch
 
+from ..kernels import chunked
+from ..kernels.caches import KVDecoding
 from ..registry import register_attention
-from . import _chunked, _pattern
-from ._decode import KVDecoding
-from .base import check_choice, check_int
+from .base import PatternAttention, check_choice, check_int
 
 
 @register_attention("sparse")
-class SparseAttention(KVDecoding, _pattern.PatternAttention):
+class SparseAttention(KVDecoding, PatternAttention):
     """Sparse Transformer strided or fixed pattern.
 
     Decoding keeps every key (a later row of either pattern may attend any earlier position:
@@ -31,6 +31,12 @@ class SparseAttention(KVDecoding, _pattern.PatternAttention):
     fixed its own block and the c summary keys of each earlier block."""
 
     complexity = "O(n·(s + n/s))"
+    #: option sets that keep it quick and its pattern non-trivial at short lengths (tests, pictures)
+    small_options = (
+        {"pattern": "strided", "stride": 6},
+        {"pattern": "fixed", "stride": 8, "summary": 2},
+        {"pattern": "fixed", "stride": 5, "summary": 1},
+    )
 
     def __init__(self, pattern: str = "strided", stride: int = 128, summary: int = 8, backend: str = "auto"):
         super().__init__(backend)
@@ -69,9 +75,9 @@ class SparseAttention(KVDecoding, _pattern.PatternAttention):
         return torch.cat([cols[cols % s >= s - self.summary], torch.arange(start, i + 1)])
 
     # ------------------------------------------------------------------ fixed: chunked engine
-    def _plan(self, n_q: int, n_k: int, causal: bool) -> _chunked.Plan:
+    def _plan(self, n_q: int, n_k: int, causal: bool) -> chunked.Plan:
         s, c = self.stride, self.summary
-        A = _chunked.arange
+        A = chunked.arange
         summary_cols = torch.arange(n_k)[torch.arange(n_k) % s >= s - c]
         chunks = []
         for start in range(0, n_q, s):
@@ -82,16 +88,16 @@ class SparseAttention(KVDecoding, _pattern.PatternAttention):
                 other = other[other < start]
             keys = torch.cat([other, own])
             chunks.append((A(start, end), keys if keys.numel() else A(0, 1)))
-        return _chunked.build_plan(chunks, lambda i, j: self.pair_mask(i, j, causal))
+        return chunked.build_plan(chunks, lambda i, j: self.pair_mask(i, j, causal))
 
-    def _fixed_pieces(self, n_q: int, n_k: int, causal: bool) -> list[_chunked.Plan]:
+    def _fixed_pieces(self, n_q: int, n_k: int, causal: bool) -> list[chunked.Plan]:
         """fixed as two pieces: each block against itself (an unfold view with one shared mask),
         and the summary columns, which every row sees alike: non-causal, all rows in one long
         query block against all of them, no mask; causal, chunks of rows against the summary
         columns of the blocks before theirs. The own block's summary columns are counted in the
         summary piece (non-causal) or in the own piece (causal)."""
         s, c = self.stride, self.summary
-        A = _chunked.arange
+        A = chunked.arange
         own = [(A(start, min(start + s, n_q)), A(start, min(start + s, n_k))) for start in range(0, min(n_q, n_k), s)]
 
         def own_mask(i, j):
@@ -101,7 +107,7 @@ class SparseAttention(KVDecoding, _pattern.PatternAttention):
         if not causal and c == s:
             own = []  # every column is a summary column
         if own:
-            plans.append(_chunked.build_plan(own, own_mask))
+            plans.append(chunked.build_plan(own, own_mask))
         cols = torch.arange(n_k)[torch.arange(n_k) % s >= s - c]
         summary = []
         R = s * max(1, self.summary_rows // s)
@@ -118,21 +124,21 @@ class SparseAttention(KVDecoding, _pattern.PatternAttention):
             return (j // s < i // s) if causal else torch.ones_like(i == j)
 
         if summary:
-            plans.append(_chunked.build_plan(summary, summary_mask))
+            plans.append(chunked.build_plan(summary, summary_mask))
         if not plans:  # no pair at all (n_k = 0 is answered before): one empty-row plan
-            plans.append(_chunked.build_plan([(A(0, n_q), A(0, 1))], lambda i, j: torch.zeros_like(i == j)))
+            plans.append(chunked.build_plan([(A(0, n_q), A(0, 1))], lambda i, j: torch.zeros_like(i == j)))
         return plans
 
     # ------------------------------------------------------------------ strided: two pieces
-    def _piece_plans(self, n_q: int, n_k: int, causal: bool, training: bool = False) -> list[_chunked.Plan]:
+    def _piece_plans(self, n_q: int, n_k: int, causal: bool, training: bool = False) -> list[chunked.Plan]:
         """strided: the band |i - j| < s and the residue class (i - j) % s == 0 outside it, as two
-        pieces merged by log-sum-exp (`_merge`). The diagonal (i, i), in both sets, is counted in
+        pieces merged by log-sum-exp (`effattn.kernels.merge`). The diagonal (i, i), in both sets, is counted in
         the residue piece, so that piece needs no mask (non-causal) or SDPA's triangle (causal),
         and the band piece masks it out."""
         if self.pattern == "fixed":
             return self._fixed_pieces(n_q, n_k, causal) if self.fixed_pieces else [self._plan(n_q, n_k, causal)]
         s, c = self.stride, (self.band_chunk_training if training else self.band_chunk)
-        A = _chunked.arange
+        A = chunked.arange
         band = []
         for start in range(0, n_q, c):
             e = min(start + c, n_q)
@@ -152,7 +158,7 @@ class SparseAttention(KVDecoding, _pattern.PatternAttention):
         def residue_mask(i, j):  # same residue by construction
             return j <= i if causal else torch.ones_like(i == j)
 
-        return [_chunked.build_plan(band, band_mask), _chunked.build_plan(residue, residue_mask)]
+        return [chunked.build_plan(band, band_mask), chunked.build_plan(residue, residue_mask)]
 
     def _chunked(self, q, k, v, causal, key_padding_mask):
         out = super()._chunked(q, k, v, causal, key_padding_mask)

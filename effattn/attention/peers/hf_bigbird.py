@@ -37,12 +37,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UnsupportedError
-from ..registry import register_attention
-from .base import AttentionBase, check_int
-from .full import dense_attention
-from .peer_hf_longformer import _Given
-from .peer_local_attention import _unavailable, peer_begin
+from ...errors import UnsupportedError
+from ...kernels.masks import dense_attention
+from ...registry import register_attention
+from ..base import AttentionBase, check_int
+from ._common import Given, peer_begin, unavailable
 
 
 def sparse_blocks(n: int, block: int, r: int) -> int | None:
@@ -81,7 +80,8 @@ class HFBigBirdPeer(AttentionBase):
     supports_cross = False
     dtypes = ("float32", "float64")
     wraps = ("transformers",)
-    small_options = {"block_size": 8, "num_random_blocks": 1}
+    #: option sets that keep it quick and its pattern non-trivial at short lengths (tests, pictures)
+    small_options = ({"block_size": 8, "num_random_blocks": 1},)
 
     def __init__(self, block_size: int = 64, num_random_blocks: int = 3, seed: int = 0):
         super().__init__()
@@ -93,7 +93,7 @@ class HFBigBirdPeer(AttentionBase):
 
     @staticmethod
     def availability(device: str = "cpu") -> str | None:
-        return _unavailable("transformers")
+        return unavailable("transformers")
 
     def _module(self, heads: int, head_dim: int):
         key = (heads, head_dim)
@@ -111,7 +111,7 @@ class HFBigBirdPeer(AttentionBase):
             )
             with torch.random.fork_rng(devices=[]):  # its discarded projections draw from torch's generator
                 m = BigBirdBlockSparseAttention(cfg, seed=self.seed).train()  # the training-mode draw
-            m.query, m.key, m.value = _Given(), _Given(), _Given()
+            m.query, m.key, m.value = Given(), Given(), Given()
             for draw in ("_bigbird_block_rand_mask", "_bigbird_block_rand_mask_with_head"):
                 setattr(m, draw, _refusing(getattr(m, draw), self.block_size, self.num_random_blocks))
             self._impl[key] = m

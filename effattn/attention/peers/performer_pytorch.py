@@ -21,10 +21,10 @@ import io
 
 import torch
 
-from ..registry import register_attention
-from .base import AttentionBase, check_int
-from .linear import linear_flops
-from .peer_local_attention import _unavailable, peer_begin
+from ...registry import register_attention
+from ..base import AttentionBase, check_int
+from ..linear import linear_flops
+from ._common import peer_begin, unavailable
 
 
 @register_attention("performer_pytorch")
@@ -37,6 +37,8 @@ class PerformerPytorchPeer(AttentionBase):
     supports_padding = False
     dtypes = ("float32", "float64")
     wraps = ("performer-pytorch",)
+    #: option sets that keep it quick and its pattern non-trivial at short lengths (tests, pictures)
+    small_options = ({"num_features": 32},)
 
     def __init__(self, num_features: int = 256, seed: int = 0):
         super().__init__()
@@ -46,7 +48,7 @@ class PerformerPytorchPeer(AttentionBase):
 
     @staticmethod
     def availability(device: str = "cpu") -> str | None:
-        return _unavailable("performer_pytorch")
+        return unavailable("performer_pytorch")
 
     def _fast(self, d: int, device):
         if d not in self._impl:

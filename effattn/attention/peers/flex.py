@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import OptionError, UnsupportedError
-from ..registry import create_attention, register_attention
-from ._flex import flex_available
-from .base import AttentionBase, check_choice
+from ...errors import OptionError, UnsupportedError
+from ...kernels.flex import flex_available
+from ...registry import create_attention, register_attention
+from ..base import AttentionBase, check_choice
 
 MASKS = ("sliding_window", "sliding_window_sinks", "sparse", "bigbird")
 

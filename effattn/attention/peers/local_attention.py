@@ -18,32 +18,10 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import UnsupportedError
-from ..registry import register_attention
-from .base import AttentionBase, band_pairs, causal_mask, check_int, rows_with_a_key
-
-INSTALL = "pip install 'effattn[peers]'"
-
-
-def _unavailable(module: str) -> str | None:
-    try:
-        __import__(module)
-    except Exception as e:  # noqa: BLE001 - any import failure makes the peer unavailable, with the reason
-        return f"unavailable: {module} not importable ({type(e).__name__}); {INSTALL}"
-    return None
-
-
-def peer_begin(attn, name: str, q, k, v, causal, key_padding_mask):
-    """What every peer wrapper does before calling its library: the call's checks, the empty-input
-    answer, and a clear refusal when the library is not installed. Returns the empty output, or
-    None to go on."""
-    attn.check_call(q, k, v, causal, key_padding_mask)
-    if (empty := attn.empty_output(q, k, v)) is not None:
-        return empty
-    why = attn.availability()
-    if why:
-        raise UnsupportedError(f"{name}: {why}")
-    return None
+from ...kernels.masks import band_pairs, causal_mask, rows_with_a_key
+from ...registry import register_attention
+from ..base import AttentionBase, check_int
+from ._common import peer_begin, unavailable
 
 
 @register_attention("local_attention")
@@ -61,7 +39,7 @@ class LocalAttentionPeer(AttentionBase):
 
     @staticmethod
     def availability(device: str = "cpu") -> str | None:
-        return _unavailable("local_attention")
+        return unavailable("local_attention")
 
     def dense_mask(self, n_q: int, n_k: int, causal: bool = False) -> torch.Tensor:
         i, j = torch.arange(n_q)[:, None], torch.arange(n_k)[None, :]

@@ -2,7 +2,7 @@
 
 A pattern whose rows do not share one key layout (strided: a band plus a residue class; fixed:
 its own block plus the summary columns every row sees; BigBird: band, globals and random blocks)
-is cut into pieces: each piece is a `_chunked.Plan` over a subset of the pairs, and for every row
+is cut into pieces: each piece is a `chunked.Plan` over a subset of the pairs, and for every row
 the pieces' pair sets are disjoint and their union is the row's pattern. Each piece is computed by
 the CPU flash kernel, which returns its rows' log-sum-exp L_p alongside the output O_p; the rows
 are merged exactly:
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _chunked
+from . import chunked
 
 #: the log-sum-exp handed to the backward for rows a piece does not reach: exp(s - BIG) = 0
 _BIG = 1e30
@@ -57,7 +57,7 @@ def _piece_flash(qb, kb, vb, mask, scale):
     return out, lse
 
 
-def _plan_out_lse(plan: _chunked.Plan, q, k, v, key_padding_mask, scale, kernel, buffers=None):
+def _plan_out_lse(plan: chunked.Plan, q, k, v, key_padding_mask, scale, kernel, buffers=None):
     """One piece over every batch element: (O_p (B, H, n_q, Dv), L_p (B, H, n_q)); rows the piece
     does not reach, and rows left with no key, get O_p = 0 and L_p = -inf. Each group's output is
     written straight into O_p (a fresh tensor, or `buffers` when given): on this kind of machine
@@ -80,7 +80,7 @@ def _plan_out_lse(plan: _chunked.Plan, q, k, v, key_padding_mask, scale, kernel,
         rows = None if g.row_start is not None else g.rows.reshape(-1).to(q.device)
         for b in range(B):
             # the flash path runs without autograd: its gather buffers may be reused
-            qb, kb, vb, mask, keep = _chunked.element_inputs(g, b, q, k, v, key_padding_mask, flash, not flash)
+            qb, kb, vb, mask, keep = chunked.element_inputs(g, b, q, k, v, key_padding_mask, flash, not flash)
             o, lse = kernel(qb, kb, vb, mask, scale)
             if keep is not None:
                 o = o * keep
@@ -90,8 +90,8 @@ def _plan_out_lse(plan: _chunked.Plan, q, k, v, key_padding_mask, scale, kernel,
                 Out[b].narrow(1, g.row_start, G * c).unflatten(1, (G, c)).copy_(o.reshape(G, H, c, Dv).transpose(0, 1))
                 L[b].narrow(1, g.row_start, G * c).unflatten(1, (G, c)).copy_(lse.reshape(G, H, c).transpose(0, 1))
             else:
-                Out[b].index_copy_(1, rows, _chunked.unlayout_rows(o, H, c))
-                L[b].index_copy_(1, rows, _chunked.unlayout_rows(lse, H, c))
+                Out[b].index_copy_(1, rows, chunked.unlayout_rows(o, H, c))
+                L[b].index_copy_(1, rows, chunked.unlayout_rows(lse, H, c))
     return Out, L
 
 
@@ -105,7 +105,7 @@ def _merge_into(Out, L, Op, Lp):
     return Out.mul_(a).add_(Op.mul_(b)), Ln
 
 
-def _scratch(plan: _chunked.Plan, Out: torch.Tensor, L: torch.Tensor):
+def _scratch(plan: chunked.Plan, Out: torch.Tensor, L: torch.Tensor):
     """A (O_p, L_p) buffer pair shaped like (Out, L), kept on the plan between calls."""
     key = (tuple(Out.shape), Out.dtype, L.dtype, str(Out.device))
     got = plan._scratch
@@ -160,7 +160,7 @@ class _Merged(torch.autograd.Function):
                 rows = g.rows.reshape(-1).to(q.device)
                 keys = g.keys.reshape(-1).to(q.device)
                 for b in range(B):
-                    qb, kb, vb, mask, keep = _chunked.element_inputs(g, b, q, k, v, ctx.kpm, True, False)
+                    qb, kb, vb, mask, keep = chunked.element_inputs(g, b, q, k, v, ctx.kpm, True, False)
 
                     lse = _layout_rows(Lb[b], rows, G, c, Kh)
                     if keep is not None:
@@ -177,13 +177,13 @@ class _Merged(torch.autograd.Function):
                         attn_mask=mask,
                         scale=ctx.scale,
                     )
-                    dq[b].index_add_(1, rows, _chunked.unlayout_rows(gq, H, c))
+                    dq[b].index_add_(1, rows, chunked.unlayout_rows(gq, H, c))
                     dk[b].index_add_(1, keys, gk.transpose(0, 1).reshape(Kh, G * K, -1))
                     dv[b].index_add_(1, keys, gv.transpose(0, 1).reshape(Kh, G * K, -1))
         return dq, dk, dv, None, None, None
 
 
-def run_pieces(plans: list[_chunked.Plan], q, k, v, key_padding_mask=None, scale=None):
+def run_pieces(plans: list[chunked.Plan], q, k, v, key_padding_mask=None, scale=None):
     """q (B, H, n_q, D), k/v (B, Kh, n_k, D) -> (B, H, n_q, Dv): softmax attention over the union
     of the pieces' pairs (disjoint per row)."""
     if scale is None:

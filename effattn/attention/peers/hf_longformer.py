@@ -21,20 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..registry import register_attention
-from .base import AttentionBase, band_pairs, check_int
-from .peer_local_attention import _unavailable, peer_begin
-
-
-class _Given(nn.Module):
-    """Stands in for a projection: returns the tensor set before the call, whatever it is given."""
-
-    def __init__(self):
-        super().__init__()
-        self.value = None
-
-    def forward(self, _hidden):
-        return self.value
+from ...kernels.masks import band_pairs
+from ...registry import register_attention
+from ..base import AttentionBase, check_int
+from ._common import Given, peer_begin, unavailable
 
 
 @register_attention("hf_longformer")
@@ -55,7 +45,7 @@ class HFLongformerPeer(AttentionBase):
 
     @staticmethod
     def availability(device: str = "cpu") -> str | None:
-        return _unavailable("transformers")
+        return unavailable("transformers")
 
     def dense_mask(self, n_q: int, n_k: int, causal: bool = False) -> torch.Tensor:
         i, j = torch.arange(n_q)[:, None], torch.arange(n_k)[None, :]
@@ -77,7 +67,7 @@ class HFLongformerPeer(AttentionBase):
                 attention_probs_dropout_prob=0.0,
             )
             m = LongformerSelfAttention(cfg, layer_id=0).eval()
-            m.query, m.key, m.value = _Given(), _Given(), _Given()
+            m.query, m.key, m.value = Given(), Given(), Given()
             self._impl[key] = m
         return self._impl[key]
 

@@ -287,7 +287,7 @@ def _run_group_folded(g: Group, q, k, v, key_padding_mask, scale):
     return out.reshape(B, H, G * c, -1)
 
 
-def _folds(g: Group, B: int, H: int) -> bool:
+def folds(g: Group, B: int, H: int) -> bool:
     """Whether group g runs with the batch folded into its chunk dimension (small groups, B > 1)."""
     return B > 1 and g.rows.shape[0] * g.rows.shape[1] * g.keys.shape[1] * H < FOLD_MAX_PAIRS
 
@@ -297,7 +297,7 @@ def run_plan(plan: Plan, q, k, v, key_padding_mask=None, scale=None):
     B, H = q.shape[:2]
 
     def run(g):
-        return (_run_group_folded if _folds(g, B, H) else _run_group)(g, q, k, v, key_padding_mask, scale)
+        return (_run_group_folded if folds(g, B, H) else _run_group)(g, q, k, v, key_padding_mask, scale)
 
     outs = [run(g) for g in plan.groups]
     out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
