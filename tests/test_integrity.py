@@ -19,8 +19,8 @@ import torch
 
 import effattn
 from effattn.bench import SweepSpec, measure_point
-from effattn.bench.measure import attended_pairs
 from effattn.bench.worker import MeasuringProcess
+from effattn.contract import attended_pairs
 from effattn.errors import EffattnError
 from effattn.results import load, summary
 from effattn.spec import Variant, parse_seq_lens, parse_variant
@@ -150,10 +150,10 @@ def test_a_pattern_counted_by_its_dense_mask_or_not_at_all(with_plugins):
 
 
 def test_a_rate_above_the_peak_is_flagged_a_fault(monkeypatch):
-    from effattn.bench import rounds
+    from effattn.bench import timing
 
-    monkeypatch.setattr(rounds.Reference, "gflops", lambda self: 1e-3)
-    monkeypatch.setattr(rounds, "_PROBE_HISTORY", {})  # no real rate seen before: 1e-3 is this run's quiet
+    monkeypatch.setattr(timing.Reference, "gflops", lambda self: 1e-3)
+    monkeypatch.setattr(timing, "_PROBE_HISTORY", {})  # no real rate seen before: 1e-3 is this run's quiet
     spec = SweepSpec(seq_lens=[64], variants=[], heads=2, head_dim=8, min_run_time_s=0.01, error=False)
     row = measure_point(spec, Variant("full", {}), 64)
     assert row["status"] == "ok" and row["peak_fraction"] > 1 and "matmul peak" in row["fault"]

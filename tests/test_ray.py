@@ -321,7 +321,7 @@ class _LastFirst:
         if self.lose_after is not None and len(self.started) == self.lose_after:
             raise ExecutorLost("lost the cluster (simulated)")
         job = self.jobs.pop()
-        _, n, group = job.info  # (chain, length, the variants of the group)
+        _, (n, group) = job.info  # (the chain, (the length, the variants of the group))
         self.started += [(v.label, n) for v in group]
         return job, job.fn(*job.args)
 

@@ -10,8 +10,10 @@ from collections import Counter
 
 import pytest
 
-from effattn.bench import SweepSpec, rounds
-from effattn.bench.rounds import measure_group, schedule
+from effattn.bench import SweepSpec, timing
+from effattn.bench.group import measure_group
+from effattn.bench.timing import schedule
+from effattn.guard import TorchState
 from effattn.results import summary
 from effattn.spec import Variant
 from effattn.stats import crossover, exponent_ci, median_ci, min_p_value, slower_test, verdict
@@ -32,7 +34,7 @@ def test_every_round_holds_every_variant_in_a_varying_order():
 
 
 def test_a_length_of_slow_points_takes_fewer_rounds_but_at_least_six():
-    from effattn.bench.rounds import rounds_for
+    from effattn.bench.timing import rounds_for
 
     rounds, calls = rounds_for({"fast": 1e-4, "also_fast": 2e-4}, 0.2)
     assert rounds == 10 and calls == {"fast": 200, "also_fast": 100}  # blocks of a tenth of 0.2 s
@@ -83,8 +85,8 @@ def _scripted_reference(monkeypatch, rates):
             pass
         return last[0]
 
-    monkeypatch.setattr(rounds.Reference, "gflops", gflops)
-    monkeypatch.setattr(rounds, "_PROBE_HISTORY", {})
+    monkeypatch.setattr(timing.Reference, "gflops", gflops)
+    monkeypatch.setattr(timing, "_PROBE_HISTORY", {})
 
 
 def test_loaded_rounds_are_set_aside_and_measured_again(monkeypatch):
@@ -100,7 +102,7 @@ def test_loaded_rounds_are_set_aside_and_measured_again(monkeypatch):
 
 def test_a_load_that_does_not_leave_flags_the_point(monkeypatch):
     _scripted_reference(monkeypatch, [100.0] * 3 + [40.0] * 10000)
-    monkeypatch.setattr(rounds, "LOAD_WAIT_S", 0.3)
+    monkeypatch.setattr(timing, "LOAD_WAIT_S", 0.3)
     row = measure_group(SweepSpec(**LOAD_SPEC), [Variant("full", {})], 64)[0]
     assert row["loaded"] is True and row["status"] == "ok"
     # the least loaded rounds are used (the three quiet ones and the best of the rest), and it says so
@@ -277,8 +279,8 @@ def test_two_runs_of_one_sample_each_are_never_a_regression(cli_here, tmp_path):
 def test_one_burst_of_turbo_clock_does_not_make_every_round_loaded(monkeypatch):
     """The bar is the third-highest reading: one or two readings far above the rest (a turbo
     burst) are passed over, where the maximum would have called every later round loaded."""
-    assert rounds.quiet_rate([100.0] * 10 + [300.0, 280.0]) == 100.0
-    assert rounds.quiet_rate([50.0]) == 50.0 and rounds.quiet_rate([]) == 0.0
+    assert timing.quiet_rate([100.0] * 10 + [300.0, 280.0]) == 100.0
+    assert timing.quiet_rate([50.0]) == 50.0 and timing.quiet_rate([]) == 0.0
     _scripted_reference(monkeypatch, [300.0, 100.0, 290.0] + [100.0] * 1000)
     row = measure_group(SweepSpec(**LOAD_SPEC), [Variant("full", {})], 64)[0]
     assert row["loaded"] is False and row["loaded_rounds_total"] == 0 and row["rounds_total"] == 10
@@ -318,7 +320,7 @@ def test_a_plugin_that_lowers_matmul_precision_is_caught_and_undone():
     import torch
 
     before = torch.get_float32_matmul_precision()
-    guard = rounds._TorchState()
+    guard = TorchState()
     torch.set_float32_matmul_precision("medium" if before != "medium" else "high")
     try:
         assert "float32 matmul precision" in (guard.restore() or "")

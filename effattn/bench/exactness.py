@@ -23,10 +23,9 @@ failed comparison makes the point `error`, with every measured figure in the row
 
 from __future__ import annotations
 
-import time
-
 import torch
 
+from .. import contract
 from ..reference import (
     GRAD_TOLERANCE_FACTOR,
     ReferenceTimeout,
@@ -59,9 +58,10 @@ def _fingerprint(mask: torch.Tensor) -> tuple:
 def applies(core) -> str | None:
     """None when the point's exactness can be checked, else why not (an approximate plugin, or an
     exact one that declares no pattern)."""
-    if not getattr(core, "exact", False):
+    facts = contract.facts(core)
+    if not facts.exact:
         return "not applicable: an approximate plugin"
-    if not callable(getattr(core, "dense_mask", None)):
+    if not facts.has_dense_mask:
         return "not checked: the plugin declares no dense_mask"
     return None
 
@@ -95,89 +95,111 @@ class _Findings:
             self.done.append(what)
 
 
-def check(spec, core, n: int, qkv, outputs, reference, beat, deadline: float | None) -> tuple[dict, str | None]:
+def check(spec, core, qkv, outputs, reference, beat, deadline: float | None) -> tuple[dict, str | None]:
     """Check an exact point. `qkv`: the inputs (detached); `outputs`: two forward outputs already
     made on them without gradients (or None: the check makes them); `reference(key, compute)`:
     a cache shared by the variants of the length (`InputSet.reference`); `beat()`: called as
-    each call of the plugin starts. Returns (row columns, the reason the point is wrong or None)."""
+    each call of the plugin starts. Returns (the measurement's fields, the reason the point is wrong
+    or None)."""
     why = applies(core)
     cols = {"exact_tolerance": None, "exact_check": why, "rel_err_vs_own_dense": None, "exact_errors": None}
     if why:
         return cols, None
-    if n > MASK_MAX_N:
-        cols["exact_check"] = f"not computed: n = {n} > {MASK_MAX_N} (the float64 reference needs the n x n mask)"
+    if spec.n > MASK_MAX_N:
+        cols["exact_check"] = f"not computed: n = {spec.n} > {MASK_MAX_N} (the float64 reference needs the n x n mask)"
         return cols, None
-    q, k, v = qkv
-    tol = tolerance(spec.dtype)
-    cols["exact_tolerance"] = tol
-    found = _Findings(spec.dtype)
-    causal = spec.causal
+    c = _Check(spec, core, qkv, beat, deadline)
+    cols["exact_tolerance"] = c.tol
+    try:
+        mask = core.dense_mask(spec.n, spec.n, spec.causal)
+        if tuple(mask.shape) != (spec.n, spec.n) or mask.dtype != torch.bool:
+            return cols, f"dense_mask returned {mask.dtype} {tuple(mask.shape)}, not torch.bool ({spec.n}, {spec.n})"
+        a, b = outputs if outputs is not None else (c.call(spec.causal), c.call(spec.causal))
+        cols.update(c.forward(b, mask, reference))
+        c.found.compare(
+            "determinism", rel_err(a, b), determinism_tolerance(spec.dtype), "two calls on the same inputs differ"
+        )
+        c.padded(mask)
+        c.other_masking()
+        if spec.mode == "fwdbwd":
+            _gradients(core, *c.one, mask, spec.causal, c.found, c.tol * GRAD_TOLERANCE_FACTOR, beat, deadline)
+    except _Invalid as e:
+        cols["exact_check"] = "failed"
+        return cols, str(e)
+    except ReferenceTimeout as e:
+        cols.update(exact_check=f"not completed: {e}", exact_errors=c.found.figures or None)
+        return cols, _problem(c.found)
+    problem = _problem(c.found)
+    cols.update(exact_errors=c.found.figures, exact_check="failed" if problem else "passed: " + ", ".join(c.found.done))
+    return cols, problem
 
-    def call(causal, key_padding_mask=None, qkv=(q, k, v)):
-        beat()
+
+class _Check:
+    """The comparisons of one exact point. The probes of other forms (padding, the other masking,
+    gradients) run on the first head alone, with its key/value head: the forward compared every
+    head; a head's work is what these calls cost."""
+
+    def __init__(self, spec, core, qkv, beat, deadline):
+        self.spec, self.core, self.beat, self.deadline = spec, core, beat, deadline
+        self.q, self.k, self.v = qkv
+        self.facts, self.tol = contract.facts(core), tolerance(spec.dtype)
+        self.found = _Findings(spec.dtype)
+        self.some = sample_rows(spec.n)
+        self.one = (self.q[:, :1], self.k[:, :1], self.v[:, :1])
+
+    def call(self, causal, key_padding_mask=None, qkv=None):
+        qkv = qkv or (self.q, self.k, self.v)
+        self.beat()
         with torch.no_grad():
-            out = core(*qkv, causal=causal, key_padding_mask=key_padding_mask)
+            out = self.core(*qkv, causal=causal, key_padding_mask=key_padding_mask)
         problem = check_output(out, qkv[0], qkv[2], "output (exactness check)")
         if problem:
             raise _Invalid(problem)
         return out
 
-    try:
-        mask = core.dense_mask(n, n, causal)
-        if tuple(mask.shape) != (n, n) or mask.dtype != torch.bool:
-            return cols, f"dense_mask returned {mask.dtype} {tuple(mask.shape)}, not torch.bool ({n}, {n})"
-        a, b = outputs if outputs is not None else (call(causal), call(causal))
-        # 1. the swept configuration, every row (or sampled rows)
+    def reference(self, qkv, mask, rows, key_padding_mask=None):
+        return reference_attention(*qkv, mask, key_padding_mask=key_padding_mask, rows=rows, deadline=self.deadline,
+                                   tick=self.beat)  # fmt: skip
+
+    def forward(self, out, mask, cache) -> dict:
+        """The swept configuration: every row up to ALL_ROWS_MAX_N, sampled rows beyond."""
+        n = self.spec.n
         rows = None if n <= ALL_ROWS_MAX_N else sample_rows(n)
-        ref = reference(
-            ("own", _fingerprint(mask), None if rows is None else len(rows)),
-            lambda: reference_attention(q, k, v, mask, rows=rows, deadline=deadline, tick=beat),
+        key = ("own", _fingerprint(mask), None if rows is None else len(rows))
+        ref = cache(key, lambda: self.reference((self.q, self.k, self.v), mask, rows))
+        got = out if rows is None else out.index_select(2, rows.to(out.device))
+        self.found.compare(
+            "forward", rel_err(got, ref), self.tol, "the output differs from its own dense_mask's pattern"
         )
-        got = b if rows is None else b.index_select(2, rows.to(b.device))
-        found.compare("forward", rel_err(got, ref), tol, "the output differs from its own dense_mask's pattern")
-        cols["rel_err_vs_own_dense"] = found.figures["forward"]
-        cols["own_dense_rows"] = n if rows is None else len(rows)
-        # 2. determinism
-        found.compare(
-            "determinism",
-            rel_err(a, b),
-            determinism_tolerance(spec.dtype),
-            "two calls on the same inputs differ",
+        return {
+            "rel_err_vs_own_dense": self.found.figures["forward"],
+            "own_dense_rows": n if rows is None else len(rows),
+        }
+
+    def padded(self, mask) -> None:
+        """A call with batch row 0's last third of keys padded, where the plugin takes padding."""
+        n = self.spec.n
+        if not self.facts.supports_padding or n < 3:
+            return
+        kpm = torch.zeros(self.q.shape[0], n, dtype=torch.bool, device=self.q.device)
+        kpm[0, n - n // 3 :] = True
+        out = self.call(self.spec.causal, kpm, self.one).index_select(2, self.some.to(self.q.device))
+        want = self.reference(self.one, mask, self.some, kpm)
+        self.found.compare(
+            "padded", rel_err(out, want), self.tol, "with key padding, the output differs from its pattern"
         )
-        # The probes of other forms run on the first head alone (its key/value head with it): the
-        # forward above compared every head; a head's work is what these calls cost.
-        some, one = sample_rows(n), (q[:, :1], k[:, :1], v[:, :1])
-        # 3. key padding
-        if getattr(core, "supports_padding", False) and n >= 3:
-            kpm = torch.zeros(q.shape[0], n, dtype=torch.bool, device=q.device)
-            kpm[0, n - n // 3 :] = True
-            out = call(causal, kpm, one).index_select(2, some.to(q.device))
-            want = reference_attention(*one, mask, key_padding_mask=kpm, rows=some, deadline=deadline, tick=beat)
-            found.compare("padded", rel_err(out, want), tol, "with key padding, the output differs from its pattern")
-        # 4. the other masking
-        other = not causal
-        if getattr(core, "supports_causal", False) if other else not getattr(core, "causal_only", False):
-            out = call(other, None, one).index_select(2, some.to(q.device))
-            want = reference_attention(*one, core.dense_mask(n, n, other), rows=some, deadline=deadline, tick=beat)
-            what = "causal" if other else "bidirectional"
-            found.compare(what, rel_err(out, want), tol, f"the {what} output (not this row's) differs from its pattern")
-        # 5. gradients
-        if spec.mode == "fwdbwd":
-            _gradients(core, *one, mask, causal, found, tol * GRAD_TOLERANCE_FACTOR, beat, deadline)
-    except _Invalid as e:
-        cols["exact_check"] = "failed"
-        return cols, str(e)
-    except ReferenceTimeout as e:
-        cols["exact_check"] = f"not completed: {e}"
-        cols["exact_errors"] = found.figures or None
-        return cols, _problem(found)
-    cols["exact_errors"] = found.figures
-    problem = _problem(found)
-    if problem is None:
-        cols["exact_check"] = "passed: " + ", ".join(found.done)
-    else:
-        cols["exact_check"] = "failed"
-    return cols, problem
+
+    def other_masking(self) -> None:
+        """Causal in a bidirectional sweep, and the reverse, where the plugin computes both."""
+        other, f = not self.spec.causal, self.facts
+        if not (f.supports_causal if other else not f.causal_only):
+            return
+        out = self.call(other, None, self.one).index_select(2, self.some.to(self.q.device))
+        want = self.reference(self.one, self.core.dense_mask(self.spec.n, self.spec.n, other), self.some)
+        what = "causal" if other else "bidirectional"
+        self.found.compare(
+            what, rel_err(out, want), self.tol, f"the {what} output (not this row's) differs from its pattern"
+        )
 
 
 def _problem(found: _Findings) -> str | None:
@@ -210,7 +232,3 @@ def _gradients(core, q, k, v, mask, causal, found, tol, beat, deadline) -> None:
             found.failures.append(f"no gradient reached {name}")
             continue
         found.compare(f"gradient of {name}", rel_err(a.grad, b.grad), tol, f"the gradient of {name} differs")
-
-
-def deadline_after(seconds: float) -> float:
-    return time.monotonic() + seconds

@@ -173,76 +173,9 @@ def matmul_peak_gflops(device: str, dtype=torch.float32) -> float:
     return _PEAK_CACHE[key]
 
 
-#: a plugin with only `dense_mask` has it counted whole up to this many (bool) elements
-DENSE_COUNT_MAX = 2**28
-
-
-def attended_pairs(attn, n_q: int, n_k: int, causal: bool) -> int | None:
-    """Pairs (i, j) that take part in the softmax, counted exactly: the basis of useful FLOPs.
-
-    A plugin's own `nnz(n_q, n_k, causal)` first (every built-in has one); else its `dense_mask`,
-    counted while it fits in DENSE_COUNT_MAX booleans; else, for an approximate plugin, the pairs
-    of the softmax it approximates (all, or j <= i when causal). An exact plugin whose pattern
-    cannot be counted gives None: no FLOP rate is better than a wrong one."""
-    from ..attention.base import dense_pairs
-
-    nnz = getattr(attn, "nnz", None)
-    if callable(nnz):
-        return int(nnz(n_q, n_k, causal))
-    mask = getattr(attn, "dense_mask", None)
-    if callable(mask):
-        if n_q * n_k <= DENSE_COUNT_MAX:
-            return int(mask(n_q, n_k, causal).sum())
-        return None
-    if getattr(attn, "exact", False):
-        return None
-    return dense_pairs(n_q, n_k, causal)
-
-
-def algorithm_flops(attn, spec, n: int) -> int | None:
-    """The forward FLOPs an approximate plugin's algorithm performs, from its own
-    `algorithm_flops(batch, heads, kv_heads, n_q, n_k, head_dim, causal)`; None when it states none
-    or states something that is not a non-negative number."""
-    fn = getattr(attn, "algorithm_flops", None)
-    if not callable(fn):
-        return None
-    kv = spec.kv_heads or spec.heads
-    try:
-        f = fn(spec.batch, spec.heads, kv, n, n, spec.head_dim, spec.causal)
-    except Exception:  # noqa: BLE001 - a plugin's broken count is no count, not a failed point
-        return None
-    if isinstance(f, bool) or not isinstance(f, (int, float)) or not f == f or f < 0 or f == float("inf"):
-        return None
-    return int(f)
-
-
 def output_errors(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
     """(relative error ||out - ref|| / ||ref||, cosine similarity), in float64."""
     a, b = out.detach().double().flatten(), ref.detach().double().flatten()
     rel = float((a - b).norm() / b.norm().clamp_min(1e-30))
     cos = float(torch.nn.functional.cosine_similarity(a, b, dim=0))
     return rel, cos
-
-
-#: the buffer the bandwidth probe reads: far larger than any CPU's last-level cache
-BANDWIDTH_PROBE_BYTES = {"cpu": 256 * 2**20, "cuda": 2 * 2**30}
-
-
-def memory_bandwidth_gbs(device: str, reps: int = 5) -> float:
-    """This machine's memory read bandwidth now: the best of `reps` sums over a buffer much larger
-    than the caches (a sum reads each byte once and does one add per 4 bytes: memory-bound). The
-    roofline of a decoding step, which reads its cache once."""
-    n = BANDWIDTH_PROBE_BYTES.get(device, 2**28) // 4
-    x = torch.ones(n, device=device)
-    x.sum()  # warm: pages touched
-    best = float("inf")
-    for _ in range(reps):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        x.sum()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    del x
-    return n * 4 / best / 1e9

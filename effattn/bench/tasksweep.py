@@ -8,10 +8,10 @@ import traceback
 from ..env import environment
 from ..errors import EffattnError
 from ..spec import Variant
-from ..store import DONE_STATUSES, point_key
 from ..tasks.base import Task
 from ..tasks.train import TrainSpec, train_task
-from .sweep import _log, open_results
+from .executors import Job
+from .runner import Chain, Resumed, Runner, Step, log_line, open_results
 
 
 def train_job(
@@ -59,6 +59,22 @@ def task_base_row(task: Task, v: Variant, n: int, seed: int, spec: TrainSpec) ->
     }
 
 
+class TaskChain(Chain):
+    """Training runs one after another (locally, where each shows its loss as it trains), or one
+    run per chain (on a concurrent executor, where they run side by side)."""
+
+    def __init__(self, items: list[tuple], make_job):
+        self.items, self.make_job = iter(items), make_job
+
+    def next(self) -> Step:
+        for item in self.items:
+            return Step([], self.make_job(*item))
+        return Step([])
+
+    def finished(self, job: Job, row) -> list[dict]:
+        return [row]
+
+
 def run_task_sweep(
     task: Task,
     variants: list[Variant],
@@ -74,7 +90,7 @@ def run_task_sweep(
     """Train every (variant, length, seed) not yet done in `out` (a path or an open
     `ResultsFile`); rows are written as runs finish. On the local executor runs go one by one with
     their loss printed; on Ray they run side by side."""
-    from .executors import Job, LocalExecutor
+    from .executors import LocalExecutor
 
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise EffattnError(f"seeds must be an integer >= 1, got {seeds!r}")
@@ -84,51 +100,47 @@ def run_task_sweep(
         task.check_length(n)
     executor = executor or LocalExecutor()
     local = not getattr(executor, "concurrent", False)  # runs one by one here: their loss can be shown
-    rf = open_results(out, resume=resume, overwrite=overwrite, executor=executor.name, log=log or _log)
-    rf.executor = executor.name
-    rows = []
+    rf = open_results(out, resume=resume, overwrite=overwrite, executor=executor.name, log=log or log_line)
+    resumed = Resumed(rf.existing)
+    todo = [(v, n, s) for v in variants for n in seq_lens for s in range(seeds)]
+    items = []
+    for i, (v, n, seed) in enumerate(todo, 1):
+        base = task_base_row(task, v, n, seed, spec)
+        if resumed.done(base) is None:
+            items.append((i, v, n, seed, base))
+
+    def make_job(i, v, n, seed, base):
+        header = f"[{i}/{len(todo)}] {v.label} n={n} seed={seed}: training {spec.steps} steps"
+        args = (task, v, n, spec, seed, base, log if local else None, header)
+        return Job(i, train_job, args, base, (v, n, seed))
+
+    chains = [TaskChain(items, make_job)] if local else [TaskChain([it], make_job) for it in items]
+    runner = Runner(rf, executor, on_row=_reporting(log, local, len(items)))
+    if log and not local:
+        log(f"{len(items)} runs submitted to {executor.describe()}")
     try:
-        done = {point_key(r) for r in rf.existing if r.get("status") in DONE_STATUSES}
-        todo = [(v, n, s) for v in variants for n in seq_lens for s in range(seeds)]
-        executor.open("cpu")
-        try:
-            for i, (v, n, seed) in enumerate(todo, 1):
-                base = task_base_row(task, v, n, seed, spec)
-                if point_key(base) in done:
-                    continue
-                header = f"[{i}/{len(todo)}] {v.label} n={n} seed={seed}: training {spec.steps} steps"
-                executor.submit(
-                    Job(
-                        i, train_job, (task, v, n, spec, seed, base, log if local else None, header), base, (v, n, seed)
-                    )
-                )
-            submitted, finished = executor.pending(), 0
-            if log and not local:
-                log(f"{submitted} runs submitted to {executor.describe()}")
-            while executor.pending():
-                job, row = executor.next_done()
-                v, n, seed = job.info
-                finished += 1
-                if not isinstance(row.get("env"), dict):
-                    row["env"] = environment()
-                row = rf.append(row)
-                rows.append(row)
-                if log:
-                    acc = (
-                        f"accuracy {row['test_accuracy']:.3f}, loss {row['final_loss']:.3f}, "
-                        f"{row['train_time_s']:.0f} s"
-                        if row["status"] == "ok"
-                        else f"{row['status']}: {row['reason']}"
-                    )
-                    log(f"    -> {acc}" if local else f"[{finished}/{submitted}] {v.label} n={n} seed={seed}: {acc}")
-        except BaseException:
-            executor.cancel()
-            raise
-        finally:
-            executor.close()
+        return runner.run(chains)
     finally:
-        rf.close()
-    return rows
+        runner.close()
+
+
+def _reporting(log, local: bool, submitted: int):
+    """What is said of each finished run: its accuracy, loss and time, or what became of it."""
+    count = [0]
+
+    def said(row):
+        if not log:
+            return
+        count[0] += 1
+        acc = (
+            f"accuracy {row['test_accuracy']:.3f}, loss {row['final_loss']:.3f}, {row['train_time_s']:.0f} s"
+            if row["status"] == "ok"
+            else f"{row['status']}: {row['reason']}"
+        )
+        where = f"{row['label']} n={row['seq_len']} seed={row['seed']}"
+        log(f"    -> {acc}" if local else f"[{count[0]}/{submitted}] {where}: {acc}")
+
+    return said
 
 
 def task_summary(rows: list[dict]):

@@ -54,8 +54,8 @@ def serve(job_fd: int, result_fd: int, parent: int | None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from ..spec import Variant
     from . import point
-    from .point import SweepSpec
-    from .rounds import measure_group
+    from .group import measure_group
+    from .spec import SweepSpec
 
     point.IN_MEASURING_PROCESS = True
     # What the first job would otherwise pay inside its timeout, paid before saying "ready": the
