@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .stats import CONFIDENCE, crossover, exponent_ci, fit_loglog, median_ci, verdict
-from .store import CONFIG_FIELDS, FIELD_DEFAULTS, describe_problems, point_key, read_results
+from .store import CONFIG_FIELDS, FIELD_DEFAULTS, config_key, describe_problems, point_key, read_results
 
 COLUMNS = [
     "run_id",
@@ -161,102 +161,91 @@ def summary(df: pd.DataFrame, baseline: str = "full", min_fit_len: int = 1024) -
     `crossover` says it in words, as a range ("between 512 and 1024") where it does not. Rows of
     different configurations (heads, batch, mode, ...) are never fitted together: their labels are
     told apart first (`label_series`). Points measured while the machine was busy are counted in
-    `loaded`. The time exponent is fitted to times scaled by each length's reference rate (the
-    matmul timed in the same rounds), so a length measured while the whole machine ran slower
-    does not bend the fit; `time_exponent_raw` is the fit to the unscaled medians."""
+    `loaded`; a point flagged as a measurement fault (a rate above the machine's peak) is neither
+    fitted nor decides a crossover. The time exponent is fitted to times scaled by each length's
+    reference rate (the matmul timed in the same rounds), so a length measured while the whole
+    machine ran slower does not bend the fit; `time_exponent_raw` is the fit to the unscaled
+    medians."""
     df = label_series(latest(df))
-    # a point flagged as a measurement fault (a rate above the machine's peak) is not fitted and
-    # decides no crossover: its time, FLOP count or peak is wrong
-    faulty = df["fault"].apply(lambda f: isinstance(f, str) and bool(f)) if "fault" in df else False
+    faulty = df.get("fault", pd.Series(None, index=df.index, dtype=object)).apply(
+        lambda f: isinstance(f, str) and bool(f)
+    )
     ok = df[(df["status"] == "ok") & ~faulty]
-
-    def by_len(label: str) -> dict:
-        g = ok[ok["label"] == label].drop_duplicates("seq_len", keep="last")
-        return {int(r["seq_len"]): r for r in g.to_dict("records")}
-
-    def base_for(label: str) -> dict:
-        """The baseline of the same configuration: `full [mode=fwd]` for `linear [mode=fwd]`."""
-        suffix = label[label.index(" [") :] if " [" in label else ""
-        return by_len(baseline + suffix)
-
+    points: dict = {}  # (label) -> {n: row}, and (config, base label) -> {n: row}
+    for r in ok.to_dict("records"):
+        points.setdefault(r["label"], {})[int(r["seq_len"])] = r
+        points.setdefault((config_key(r), r.get("base_label", r["label"])), {})[int(r["seq_len"])] = r
     cross_col = f"faster_than_{baseline}_from"
     out = []
     for label, g in df.groupby("label", sort=False):
-        pts = by_len(label)
-        lens = sorted(pts)
-        fit_lens = [n for n in lens if n >= min_fit_len] if sum(n >= min_fit_len for n in lens) >= 3 else lens
-        raw_e, _ = fit_loglog(fit_lens, [pts[n]["time_ms"] for n in fit_lens])
-        peaks = [pts[n].get("matmul_peak_gflops") for n in fit_lens]
-        ref = (
-            float(np.median(peaks))
-            if peaks and all(isinstance(p, (int, float)) and p == p and p > 0 for p in peaks)
-            else None
-        )
-        scaled = [_scaled_samples(pts[n], ref) for n in fit_lens]
-        te, tse = fit_loglog(fit_lens, [float(np.median(x)) if x else math.nan for x in scaled])
-        lo_e, hi_e = exponent_ci(fit_lens, scaled)
-        # a decoding step's memory is its cache (the step's own peak is a row of scratch)
-        mem_col = (
-            "cache_bytes" if all(pts[n].get("mode") == "decode" for n in fit_lens) and fit_lens else "peak_mem_bytes"
-        )
-        me, mse = fit_loglog(fit_lens, [pts[n].get(mem_col) for n in fit_lens])
-        cross, text = None, "-"
-        base = base_for(label)
-        is_base = label == baseline or label.startswith(baseline + " [")
-        if base and not is_base:
-            common = [n for n in lens if n in base]
-            verdicts = []
-            for n in common:
-                pr = paired_ratio(pts[n], base[n])
-                if pr is None:
-                    verdicts.append(verdict(_ci(pts[n]), _ci(base[n])))
-                else:
-                    med, lo_r, hi_r, cov = pr
-                    verdicts.append(
-                        "unresolved"
-                        if cov < CONFIDENCE
-                        else "faster"
-                        if hi_r < 1
-                        else "slower"
-                        if lo_r > 1
-                        else "unresolved"
-                    )
-            lo, hi = crossover(common, verdicts)
-            if hi is not None:
-                i = common.index(hi)
-                before = common[i - 1] if i > 0 else None
-                if lo is None and i == 0:
-                    cross, text = hi, str(hi)
-                elif lo is not None and lo == before:
-                    cross, text = hi, str(hi)
-                elif lo is None:
-                    text = f"<= {hi}"
-                else:
-                    text = f"between {lo} and {hi}"
-        elif is_base:
-            text = ""
-        statuses = g["status"].value_counts().to_dict()
-        faults = int(faulty[g.index].sum()) if isinstance(faulty, pd.Series) else 0
-        loaded = int(pd.Series(g.get("loaded", pd.Series(dtype=object))).fillna(False).astype(bool).sum())
+        pts = points.get(label, {})
+        first = g.iloc[0].to_dict()
+        is_base = first.get("base_label", label) == baseline
+        base = {} if is_base else points.get((config_key(first), baseline), {})
+        cross, text = _crossover(pts, base) if base else (None, "" if is_base else "-")
+        faults = int(faulty[g.index].sum())
+        points_text = ", ".join(f"{k} {v}" for k, v in g["status"].value_counts().to_dict().items())
         out.append(
             {
                 "label": label,
-                "time_exponent": te,
-                "time_exponent_se": tse,
-                "time_exponent_lo": lo_e,
-                "time_exponent_hi": hi_e,
-                "time_exponent_raw": raw_e,
-                "mem_exponent": me,
-                "mem_exponent_se": mse,
-                "fit_from": int(min(fit_lens)) if fit_lens else None,
+                **_fits(pts, min_fit_len),
                 cross_col: cross,
                 "crossover": text,
-                "loaded": loaded,
-                "points": ", ".join(f"{k} {v}" for k, v in statuses.items())
-                + (f" ({faults} a measurement fault, not fitted)" if faults else ""),
+                "loaded": int(g.get("loaded", pd.Series(False, index=g.index)).fillna(False).astype(bool).sum()),
+                "points": points_text + (f" ({faults} a measurement fault, not fitted)" if faults else ""),
             }
         )
     return pd.DataFrame(out)
+
+
+def _fits(pts: dict, min_fit_len: int) -> dict:
+    """The log-log fits of one variant's ok points: time (scaled by each length's reference rate,
+    with its bootstrap interval, and unscaled) and memory (a decoding step's cache)."""
+    lens = sorted(pts)
+    fit_lens = [n for n in lens if n >= min_fit_len] if sum(n >= min_fit_len for n in lens) >= 3 else lens
+    raw_e, _ = fit_loglog(fit_lens, [pts[n]["time_ms"] for n in fit_lens])
+    peaks = [pts[n].get("matmul_peak_gflops") for n in fit_lens]
+    good = peaks and all(isinstance(p, (int, float)) and p == p and p > 0 for p in peaks)
+    ref = float(np.median(peaks)) if good else None
+    scaled = [_scaled_samples(pts[n], ref) for n in fit_lens]
+    te, tse = fit_loglog(fit_lens, [float(np.median(x)) if x else math.nan for x in scaled])
+    lo_e, hi_e = exponent_ci(fit_lens, scaled)
+    # a decoding step's memory is its cache (the step's own peak is a row of scratch)
+    decode = bool(fit_lens) and all(pts[n].get("mode") == "decode" for n in fit_lens)
+    me, mse = fit_loglog(fit_lens, [pts[n].get("cache_bytes" if decode else "peak_mem_bytes") for n in fit_lens])
+    return {
+        "time_exponent": te,
+        "time_exponent_se": tse,
+        "time_exponent_lo": lo_e,
+        "time_exponent_hi": hi_e,
+        "time_exponent_raw": raw_e,
+        "mem_exponent": me,
+        "mem_exponent_se": mse,
+        "fit_from": int(min(fit_lens)) if fit_lens else None,
+    }
+
+
+def _crossover(pts: dict, base: dict) -> tuple[int | None, str]:
+    """(the length from which the variant is faster than the baseline at every longer length, or
+    None; the same in words, as a range where the data cannot place it)."""
+    common = [n for n in sorted(pts) if n in base]
+    verdicts = []
+    for n in common:
+        pr = paired_ratio(pts[n], base[n])
+        if pr is None:
+            verdicts.append(verdict(_ci(pts[n]), _ci(base[n])))
+            continue
+        _, lo_r, hi_r, cov = pr
+        resolved = cov >= CONFIDENCE
+        verdicts.append("faster" if resolved and hi_r < 1 else "slower" if resolved and lo_r > 1 else "unresolved")
+    lo, hi = crossover(common, verdicts)
+    if hi is None:
+        return None, "-"
+    i = common.index(hi)
+    before = common[i - 1] if i > 0 else None
+    if (lo is None and i == 0) or (lo is not None and lo == before):
+        return hi, str(hi)
+    return None, f"<= {hi}" if lo is None else f"between {lo} and {hi}"
 
 
 def label_series(df: pd.DataFrame) -> pd.DataFrame:

@@ -16,9 +16,9 @@ def _chunk_paths(request, monkeypatch):
     CLI runs in fresh processes keep it, as users get it. The same for MoBA's dense path (every
     call of a test's size would take it)."""
     if "dense_shortcut" not in request.keywords:
-        from effattn.attention import _pattern, moba
+        from effattn.attention import base, moba
 
-        monkeypatch.setattr(_pattern, "DENSE_ABOVE", None)
+        monkeypatch.setattr(base, "DENSE_ABOVE", None)
         monkeypatch.setattr(moba, "DENSE_MAX_ELEMENTS", None)
 
 

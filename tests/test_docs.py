@@ -65,7 +65,7 @@ def test_the_semantics_doc_covers_every_built_in():
 def test_the_measuring_doc_explains_every_column_of_a_row():
     """A reader must be able to recompute any number of a row from the row and the docs."""
     from effattn.bench import SweepSpec
-    from effattn.bench.rounds import measure_group
+    from effattn.bench.group import measure_group
     from effattn.spec import Variant
 
     doc = (ROOT / "docs" / "measuring.md").read_text(encoding="utf-8")

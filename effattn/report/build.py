@@ -16,13 +16,14 @@ from ..results import label_series, latest, load, summary
 from .html import to_html
 from .patterns import pattern_pictures
 from .plots import make_plots
-from .tables import _cell, _fmt, pivot, table_md
+from .tables import cell, fmt, pivot, table_md
+from .tasks import task_report
 
 
 def build_report(paths: list[str], out_dir: str, formats=("md",), on_problem=None) -> list[str]:
+    """Write report.md (and report.html) with its pictures into `out_dir`; the files written."""
     every = latest(load(*paths, on_problem=on_problem))
     os.makedirs(out_dir, exist_ok=True)
-    written = []
     is_task = every["kind"].eq("task") if "kind" in every else pd.Series(False, index=every.index)
     df = label_series(every[~is_task])
     if df.empty:
@@ -30,27 +31,41 @@ def build_report(paths: list[str], out_dir: str, formats=("md",), on_problem=Non
             body = task_report(every[is_task], paths, out_dir)
         else:
             body = "# effattn report\n\nNo points in " + ", ".join(paths) + ".\n"
-        written += _write_formats(out_dir, body, formats)
-        written += [os.path.join(out_dir, f) for f in ("accuracy.png",) if os.path.exists(os.path.join(out_dir, f))]
-        return written
+        written = _write_formats(out_dir, body, formats)
+        return written + [
+            os.path.join(out_dir, f) for f in ("accuracy.png",) if os.path.exists(os.path.join(out_dir, f))
+        ]
     df = mark_recompute(df)
     plots = make_plots(df, out_dir)
-    pats = pattern_pictures(df, out_dir)
-    summ = summary(df)
-    md = [
+    md = _header(df, paths) + [f"![{p}]({p}.png)\n" for p in PLOT_ORDER if p in plots]
+    md += _tables(df) + exactness_table(df) + _scaling(summary(df))
+    md += _patterns(pattern_pictures(df, out_dir)) + _context(df)
+    if is_task.any():
+        md += ["", task_report(every[is_task], paths, out_dir, heading="##")]
+    written = _write_formats(out_dir, "\n".join(md) + "\n", formats)
+    return written + [os.path.join(out_dir, f"{p}.png") for p in plots]
+
+
+#: the plots in the order the report shows them
+PLOT_ORDER = ("time", "memory", "cache", "speedup", "bandwidth", "peak_fraction", "error", "pareto")
+
+
+def _header(df: pd.DataFrame, paths) -> list[str]:
+    lens = ", ".join(map(str, sorted(df["seq_len"].unique())))
+    counts = df["status"].value_counts().to_dict()
+    return [
         "# effattn report",
         "",
-        f"Source: {', '.join(paths)}. {len(df)} points, "
-        f"{df['label'].nunique()} variants, lengths {', '.join(map(str, sorted(df['seq_len'].unique())))}.",
+        f"Source: {', '.join(paths)}. {len(df)} points, {df['label'].nunique()} variants, lengths {lens}.",
+        "",
+        "Status of the points: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + ".",
         "",
     ]
-    counts = df["status"].value_counts().to_dict()
-    md.append("Status of the points: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + ".")
-    md.append("")
-    for p in ("time", "memory", "cache", "speedup", "bandwidth", "peak_fraction", "error", "pareto"):
-        if p in plots:
-            md += [f"![{p}]({p}.png)", ""]
-    md.append(table_md(pivot(df, "time_ms"), "Time", "ms"))
+
+
+def _tables(df: pd.DataFrame) -> list[str]:
+    """Time, memory, a decode sweep's cache, prefill and bandwidth, throughput, error vs full."""
+    md = [table_md(pivot(df, "time_ms"), "Time", "ms")]
     if df["label"].str.endswith(RECOMPUTE_MARK).any():
         md += [f"*{RECOMPUTE_MARK.strip()}*: {RECOMPUTE_NOTE}.", ""]
     md.append(table_md(pivot(df, "peak_mem_bytes"), "Peak memory", "MiB", scale=1 / 2**20))
@@ -59,26 +74,19 @@ def build_report(paths: list[str], out_dir: str, formats=("md",), on_problem=Non
         if "prefill_ms" in df:
             md.append(table_md(pivot(df, "prefill_ms"), "Prefill of the n-token context", "ms"))
         if "bandwidth_fraction" in df and df["bandwidth_fraction"].notna().any():
-            md.append(
-                table_md(
-                    pivot(df, "bandwidth_fraction"),
-                    "Bandwidth a step reaches",
-                    "fraction of the memory bandwidth measured in the same group; above 1: the cache sat in CPU caches",
-                    lower_is_better=False,
-                )
-            )
+            why = "fraction of the memory bandwidth measured in the same group; above 1: the cache sat in CPU caches"
+            md.append(table_md(pivot(df, "bandwidth_fraction"), "Bandwidth a step reaches", why, lower_is_better=False))
     if df["gflops"].notna().any():
         md.append(table_md(pivot(df, "gflops"), "Useful throughput", "GFLOP/s", lower_is_better=False))
     if pd.to_numeric(df["rel_err_vs_full"], errors="coerce").notna().any():
-        md.append(
-            table_md(
-                pivot(df, "rel_err_vs_full"),
-                "How far from full attention (relative error against `full`)",
-                "‖out−ref‖/‖ref‖; large for a local pattern by design: it measures the approximation, not a bug",
-            )
-        )
-    md += exactness_table(df)
-    md += [
+        why = "‖out−ref‖/‖ref‖; large for a local pattern by design: it measures the approximation, not a bug"
+        md.append(table_md(pivot(df, "rel_err_vs_full"), "How far from full attention (relative error against `full`)",
+                           why))  # fmt: skip
+    return md
+
+
+def _scaling(summ: pd.DataFrame) -> list[str]:
+    md = [
         "### Scaling (least-squares fit of log time and log memory against log n)",
         "",
         "Time exponents are fitted to times scaled by each length's reference rate (the matmul timed in the "
@@ -91,33 +99,34 @@ def build_report(paths: list[str], out_dir: str, formats=("md",), on_problem=Non
         "| --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for _, r in summ.iterrows():
-        te = (
-            ""
-            if pd.isna(r["time_exponent"])
-            else f"{r['time_exponent']:.2f}"
-            + ("" if pd.isna(r["time_exponent_lo"]) else f" [{r['time_exponent_lo']:.2f}, {r['time_exponent_hi']:.2f}]")
-        )
+        te = "" if pd.isna(r["time_exponent"]) else f"{r['time_exponent']:.2f}"
+        if te and not pd.isna(r["time_exponent_lo"]):
+            te += f" [{r['time_exponent_lo']:.2f}, {r['time_exponent_hi']:.2f}]"
         me = "" if pd.isna(r["mem_exponent"]) else f"{r['mem_exponent']:.2f}"
         loaded = f", {r['loaded']} measured under load" if r.get("loaded") else ""
         md.append(
-            f"| {_cell(r['label'])} | {te} | {me} | {_fmt(r['fit_from'])} | {_cell(r['crossover'])} "
+            f"| {cell(r['label'])} | {te} | {me} | {fmt(r['fit_from'])} | {cell(r['crossover'])} "
             f"| {r['points']}{loaded} |"
         )
-    md.append("")
-    if pats:
-        md += [
-            "### Attention patterns (dense_mask at n = 128, small options)",
-            "",
-            "| variant | pattern | what it computes |",
-            "| --- | --- | --- |",
-        ]
-        md += [f"| {_cell(label)} | ![]({f}) | {_cell(formula)} |" for label, f, formula in pats]
-        md.append("")
-    noisy = df[df.get("noisy", pd.Series(False, index=df.index)).fillna(False).astype(bool)]
-    loaded = df[df.get("loaded", pd.Series(False, index=df.index)).fillna(False).astype(bool)]
-    md += ["### Context", ""]
-    for run_id, g in df.groupby("run_id", sort=False):
-        md.append(f"- run `{run_id}`: " + _run_context(g))
+    return md + [""]
+
+
+def _patterns(pats) -> list[str]:
+    if not pats:
+        return []
+    md = ["### Attention patterns (dense_mask at n = 128, small options)", "",
+          "| variant | pattern | what it computes |", "| --- | --- | --- |"]  # fmt: skip
+    return md + [f"| {cell(label)} | ![]({f}) | {cell(formula)} |" for label, f, formula in pats] + [""]
+
+
+def _context(df: pd.DataFrame) -> list[str]:
+    """Each run's machine and spec; then the points to read with care: noisy, loaded, faults, and
+    those that did not run."""
+    flag = lambda col: df[df.get(col, pd.Series(False, index=df.index)).fillna(False).astype(bool)]
+    noisy, loaded = flag("noisy"), flag("loaded")
+    md = ["### Context", ""] + [
+        f"- run `{run_id}`: " + _run_context(g) for run_id, g in df.groupby("run_id", sort=False)
+    ]
     if len(noisy):
         md += ["", f"Noisy points (IQR/median > 10%), {len(noisy)} of {len(df)}:", *_points_by_variant(noisy)]
     if len(loaded):
@@ -130,20 +139,13 @@ def build_report(paths: list[str], out_dir: str, formats=("md",), on_problem=Non
         ]
     faults = measurement_faults(df)
     if len(faults):
-        md += ["", "Measurement faults (these points claim more than the machine can do; do not trust them):"] + [
-            f"- {label} n={n}: {why}" for label, n, why in faults
-        ]
+        md += ["", "Measurement faults (these points claim more than the machine can do; do not trust them):"]
+        md += [f"- {label} n={n}: {why}" for label, n, why in faults]
     failed = df[df["status"].isin(["error", "oom", "timeout", "unsupported"])]
     if len(failed):
-        md += ["", "Points that did not run:"] + [
-            f"- {r['label']} n={r['seq_len']}: {r['status']} ({r['reason']})" for _, r in failed.iterrows()
-        ]
-    if is_task.any():
-        md += ["", task_report(every[is_task], paths, out_dir, heading="##")]
-    body = "\n".join(md) + "\n"
-    written += _write_formats(out_dir, body, formats)
-    written += [os.path.join(out_dir, f"{p}.png") for p in plots]
-    return written
+        md += ["", "Points that did not run:"]
+        md += [f"- {r['label']} n={r['seq_len']}: {r['status']} ({r['reason']})" for _, r in failed.iterrows()]
+    return md
 
 
 def _write_formats(out_dir: str, body: str, formats) -> list[str]:
@@ -211,7 +213,7 @@ def exactness_table(df: pd.DataFrame) -> list[str]:
                 cells.append("*not checked*")
             else:
                 cells.append(r["status"] if r["status"] != "ok" else "")
-        out.append(f"| {_cell(label)} | " + " | ".join(cells) + " |")
+        out.append(f"| {cell(label)} | " + " | ".join(cells) + " |")
     notes = sorted(
         {
             c
@@ -219,59 +221,14 @@ def exactness_table(df: pd.DataFrame) -> list[str]:
             if isinstance(c, str) and c.startswith(("not computed", "not completed", "not checked"))
         }
     )
-    out += [""] + [f"- not checked: {_cell(c)}" for c in notes[:5]] + [""]
+    out += [""] + [f"- not checked: {cell(c)}" for c in notes[:5]] + [""]
     return out
-
-
-def task_report(tasks: pd.DataFrame, paths, out_dir: str, heading: str = "#") -> str:
-    """Training runs (`bench --task`): accuracy, loss and time per variant, length and seed."""
-    from .plots import accuracy_plot
-
-    md = [f"{heading} effattn report: training runs" if heading == "#" else f"{heading} Training runs", ""]
-    if heading == "#":
-        md += [f"Source: {', '.join(paths)}. {len(tasks)} runs.", ""]
-    groups = tasks.groupby(
-        [tasks["task"].astype(str), tasks["task_options"].astype(str), tasks["train_spec"].astype(str)], sort=False
-    )
-    for k, ((task, _, _), g) in enumerate(groups):
-        ok = g[g["status"] == "ok"]
-        first = g.iloc[0]
-        opts = first["task_options"] if isinstance(first["task_options"], dict) else {}
-        train = first["train_spec"] if isinstance(first.get("train_spec"), dict) else {}
-        md += [
-            f"{heading}# {task}"
-            + (f" ({', '.join(f'{k}={v}' for k, v in opts.items())})" if opts else "")
-            + (f" ({k + 1} of {len(groups)} in the plot)" if len(groups) > 1 else ""),
-            "",
-            "Training: " + ", ".join(f"{k} {v}" for k, v in train.items()) + "." if train else "",
-            "",
-            "| variant | n | seeds | test accuracy (mean) | per seed | final loss | train time (s) |",
-            "| --- | ---: | ---: | ---: | --- | ---: | ---: |",
-        ]
-        for (label, n), h in ok.groupby(["label", "seq_len"], sort=False):
-            acc = pd.to_numeric(h["test_accuracy"], errors="coerce")
-            md.append(
-                f"| {_cell(label)} | {int(n)} | {len(h)} | {acc.mean():.3f} | "
-                + ", ".join(f"{a:.3f} (seed {int(s)})" for a, s in zip(acc, h["seed"]))
-                + f" | {pd.to_numeric(h['final_loss'], errors='coerce').mean():.3f} | "
-                f"{pd.to_numeric(h['train_time_s'], errors='coerce').mean():.0f} |"
-            )
-        failed = g[g["status"] != "ok"]
-        if len(failed):
-            md += ["", "Runs that did not finish:"] + [
-                f"- {r['label']} n={r['seq_len']} seed={r['seed']}: {r['status']} ({r['reason']})"
-                for _, r in failed.iterrows()
-            ]
-        md.append("")
-    if accuracy_plot(tasks, out_dir):
-        md += ["![accuracy](accuracy.png)", ""]
-    return "\n".join(md)
 
 
 def _points_by_variant(rows: pd.DataFrame) -> list[str]:
     """`- label: n = 256, 1024` lines, one per variant."""
     return [
-        f"- {_cell(label)}: n = " + ", ".join(str(int(n)) for n in g["seq_len"])
+        f"- {cell(label)}: n = " + ", ".join(str(int(n)) for n in g["seq_len"])
         for label, g in rows.groupby("label", sort=False)
     ]
 
@@ -304,8 +261,8 @@ def _run_context(g: pd.DataFrame) -> str:
         if not vals:
             return "?"
         if len(vals) > 1 and all(isinstance(v, (int, float)) for v in vals):
-            return f"{_fmt(min(vals))}–{_fmt(max(vals))}{unit}"
-        return ", ".join(_fmt(v) if isinstance(v, float) else str(v) for v in vals) + unit
+            return f"{fmt(min(vals))}–{fmt(max(vals))}{unit}"
+        return ", ".join(fmt(v) if isinstance(v, float) else str(v) for v in vals) + unit
 
     first = g.iloc[0]
     text = (

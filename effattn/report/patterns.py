@@ -12,13 +12,14 @@ PATTERN_CAPS = {"window": 8, "block_size": 8, "stride": 8, "global_tokens": 2}
 
 def pattern_pictures(df: pd.DataFrame, out_dir: str, n: int = 128) -> list[tuple[str, str, str]]:
     """(label, file, formula) for each exact pattern variant in the results, drawn at n with its
-    options shrunk (a plugin's `small_options`, a dict of option caps, else PATTERN_CAPS by
-    option name) so that its structure shows."""
+    options shrunk (the first of a plugin's `small_options`, else PATTERN_CAPS by option name) so
+    that its structure shows."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ..contract import dense_mask, facts
     from ..registry import create_attention, get_entry, option_defaults, option_names
 
     made = []
@@ -32,21 +33,20 @@ def pattern_pictures(df: pd.DataFrame, out_dir: str, n: int = 128) -> list[tuple
             names, _ = option_names(target)
             defaults = option_defaults(target)
             small = {k: v for k, v in opts.items() if k in names}
-            declared = getattr(target, "small_options", None)  # a plugin's own way to draw itself small
-            caps = declared if isinstance(declared, dict) else PATTERN_CAPS
+            declared = next(iter(get_entry(name).facts.small_options), None)  # a plugin's own way to draw itself small
+            caps = declared if declared is not None else PATTERN_CAPS
             for key, cap in caps.items():  # shrink the pattern so its structure shows at n
                 if key in names and key in defaults:
                     now = small.get(key, defaults[key])
                     small[key] = (
                         min(now, cap) if isinstance(now, (int, float)) and isinstance(cap, (int, float)) else cap
                     )
-            if "summary" in names and not isinstance(declared, dict):
+            if "summary" in names and declared is None:
                 small["summary"] = min(opts.get("summary", 2), small.get("stride", 8))
             attn = create_attention(name, **small)
-            mask = getattr(attn, "dense_mask", None)
-            if not getattr(attn, "exact", False) or mask is None:
+            m = dense_mask(attn, n, n, False) if facts(attn).exact else None
+            if m is None:
                 continue
-            m = mask(n, n, False)
         except Exception:  # noqa: BLE001 - a picture is optional; the report goes on
             continue
         fname = f"pattern_{''.join(ch if ch.isalnum() else '_' for ch in label)}.png"

@@ -143,128 +143,152 @@ def _speedups(df: pd.DataFrame, baseline: str = "full") -> pd.DataFrame:
     return pd.DataFrame(out).sort_values(["label", "seq_len"], kind="stable") if out else pd.DataFrame()
 
 
+class _Figures:
+    """Where the report's figures go: one PNG each, named as the report links them."""
+
+    def __init__(self, out_dir: str):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        self.plt, self.out_dir, self.made = plt, out_dir, []
+
+    def new(self, **kw):
+        return self.plt.subplots(**kw)
+
+    def save(self, fig, name: str) -> None:
+        fig.savefig(os.path.join(self.out_dir, f"{name}.png"), dpi=110, bbox_inches="tight")
+        self.plt.close(fig)
+        self.made.append(name)
+
+
+def _plottable(df: pd.DataFrame, col: str) -> bool:
+    """A log-scaled plot needs a positive value from an ok point."""
+    if col not in df:
+        return False
+    vals = pd.to_numeric(df.loc[df["status"] == "ok", col], errors="coerce")
+    return bool((vals > 0).any())
+
+
 def make_plots(df: pd.DataFrame, out_dir: str) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    made = []
-
-    def save(fig, name):
-        for ext in ("png", "svg"):
-            fig.savefig(os.path.join(out_dir, f"{name}.{ext}"), dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        made.append(name)
-
-    def plottable(col):  # a log-scaled plot needs a positive value from an ok point
-        vals = pd.to_numeric(df.loc[df["status"] == "ok", col], errors="coerce")
-        return bool((vals > 0).any())
-
-    labels = list(dict.fromkeys(df["label"]))
-    styles = {label: _style(i) for i, label in enumerate(labels)}  # one look per variant in every plot
+    """Every plot the rows allow, one look per variant in all of them; the names made."""
+    figs = _Figures(out_dir)
+    styles = {label: _style(i) for i, label in enumerate(dict.fromkeys(df["label"]))}
     decode = "mode" in df and (df["mode"] == "decode").all()
     for col, name, ylabel, scale in (
         ("time_ms", "time", "time per generated token (ms)" if decode else "time (ms)", 1.0),
         ("peak_mem_bytes", "memory", "peak memory of a step (MiB)" if decode else "peak memory (MiB)", 1 / 2**20),
         ("cache_bytes", "cache", "cache at context n (MiB)", 1 / 2**20),
     ):
-        if col not in df:
-            continue
-        if not plottable(col):
-            continue
-        parts = _split_exact(df)
-        fig, axes = plt.subplots(1, len(parts), figsize=(5.2 * len(parts), 4.6), sharey=True, squeeze=False)
-        for ax, (title, part) in zip(axes[0], parts):
-            _plot_lines(ax, part, col, scale, styles)
-            _ref_slopes(ax, df, col, scale)
-            ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
-            ax.set_xlabel("sequence length n")
-            ax.set_title(title, fontsize=9)
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
-        axes[0][0].set_ylabel(ylabel)
-        fig.suptitle(
-            f"{ylabel.split(' (')[0]} against n (log-log); X = oom, v = timeout, hollow = noisy or loaded", fontsize=9
-        )
-        save(fig, name)
-    speedup = _speedups(df)
-    if len(speedup):
-        fig, ax = plt.subplots(figsize=(7.5, 4.6))
-        for label, g in speedup.groupby("label", sort=False):
-            (line,) = ax.plot(g["seq_len"], g["speedup"], ms=4, lw=1.2, label=label, **styles.get(label, _style(0)))
-            lo, hi = g["lo"].to_numpy(float), g["hi"].to_numpy(float)
-            if np.isfinite(lo).any():
-                ax.fill_between(g["seq_len"], lo, hi, color=line.get_color(), alpha=0.12, lw=0)
-            cross = g["crossover"].dropna()
-            if len(cross):  # faster than full from here on, resolved by the intervals
-                n0 = float(cross.iloc[0])
-                y0 = g.loc[g["seq_len"] == n0, "speedup"]
-                if len(y0):
-                    ax.plot([n0], [float(y0.iloc[0])], marker="|", ms=18, mew=2, color=line.get_color())
-        ax.axhline(1.0, color="k", lw=0.8)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("sequence length n")
-        ax.set_ylabel("speed-up over full (full's time / variant's time)")
-        ax.set_title("speed-up over full; band = 95% interval of the paired ratio; | = faster from here on", fontsize=9)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
-        save(fig, "speedup")
-    if "bandwidth_fraction" in df and plottable("bandwidth_fraction"):
-        fig, ax = plt.subplots(figsize=(7, 4))
-        _plot_lines(ax, df, "bandwidth_fraction", 100, styles)
-        ax.set_xscale("log", base=2)
-        ax.set_ylabel("% of measured memory bandwidth")
-        ax.set_xlabel("context length n")
-        ax.set_title(
-            "bandwidth a decoding step reaches reading what it reads (> 100%: read from CPU caches)", fontsize=9
-        )
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
-        save(fig, "bandwidth")
-    if plottable("peak_fraction"):
-        fig, ax = plt.subplots(figsize=(7, 4))
-        _plot_lines(ax, df, "peak_fraction", 100, styles)
-        ax.set_xscale("log", base=2)
-        ax.set_ylabel("% of matmul peak (useful FLOPs)")
-        ax.set_xlabel("sequence length n")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
-        save(fig, "peak_fraction")
+        if _plottable(df, col):
+            _against_n(figs, df, col, name, ylabel, scale, styles)
+    _speedup(figs, df, styles)
+    if _plottable(df, "bandwidth_fraction"):
+        title = "bandwidth a decoding step reaches reading what it reads (> 100%: read from CPU caches)"
+        _fraction(figs, df, "bandwidth_fraction", "bandwidth", "% of measured memory bandwidth", title, styles)
+    if _plottable(df, "peak_fraction"):
+        _fraction(figs, df, "peak_fraction", "peak_fraction", "% of matmul peak (useful FLOPs)", None, styles)
     err = pd.to_numeric(df["rel_err_vs_full"], errors="coerce")
     if ((df["status"] == "ok") & (err > 0)).any():  # a log axis needs a positive error of an ok point
-        fig, ax = plt.subplots(figsize=(7, 4))
-        _plot_lines(ax, df[(df["status"] == "ok") & (err > 0)], "rel_err_vs_full", 1.0, styles)
+        _error(figs, df[(df["status"] == "ok") & (err > 0)], styles)
+        _pareto(figs, df, styles)
+    return figs.made
+
+
+def _against_n(figs, df, col, name, ylabel, scale, styles) -> None:
+    """`col` against n, log-log: exact and approximate variants in two panels, n and n^2 slopes."""
+    parts = _split_exact(df)
+    fig, axes = figs.new(ncols=len(parts), figsize=(5.2 * len(parts), 4.6), sharey=True, squeeze=False)
+    for ax, (title, part) in zip(axes[0], parts):
+        _plot_lines(ax, part, col, scale, styles)
+        _ref_slopes(ax, df, col, scale)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        ax.set_ylabel("relative error vs full")
         ax.set_xlabel("sequence length n")
+        ax.set_title(title, fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
-        save(fig, "error")
-        # Pareto: time against error at the longest length every variant with an error reached
-        ok = df[(df["status"] == "ok") & df["rel_err_vs_full"].notna()]
-        if len(ok):
-            common = ok.groupby("seq_len")["label"].nunique()
-            n = int(common[common == common.max()].index.max())
-            pts = ok[ok["seq_len"] == n]
-            fig, ax = plt.subplots(figsize=(6, 4.5))
-            xy = []
-            for _, r in pts.iterrows():
-                e = max(float(r["rel_err_vs_full"]), 1e-9)
-                ax.scatter([r["time_ms"]], [e], color=styles.get(r["label"], _style(0))["color"])
-                xy.append((r["label"], float(r["time_ms"]), e))
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            place_labels(ax, xy, fontsize=7)
-            ax.set_xlabel("time (ms)")
-            ax.set_ylabel("relative error vs full (floor 1e-9)")
-            ax.set_title(f"speed against accuracy at n = {n}")
-            ax.grid(True, which="both", alpha=0.3)
-            save(fig, "pareto")
-    return made
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
+    axes[0][0].set_ylabel(ylabel)
+    what = ylabel.split(" (")[0]
+    fig.suptitle(f"{what} against n (log-log); X = oom, v = timeout, hollow = noisy or loaded", fontsize=9)
+    figs.save(fig, name)
+
+
+def _speedup(figs, df, styles) -> None:
+    speedup = _speedups(df)
+    if not len(speedup):
+        return
+    fig, ax = figs.new(figsize=(7.5, 4.6))
+    for label, g in speedup.groupby("label", sort=False):
+        (line,) = ax.plot(g["seq_len"], g["speedup"], ms=4, lw=1.2, label=label, **styles.get(label, _style(0)))
+        lo, hi = g["lo"].to_numpy(float), g["hi"].to_numpy(float)
+        if np.isfinite(lo).any():
+            ax.fill_between(g["seq_len"], lo, hi, color=line.get_color(), alpha=0.12, lw=0)
+        cross = g["crossover"].dropna()
+        if len(cross):  # faster than full from here on, resolved by the intervals
+            n0 = float(cross.iloc[0])
+            y0 = g.loc[g["seq_len"] == n0, "speedup"]
+            if len(y0):
+                ax.plot([n0], [float(y0.iloc[0])], marker="|", ms=18, mew=2, color=line.get_color())
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("sequence length n")
+    ax.set_ylabel("speed-up over full (full's time / variant's time)")
+    ax.set_title("speed-up over full; band = 95% interval of the paired ratio; | = faster from here on", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    figs.save(fig, "speedup")
+
+
+def _fraction(figs, df, col, name, ylabel, title, styles) -> None:
+    """A fraction of something the machine was measured to do (its peak, its bandwidth), in %."""
+    fig, ax = figs.new(figsize=(7, 4))
+    _plot_lines(ax, df, col, 100, styles)
+    ax.set_xscale("log", base=2)
+    ax.set_ylabel(ylabel)
+    ax.set_xlabel("context length n" if name == "bandwidth" else "sequence length n")
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    figs.save(fig, name)
+
+
+def _error(figs, ok, styles) -> None:
+    fig, ax = figs.new(figsize=(7, 4))
+    _plot_lines(ax, ok, "rel_err_vs_full", 1.0, styles)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_ylabel("relative error vs full")
+    ax.set_xlabel("sequence length n")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    figs.save(fig, "error")
+
+
+def _pareto(figs, df, styles) -> None:
+    """Time against error at the longest length every variant with an error reached."""
+    ok = df[(df["status"] == "ok") & df["rel_err_vs_full"].notna()]
+    if not len(ok):
+        return
+    common = ok.groupby("seq_len")["label"].nunique()
+    n = int(common[common == common.max()].index.max())
+    fig, ax = figs.new(figsize=(6, 4.5))
+    xy = []
+    for _, r in ok[ok["seq_len"] == n].iterrows():
+        e = max(float(r["rel_err_vs_full"]), 1e-9)
+        ax.scatter([r["time_ms"]], [e], color=styles.get(r["label"], _style(0))["color"])
+        xy.append((r["label"], float(r["time_ms"]), e))
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    place_labels(ax, xy, fontsize=7)
+    ax.set_xlabel("time (ms)")
+    ax.set_ylabel("relative error vs full (floor 1e-9)")
+    ax.set_title(f"speed against accuracy at n = {n}")
+    ax.grid(True, which="both", alpha=0.3)
+    figs.save(fig, "pareto")
 
 
 #: where a label may sit around its point (points of offset), nearest first
@@ -344,7 +368,6 @@ def accuracy_plot(tasks: pd.DataFrame, out_dir: str) -> bool:
     axes[0][0].set_ylim(0, 1.02)
     axes[0][0].set_ylabel("test accuracy")
     fig.suptitle("test accuracy per variant (bar: mean; dots: one per seed and length)", fontsize=9)
-    for ext in ("png", "svg"):
-        fig.savefig(os.path.join(out_dir, f"accuracy.{ext}"), dpi=110, bbox_inches="tight")
+    fig.savefig(os.path.join(out_dir, "accuracy.png"), dpi=110, bbox_inches="tight")
     plt.close(fig)
     return True

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 
-def _fmt(x, digits=3):
+def fmt(x, digits=3):
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return ""
     if isinstance(x, (int, np.integer)):
@@ -50,16 +50,16 @@ def table_md(t: pd.DataFrame, title: str, unit: str, lower_is_better=True, scale
         for c in t.columns:
             v = row[c]
             if isinstance(v, numbers.Real) and not isinstance(v, bool) and not pd.isna(v):  # NumPy ints too
-                s = _fmt(v * scale)
+                s = fmt(v * scale)
                 cells.append(f"**{s}**" if best.get(c) == label else s)
             else:
                 cells.append("" if pd.isna(v) else str(v))
         if not any(cells):  # a variant with no value here (no FLOP count, say) gets no empty row
             continue
-        lines.append(f"| {_cell(label)} | " + " | ".join(_cell(c) for c in cells) + " |")
+        lines.append(f"| {cell(label)} | " + " | ".join(cell(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _cell(text: str) -> str:
+def cell(text: str) -> str:
     """Text for a markdown table cell: a `|` would end the cell (even inside a code span)."""
     return str(text).replace("|", "\\|")
