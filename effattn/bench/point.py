@@ -310,6 +310,7 @@ def error_columns(p: Point) -> None:
                 lambda: full_reference(q, k, v, spec.causal, deadline=deadline, tick=p.beat, one_call=one_call),
             )
         except ReferenceTimeout as e:
+            p.m.rel_err_vs_full = p.m.cosine_vs_full = None  # measured as unknown: the row says so
             p.m.error_note = f"not computed: {e}"
             return
         rel, cos = measure.output_errors(out, ref)
