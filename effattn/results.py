@@ -14,7 +14,16 @@ import numpy as np
 import pandas as pd
 
 from .stats import CONFIDENCE, crossover, exponent_ci, fit_loglog, median_ci, verdict
-from .store import CONFIG_FIELDS, FIELD_DEFAULTS, config_key, describe_problems, point_key, read_results
+from .store import (
+    CONFIG_FIELDS,
+    FIELD_DEFAULTS,
+    SCRIPT_KINDS,
+    ResultsFileError,
+    config_key,
+    describe_problems,
+    point_key,
+    read_results,
+)
 
 COLUMNS = [
     "run_id",
@@ -81,6 +90,24 @@ def load(*paths: str, on_problem=None) -> pd.DataFrame:
 
 def point_keys(df: pd.DataFrame) -> list[tuple]:
     return [point_key(r) for r in df.to_dict("records")]
+
+
+def measured(df: pd.DataFrame, paths, on_problem=None) -> pd.DataFrame:
+    """The timing points and training runs of loaded files, without the records of benchmark
+    scripts (`effattn.store.SCRIPT_KINDS`), which reports and comparisons do not read. Files that
+    hold nothing else are refused with `ResultsFileError`, naming the script that reads them."""
+    kind = df["kind"] if "kind" in df else pd.Series(None, index=df.index, dtype=object)
+    script = kind.isin(list(SCRIPT_KINDS))
+    if not script.any():
+        return df
+    kinds = sorted(set(kind[script]))
+    readers = ", ".join(f"{k!r} rows are read by {SCRIPT_KINDS[k]}" for k in kinds)
+    names = ", ".join(str(p) for p in paths)
+    if script.all():
+        raise ResultsFileError(f"{names}: no timing points or training runs, only script records ({readers})")
+    if on_problem:
+        on_problem(f"{names}: left out {int(script.sum())} script record(s) ({readers})")
+    return df[~script]
 
 
 def latest(df: pd.DataFrame) -> pd.DataFrame:

@@ -59,6 +59,13 @@ FIELD_DEFAULTS = {"inputs": "random", "seed": 0, "probe": None, "kv_heads": None
 #: `skipped` (never attempted) are measured again; the newest row of a point is the one used.
 DONE_STATUSES = ("ok", "oom", "timeout", "unsupported")
 
+#: Row kinds. A row without `kind` is a timing point of `effattn bench`; "task" is a training run
+#: of `bench --task`. The others are the records of a benchmark script (what it measured beside
+#: a reference implementation, say): they carry a label, a seq_len and a status like every row, and
+#: their own figures in place of `time_ms`, and the script that wrote them reads them back.
+SCRIPT_KINDS = {"reference": "benchmarks/references.py"}
+KINDS = ("task", *SCRIPT_KINDS)
+
 
 def _canon(value):
     """A hashable, order-independent form of a JSON value (dicts compare by content)."""
@@ -121,7 +128,10 @@ def _row_ok(obj) -> str | None:
         return f"seq_len {n!r} is not an integer in 1..{MAX_SEQ_LEN}"
     if obj["status"] not in STATUSES:
         return f"status {obj['status']!r} is none of {', '.join(STATUSES)}"
-    if obj["status"] == "ok" and obj.get("kind") != "task":
+    kind = obj.get("kind")
+    if kind is not None and kind not in KINDS:
+        return f"kind {kind!r} is none of {', '.join(KINDS)}"
+    if obj["status"] == "ok" and kind is None:
         t = obj.get("time_ms")
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not (t > 0 and t != float("inf")):
             return f"an ok row whose time_ms {t!r} is not a positive number"

@@ -38,7 +38,7 @@ def _run(*args, timeout=600):
 def quick_rows(tmp_path_factory):
     out = tmp_path_factory.mktemp("references") / "rows.jsonl"
     lengths = ",".join(map(str, LENGTHS))
-    p = _run("run", "--quick", "--lengths", lengths, "--repeats", "1", "--min-block", "0.001", "--out", str(out))
+    p = _run("run", "--quick", "--lengths", lengths, "--min-run-time", "0.01", "--out", str(out))
     assert p.returncode == 0, p.stderr
     return out, [json.loads(line) for line in out.read_text().splitlines()]
 
@@ -106,11 +106,11 @@ def test_table_prints_every_case(quick_rows):
         (["run", "--lengths", "1024,abc"], "--lengths"),
         (["run", "--lengths", "-5"], "positive"),
         (["run", "--variants", "nsa,bogus"], "unknown variant bogus"),
-        (["run", "--repeats", "0"], "--repeats"),
+        (["run", "--min-run-time", "0"], "--min-run-time"),
         (["run", "--max-ref-seconds", "0"], "--max-ref-seconds"),
         (["run", "--lengths", ""], "--lengths is empty"),  # these three used to start the full run
         (["run", "--variants", " , "], "--variants is empty"),
-        (["run", "--min-block", "-1"], "--min-block"),
+        (["run", "--min-run-time", "-1"], "--min-run-time"),
         (["table", "/nonexistent/rows.jsonl"], "is not a file"),
     ],
 )
@@ -120,6 +120,20 @@ def test_bad_inputs_are_one_line_and_a_nonzero_exit(tmp_path, args, needle):
     err = p.stderr.strip()
     assert "Traceback" not in err and len(err.splitlines()) == 1 and needle in err, err
     assert not (tmp_path / "x.jsonl").exists() or not (tmp_path / "x.jsonl").read_text()
+
+
+def test_rows_load_with_effattns_reader_and_stay_out_of_reports(quick_rows, tmp_path):
+    """The rows are results rows of their own kind: effattn.results.load reads them, and report
+    and compare refuse a file of them in one line, naming the script that reads them."""
+    from effattn.results import load
+
+    out, rows = quick_rows
+    df = load(str(out))
+    assert len(df) == len(rows) and set(df["kind"]) == {"reference"} and set(df["status"]) == {"ok"}
+    for cmd in (["report", str(out), "--out", str(tmp_path / "r")], ["compare", str(out), str(out)]):
+        p = subprocess.run([sys.executable, "-m", "effattn.cli", *cmd], capture_output=True, text=True)
+        assert p.returncode == 2 and "benchmarks/references.py" in p.stderr, p.stderr
+        assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
 
 
 def test_a_file_without_rows_is_refused(tmp_path):

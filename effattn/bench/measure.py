@@ -1,40 +1,17 @@
 """Measuring tools: peak memory (CUDA allocator stats, or the CPU profiler's allocator events),
-attended pairs and FLOPs, available memory, and `time_callable` for one-off timings (the matmul
-peak, benchmarks/peers.py) through `torch.utils.benchmark.Timer.blocked_autorange`.
+resident memory, attended pairs and FLOPs, available memory, output errors.
 
-A sweep's points are not timed here: `rounds.py` times them in interleaved rounds of bare blocks,
-and `point.py` makes and checks their first calls.
+Nothing is timed here: `timing.py` is effattn's one timing engine (interleaved rounds of bare
+blocks, bracketed by the matmul reference that gives the peak), and `point.py` makes and checks a
+point's first calls.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import time
 
 import torch
-import torch.utils.benchmark as tbench
-
-NOISY_IQR_RATIO = 0.10  # IQR / median above this flags a point as noisy
-
-
-def time_callable(fn, min_run_time: float = 0.2) -> dict:
-    t0 = time.perf_counter()
-    fn()  # warm-up: compilation, plan building, allocator growth
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    first = time.perf_counter() - t0
-    m = tbench.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()).blocked_autorange(
-        min_run_time=min_run_time
-    )
-    med, iqr = m.median, m.iqr
-    return {
-        "time_ms": med * 1e3,
-        "time_iqr_ms": iqr * 1e3,
-        "time_raw_ms": [t * 1e3 for t in m.times],
-        "first_call_ms": first * 1e3,
-        "noisy": bool(med > 0 and iqr / med > NOISY_IQR_RATIO),
-    }
 
 
 @contextlib.contextmanager
@@ -160,17 +137,6 @@ def available_memory_bytes(device: str) -> int:
 
 
 _PEAK_CACHE: dict = {}
-
-
-def matmul_peak_gflops(device: str, dtype=torch.float32) -> float:
-    """This machine's matmul throughput, measured once per process (the roofline for GFLOP/s)."""
-    key = (device, dtype)
-    if key not in _PEAK_CACHE:
-        n = 2048 if device == "cpu" else 8192
-        a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-        t = time_callable(lambda: a @ b, min_run_time=0.3)["time_ms"] / 1e3
-        _PEAK_CACHE[key] = 2 * n**3 / t / 1e9
-    return _PEAK_CACHE[key]
 
 
 def output_errors(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:

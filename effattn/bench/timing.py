@@ -259,18 +259,21 @@ def time_interleaved(
     reference: Reference | None = None,
     baseline_gflops: float | None = None,
     tick=None,
+    load_wait_s: float = LOAD_WAIT_S,
 ) -> Rounds:
     """Time warm callables in interleaved rounds (see the module's docstring). `per_call_s`: one
     call's duration where known (it sizes the blocks; else one call is timed); `baseline_gflops`:
     a quiet reference rate seen before in this run (the higher of it and this process's own
-    `quiet_rate` judges the rounds); `tick(label)` is called as each block starts ("" between)."""
+    `quiet_rate` judges the rounds); `tick(label)` is called as each block starts ("" between);
+    `load_wait_s`: how long the group may wait for quiet rounds on a busy machine (0: not at all,
+    for a check of a script whose times are not figures)."""
     ref = reference or Reference(device, dtype)
     timers = {label: Block(fn, device) for label, fn in calls.items()}
     per_call = _sized(timers, per_call_s or {}, min_run_time_s)
     planned, blocks = rounds_for(per_call, min_run_time_s)
     history = _PROBE_HISTORY.setdefault((device, str(dtype).replace("torch.", "")), [])
     started, meter = time.monotonic(), load.CpuMeter().start()
-    run = _rounds(timers, blocks, planned, ref, history, baseline_gflops, seed, tick)
+    run = _rounds(timers, blocks, planned, ref, history, baseline_gflops, seed, tick, load_wait_s)
     best = max(quiet_rate(history[-HISTORY:] + run.readings), baseline_gflops or 0.0)
     machine = meter.stop()
     history.extend(run.readings)
@@ -318,7 +321,7 @@ def _sized(timers: dict, per_call_s: dict, min_run_time_s: float) -> dict[str, f
     return out
 
 
-def _rounds(timers, blocks, planned, ref, history, baseline_gflops, seed, tick) -> _Run:
+def _rounds(timers, blocks, planned, ref, history, baseline_gflops, seed, tick, load_wait_s) -> _Run:
     """The planned rounds, and extra ones while too few were quiet, as long as the budget lasts."""
     run = _Run(samples={label: [] for label in timers})
     beat = tick or (lambda label: None)
@@ -333,9 +336,9 @@ def _rounds(timers, blocks, planned, ref, history, baseline_gflops, seed, tick) 
     while True:
         if r >= planned:
             if extra_deadline is None:
-                # at least LOAD_WAIT_S, and twice the planned rounds' own time: a group whose
+                # at least load_wait_s, and twice the planned rounds' own time: a group whose
                 # rounds take seconds needs that long to meet a quiet stretch
-                extra_deadline = time.monotonic() + max(LOAD_WAIT_S, 2 * (time.monotonic() - started))
+                extra_deadline = time.monotonic() + (load_wait_s and max(load_wait_s, 2 * (time.monotonic() - started)))
             if quiet_rounds() >= planned or time.monotonic() > extra_deadline:
                 return run
         order = [lb for lb in schedule(list(timers), 1, seed + r)[0] if lb not in run.failed]

@@ -71,9 +71,9 @@ def compare(base, new, threshold, alpha):
         if not os.path.isfile(p):
             fail(f"results file {p} does not exist")
     from ..report.compare import compare_runs, config_text, configs_text
-    from ..results import load
+    from ..results import load, measured
 
-    frames = [load(p, on_problem=warn) for p in (base, new)]
+    frames = [measured(load(p, on_problem=warn), [p], warn) for p in (base, new)]
     for p, df in zip((base, new), frames):
         if len(df) and "kind" in df and df["kind"].eq("task").all():
             fail(

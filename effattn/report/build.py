@@ -12,7 +12,7 @@ import os
 
 import pandas as pd
 
-from ..results import label_series, latest, load, summary
+from ..results import label_series, latest, load, measured, summary
 from .html import to_html
 from .patterns import pattern_pictures
 from .plots import make_plots
@@ -22,7 +22,7 @@ from .tasks import task_report
 
 def build_report(paths: list[str], out_dir: str, formats=("md",), on_problem=None) -> list[str]:
     """Write report.md (and report.html) with its pictures into `out_dir`; the files written."""
-    every = latest(load(*paths, on_problem=on_problem))
+    every = latest(measured(load(*paths, on_problem=on_problem), paths, on_problem))
     os.makedirs(out_dir, exist_ok=True)
     is_task = every["kind"].eq("task") if "kind" in every else pd.Series(False, index=every.index)
     df = label_series(every[~is_task])
