@@ -16,9 +16,9 @@
   (`--inputs trained`: peaked attention, where approximations err differently than on Gaussian
   noise); the error column is the figure here, since the tasks below cannot train the candidates;
 - `task-retrieval.jsonl`: `retrieval_distance:distance=40` at seq 64, 1 layer, 800 steps (the budget
-  of results/retrieval-distance.jsonl);
+  of results/recall-tasks/retrieval-distance.jsonl);
 - `task-mqar.jsonl`: `mqar:num_pairs=16:vocab=256` at seq 128, 2 layers, `--conv-kernel 4`, 2000 steps
-  (the budget of results/mqar-capacity-current.jsonl).
+  (the budget of results/recall-tasks/mqar-capacity-newer-variants.jsonl).
 
 Both tasks train effattn's causal decoder. A candidate whose library has no causal form that passes
 effattn's `causal_no_future_leak` check is not offered in causal mode (see below), and its task rows
@@ -31,239 +31,22 @@ process, as `effattn bench` does in its measuring process. Because the sweep run
 plugins are registered at run time with `effattn.registry.register_attention` (no package, no entry
 point); there is no per-call timeout (`isolation="none"`).
 
-The candidates, each a wrapper of the library's attention core (its own projections, positional
-embeddings, local-attention heads, aux losses and reversible layers left out), fed effattn's
-(B, H, n, D) q, k, v with B·H merged into the library's batch:
-
-- `reformer_lsh` (reformer_pytorch `LSHAttention`): Reformer shares queries and keys: one tensor
-  `qk` is hashed, used as the query, and its L2-normalised copy as the key; a query attends itself
-  only when nothing else is in its chunk. This is a property of the method. The plugin feeds the
-  shared `qk` = k (option `qk=q` uses q instead); the other of q, k is not used at all. v is v.
-  The length must be a multiple of 2·bucket_size: the plugin pads with zeros and masks the padding
-  (`input_mask`). The random rotations are drawn from torch's global generator at every call; the
-  plugin draws them inside `torch.random.fork_rng`, seeded from `seed`, so every call (and every
-  plugin with the same seed) hashes alike and the caller's generator is left as it was.
-- `routing` (routing_transformer `KmeansAttention`): queries and keys are routed to `num_clusters` =
-  round(n / window_size) k-means centroids (normalised, per head), each centroid takes its top
-  ceil(n / num_clusters) queries and keys, attention runs inside each cluster, and a query's outputs
-  are averaged over the clusters that took it; a query no cluster took outputs **zeros** (a property
-  of the method's balanced top-k routing). The centroids are initialised (10 k-means iterations,
-  a `randperm` under a seeded `fork_rng`) from the first input seen at each (heads, head_dim,
-  clusters), and in training they move by the library's EMA after each call (what its
-  `update_kmeans_on_backwards` hook does). The commitment loss is discarded (effattn's backbone has
-  no auxiliary-loss channel). So outputs depend on what the module saw before: a stateful core.
-- `sinkhorn` (sinkhorn_transformer `SinkhornAttention`): queries in blocks of bucket_size attend
-  their own block and the block the sort net picks (bucket means, top-1 "differentiable top-k";
-  with `non_permutative=False` the gumbel-Sinkhorn permutation instead, drawn under a seeded
-  `fork_rng`). The length must be a multiple of bucket_size: the plugin pads with zeros and masks.
-  Library quirk, kept as it is: for the picked block it uses that block's *keys* as values
-  (`b_v_r = b_k_r.reshape(...)` in 0.11.4).
-
-None declares padding or cross-attention; causal: see `CAUSAL` below (its evidence).
+The candidate plugins themselves (wrappers of the libraries' attention cores) are in
+`candidate_plugins.py`, with what each computes.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
 
-import torch
-from torch import nn
+from candidate_plugins import CAUSAL, register, why_not
 
-import effattn
-from effattn.options import check_choice, check_int
+from effattn.store import read_results
 
-# ------------------------------------------------------------------------------------- plugins
-PKG = {"reformer_lsh": "reformer_pytorch", "routing": "routing_transformer", "sinkhorn": "sinkhorn_transformer"}
-PIP = {
-    "reformer_lsh": "reformer_pytorch axial-positional-embedding product-key-memory",
-    "routing": "routing_transformer product-key-memory mixture-of-experts",
-    "sinkhorn": "sinkhorn_transformer axial-positional-embedding product-key-memory",
-}
-
-
-def _why_not(name: str) -> str | None:
-    try:
-        __import__(PKG[name])
-    except Exception as e:  # noqa: BLE001 - any import failure (a missing dep too) is the reason
-        return f"unavailable: pip install --no-deps {PIP[name]} ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
-    return None
-
-
-def _seeded(seed: int, device: torch.device):
-    devices = [device] if device.type == "cuda" else []
-    ctx = torch.random.fork_rng(devices=devices)
-    return ctx
-
-
-def _pad_to(x: torch.Tensor, n: int) -> torch.Tensor:
-    return x if x.shape[-2] == n else torch.nn.functional.pad(x, (0, 0, 0, n - x.shape[-2]))
-
-
-class _Candidate(nn.Module):
-    exact = False
-    supports_causal = False
-    supports_padding = False
-    supports_cross = False
-    dtypes = ("float32", "float64")
-    _name = ""
-
-    @classmethod
-    def availability(cls, device="cpu"):
-        return _why_not(cls._name)
-
-    def _check(self, q, k, v, causal, key_padding_mask, same_v_dim: bool = False):
-        """The call's checks; returns the empty output for n = 0, else None."""
-        if not isinstance(causal, bool):
-            raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
-        if causal and not self.supports_causal:
-            raise effattn.UnsupportedError(f"{self._name} is not offered in causal mode")
-        if key_padding_mask is not None:
-            raise effattn.UnsupportedError(f"{self._name} does not support key_padding_mask")
-        if q.dim() != 4 or k.shape != q.shape or v.shape[:3] != q.shape[:3]:
-            raise effattn.UnsupportedError(f"{self._name} needs self-attention q, k, v of one shape (B, H, n, D)")
-        if q.shape[2] == 0:
-            return q.new_zeros(*q.shape[:3], v.shape[-1])
-        if same_v_dim and v.shape[-1] != q.shape[-1]:
-            raise effattn.UnsupportedError(f"{self._name} needs the value dimension equal to head_dim")
-        return None
-
-
-class ReformerLSH(_Candidate):
-    """Reformer LSH attention (reformer_pytorch LSHAttention): shared-QK, hashed into buckets, chunked."""
-
-    complexity = "O(n·h·b)"
-    wraps = ("reformer_pytorch",)
-    _name = "reformer_lsh"
-
-    def __init__(self, bucket_size: int = 64, n_hashes: int = 8, qk: str = "k", seed: int = 0):
-        super().__init__()
-        self.bucket_size = check_int("bucket_size", bucket_size, 1)
-        self.n_hashes = check_int("n_hashes", n_hashes, 1)
-        self.qk = check_choice("qk", qk, ("q", "k"))
-        self.seed = check_int("seed", seed, 0)
-        from reformer_pytorch import LSHAttention
-
-        self._lib = [LSHAttention(bucket_size=self.bucket_size, n_hashes=self.n_hashes, causal=False).eval()]
-
-    def forward(self, q, k, v, causal=False, key_padding_mask=None):
-        if (empty := self._check(q, k, v, causal, key_padding_mask)) is not None:
-            return empty
-        b, h, n, d = q.shape
-        m = math.ceil(n / (2 * self.bucket_size)) * 2 * self.bucket_size
-        # q (or k) is unused by the shared-QK method: its gradient is exactly zero, given as such (effattn
-        # requires a gradient to reach q, k and v under fwdbwd; the n·d multiply costs nothing next to LSH)
-        shared = k + 0 * q if self.qk == "k" else q + 0 * k
-        shared = shared.reshape(b * h, n, d)
-        vv = v.reshape(b * h, n, v.shape[-1])
-        real = torch.zeros(b * h, m, dtype=torch.bool, device=q.device)
-        real[:, :n] = True
-        with _seeded(self.seed, q.device):
-            torch.manual_seed(self.seed)
-            out, _, _ = self._lib[0](_pad_to(shared, m), _pad_to(vv, m), input_mask=real if m != n else None)
-        return out[:, :n].reshape(b, h, n, -1).to(q.dtype)
-
-
-class Routing(_Candidate):
-    """Routing attention (routing_transformer KmeansAttention): online k-means clusters, attention inside each."""
-
-    complexity = "O(n·w)"
-    wraps = ("routing_transformer",)
-    _name = "routing"
-
-    def __init__(self, window_size: int = 64, seed: int = 0):
-        super().__init__()
-        self.window_size = check_int("window_size", window_size, 1)
-        self.seed = check_int("seed", seed, 0)
-        self._libs: dict = {}  # (heads, head_dim, clusters, device) -> KmeansAttention; state, not parameters
-
-    def forward(self, q, k, v, causal=False, key_padding_mask=None):
-        if (empty := self._check(q, k, v, causal, key_padding_mask, same_v_dim=True)) is not None:
-            return empty
-        b, h, n, d = q.shape
-        nc = max(1, round(n / self.window_size))
-        wsz = math.ceil(n / nc)
-        key = (h, d, nc, str(q.device), q.dtype)
-        from routing_transformer import KmeansAttention
-
-        with _seeded(self.seed, q.device):
-            torch.manual_seed(self.seed)
-            lib = self._libs.get(key)
-            if lib is None:
-                lib = KmeansAttention(nc, wsz, h, d, causal=False).to(device=q.device, dtype=q.dtype)
-                self._libs[key] = lib
-            lib.window_size = wsz
-            lib.train(self.training)
-            out, _aux = lib(q, k, v)
-            if self.training and lib.kmeans.new_means is not None:
-                lib.kmeans.update()
-        return out.to(q.dtype)
-
-
-class Sinkhorn(_Candidate):
-    """Sinkhorn attention (sinkhorn_transformer SinkhornAttention): own block plus one block picked by a sort net."""
-
-    complexity = "O(n·b)"
-    wraps = ("sinkhorn_transformer",)
-    _name = "sinkhorn"
-
-    def __init__(self, bucket_size: int = 64, non_permutative: bool = True, seed: int = 0):
-        super().__init__()
-        self.bucket_size = check_int("bucket_size", bucket_size, 1)
-        if not isinstance(non_permutative, bool):
-            raise ValueError(f"option non_permutative must be true or false, got {non_permutative!r}")
-        self.non_permutative = non_permutative
-        self.seed = check_int("seed", seed, 0)
-        self._libs: dict = {}  # (heads, head_dim) -> SinkhornAttention (no parameters with its default sort net)
-
-    def forward(self, q, k, v, causal=False, key_padding_mask=None):
-        if (empty := self._check(q, k, v, causal, key_padding_mask, same_v_dim=True)) is not None:
-            return empty
-        b, h, n, d = q.shape
-        m = math.ceil(n / self.bucket_size) * self.bucket_size
-        from sinkhorn_transformer.sinkhorn_transformer import SinkhornAttention
-
-        lib = self._libs.get((h, d))
-        if lib is None:
-            lib = SinkhornAttention(
-                self.bucket_size, d * h, d, h, max_seq_len=m, non_permutative=self.non_permutative
-            ).eval()
-            self._libs[(h, d)] = lib
-        mask = None
-        if m != n:
-            mask = torch.zeros(b, m, dtype=torch.bool, device=q.device)
-            mask[:, :n] = True
-        with _seeded(self.seed, q.device):
-            torch.manual_seed(self.seed)
-            out = lib(_pad_to(q, m), _pad_to(k, m), _pad_to(v, m), q_mask=mask, kv_mask=mask)
-        return out[:, :, :n].to(q.dtype)
-
-
-PLUGINS = {"reformer_lsh": ReformerLSH, "routing": Routing, "sinkhorn": Sinkhorn}
-#: why none is offered in causal mode. Measured on the raw libraries (n = 64, d = 16): changing only the
-#: last token's q/k moved earlier outputs by up to 0.57 (LSHAttention(causal=True), bucket 8, 2 hashes) and
-#: 0.96 (KmeansAttention(causal=True), 4 clusters of 16) in absolute value; tests/test_candidates_script.py
-#: repeats the probe.
-CAUSAL = {
-    "reformer_lsh": "LSHAttention(causal=True) masks j > i inside the chunks, but which keys share a query's "
-    "chunk depends on later tokens' hashes (sorting by bucket): later tokens move earlier outputs",
-    "routing": "KmeansAttention(causal=True): each cluster takes its top-w tokens over the whole sequence "
-    "and the centroids are fitted to it, so later tokens decide which earlier keys a query sees",
-    "sinkhorn": "SinkhornAttention has no causal form (SinkhornCausalAttention is another module, not wrapped)",
-}
-
-
-def register() -> None:
-    """Register the three candidates under their names (once per process)."""
-    from effattn.registry import _REGISTRY, register_attention
-
-    for name, cls in PLUGINS.items():
-        if _REGISTRY.get(name) is None:
-            register_attention(name, source="benchmarks/candidates.py")(cls)
-
+ROOT = Path(__file__).resolve().parent.parent
 
 # ----------------------------------------------------------------------------------- the runs
 CANDIDATES = ["reformer_lsh", "routing", "sinkhorn"]
@@ -279,7 +62,7 @@ TASKS = {
         layers=1,
         conv_kernel=0,
         attn=["reformer_lsh:bucket_size=8", "routing:window_size=16", "sinkhorn:bucket_size=8"],
-        ref=[("results/retrieval-distance.jsonl", ["full", "sliding_window:window=8"])],
+        ref=[(ROOT / "results/recall-tasks/retrieval-distance.jsonl", ["full", "sliding_window:window=8"])],
     ),
     "mqar": dict(
         task="mqar:num_pairs=16:vocab=256",
@@ -289,8 +72,8 @@ TASKS = {
         conv_kernel=4,
         attn=["reformer_lsh:bucket_size=8", "routing:window_size=16", "sinkhorn:bucket_size=16"],
         ref=[
-            ("results/mqar-capacity.jsonl", ["full", "linear"]),
-            ("results/mqar-capacity-current.jsonl", ["sliding_window_sinks:window=16"]),
+            (ROOT / "results/recall-tasks/mqar-capacity.jsonl", ["full", "linear"]),
+            (ROOT / "results/recall-tasks/mqar-capacity-newer-variants.jsonl", ["sliding_window_sinks:window=16"]),
         ],
     ),
 }
@@ -344,7 +127,7 @@ def _task(part: str, out: Path, quick: bool) -> None:
 
 def run(args) -> int:
     register()
-    missing = {n: _why_not(n) for n in CANDIDATES if _why_not(n)}
+    missing = {n: why_not(n) for n in CANDIDATES if why_not(n)}
     for n, why in missing.items():
         print(f"candidates: {n} {why}", file=sys.stderr)
     out_dir = Path(args.out_dir)
@@ -362,17 +145,11 @@ def run(args) -> int:
 
 # ----------------------------------------------------------------------------------- the table
 def _rows(path: Path) -> list[dict]:
-    if not path.exists():
+    """The results rows of a file (effattn's reader: torn or foreign lines are left out), or []."""
+    try:
+        return read_results(str(path))[0]
+    except Exception:  # noqa: BLE001 - a foreign file holds no rows for the table
         return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(r, dict) and "label" in r:
-            out.append(r)
-    return out
 
 
 def table(args) -> int:
@@ -422,7 +199,7 @@ def table(args) -> int:
             acc = r.get("test_accuracy")
             steps = (r.get("train_spec") or {}).get("steps")
             what = f"{acc:.3f}" if r.get("status") == "ok" else f"{r.get('status')}: {r.get('reason')}"
-            src = f"  ({r['_src']}, seed {r.get('seed')})" if "_src" in r else ""
+            src = f"  ({Path(r['_src']).relative_to(ROOT)}, seed {r.get('seed')})" if "_src" in r else ""
             print(f"  {r['label']:<40} {what}  [{steps} steps]{src}")
     return 0
 

@@ -13,11 +13,12 @@ pytest.importorskip("routing_transformer")
 pytest.importorskip("sinkhorn_transformer")
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "candidates.py"
+PLUGINS = SCRIPT.with_name("candidate_plugins.py")
 
 
 @pytest.fixture(scope="module")
 def cand():
-    spec = importlib.util.spec_from_file_location("candidates_script", SCRIPT)
+    spec = importlib.util.spec_from_file_location("candidate_plugins", PLUGINS)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

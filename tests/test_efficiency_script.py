@@ -11,7 +11,8 @@ SCRIPT = Path(__file__).parent.parent / "benchmarks" / "efficiency.py"
 
 
 def _row(variant, n, mode, frac, options=None, basis="pairs", time_ms=10.0, exact=True):
-    return {"variant": variant, "options": options or {}, "seq_len": n, "mode": mode, "status": "ok",
+    label = variant + "".join(f":{k}={v}" for k, v in sorted((options or {}).items()))  # as effattn writes it
+    return {"label": label, "variant": variant, "options": options or {}, "seq_len": n, "mode": mode, "status": "ok",
             "peak_fraction": frac, "matmul_peak_gflops": 180.0, "time_ms": time_ms, "flops_basis": basis,
             "exact": exact}  # fmt: skip
 
