@@ -50,3 +50,17 @@ def test_usage_errors_are_one_line_exit_2(run_cli, args, needle):
     assert "Traceback" not in r.stderr
     if needle:
         assert needle in lines[0]
+
+
+def test_info_describes_every_plugin_with_its_facts():
+    """`effattn info NAME` prints every fact, tuples of option dicts (small_options) included,
+    for every registered plugin (it once raised a TypeError on small_options)."""
+    from click.testing import CliRunner
+
+    from effattn.cli import cli
+
+    runner = CliRunner()
+    for name in effattn.list_attention():
+        r = runner.invoke(cli, ["info", name])
+        assert r.exit_code == 0 and r.exception is None, (name, r.output[-500:], r.exception)
+        assert "facts:" in r.output and "small_options" in r.output, (name, r.output[-500:])

@@ -111,11 +111,15 @@ def info(name, device):
     click.echo(f"{name}  ({e.source})")
     doc = inspect.getdoc(e.target) or "(no docstring)"
     click.echo("\n" + doc + "\n")
+    family = inspect.getdoc(inspect.getmodule(e.target))  # what the family computes (one family per file)
+    if family and family != doc:
+        click.echo(family + "\n")
     click.echo("facts:")
     for f in dataclasses.fields(e.facts):
         if f.name != "description":
             v = getattr(e.facts, f.name)
-            click.echo(f"  {f.name:17s} {', '.join(v) if isinstance(v, tuple) else v}")
+            shown = ", ".join(x if isinstance(x, str) else _option_text(x) for x in v) if isinstance(v, tuple) else v
+            click.echo(f"  {f.name:17s} {shown}")
     why = e.availability(device)
     click.echo(f"  {'available':17s} {'yes' if why is None else why} (on {device})")
     opts = option_info(e.target)
@@ -186,3 +190,10 @@ def new_plugin(name, directory):
     root = new_plugin(name, directory)
     click.echo(f"wrote {root}/ ({n['dist']}: {n['module']}.{n['cls']})")
     click.echo(f"next: cd {shlex.quote(root)} && pip install -e '.[test]' && effattn list {name} && pytest")
+
+
+def _option_text(options) -> str:
+    """A dict of options as --attn writes them (window=4:global_tokens=2), anything else as it is."""
+    if isinstance(options, dict):
+        return ":".join(f"{k}={v}" for k, v in options.items()) or "(defaults)"
+    return str(options)
