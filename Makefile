@@ -28,10 +28,12 @@ bench: $(STAMP)
 	$(VENV)/bin/effattn bench --out results/bench-latest.jsonl --overwrite
 	$(VENV)/bin/effattn report results/bench-latest.jsonl --out results/bench-latest-report --format md,html
 
-# Regenerate the committed reference report from the committed reference sweep.
+# Regenerate the committed reference report (results/scaling-cpu/report/) from the two committed
+# sweeps beside it.
+SCALING := results/scaling-cpu
 report: $(STAMP)
-	rm -rf results/cpu-sweep-256-16k-report
-	$(VENV)/bin/effattn report results/cpu-sweep-256-16k.jsonl results/fwdbwd-8k-cpu.jsonl --out results/cpu-sweep-256-16k-report --format md,html
+	rm -rf $(SCALING)/report
+	$(VENV)/bin/effattn report $(SCALING)/cpu-sweep-256-16k.jsonl $(SCALING)/fwdbwd-8k-cpu.jsonl --out $(SCALING)/report --format md,html
 
 # ruff: the linter and the formatter check (configured in pyproject.toml, pinned in the dev extra)
 lint: $(STAMP)

@@ -1,7 +1,7 @@
 """Causal linear attention: peak memory of effattn's chunked form against the cumulative-sum form
 that keeps a d x d state for every position (the form issue #3 rules out).
 
-    python benchmarks/linear_memory.py [--seq-len 16384] [--out results/linear-memory-cpu.json]
+    python benchmarks/linear_memory.py [--seq-len 16384] [--out results/linear-memory/linear-memory-cpu.json]
 
 Both compute out_i = phi(q_i)^T S_i / (phi(q_i)^T z_i + eps) with S_i = sum_{j<=i} phi(k_j) v_j^T.
 Peak memory is measured with effattn's profiler-based CPU measurement (forward, no autograd).
@@ -30,7 +30,7 @@ def main():
     ap.add_argument("--seq-len", type=int, default=16384)
     ap.add_argument("--heads", type=int, default=8)
     ap.add_argument("--head-dim", type=int, default=64)
-    ap.add_argument("--out", default="results/linear-memory-cpu.json")
+    ap.add_argument("--out", default="results/linear-memory/linear-memory-cpu.json")
     a = ap.parse_args()
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, a.heads, a.seq_len, a.head_dim, generator=g) for _ in range(3))

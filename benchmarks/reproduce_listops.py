@@ -6,7 +6,8 @@ training budget that fits this machine? Trains `full`, `linear` and `performer` 
 ListOps (`effattn bench --task listops`, one results file) and prints each accuracy beside the
 majority-class rate of the task's own label distribution (estimated from 20,000 fresh examples).
 
-    python benchmarks/reproduce_listops.py [--steps 3000] [--seq-len 256] [--out results/listops-lra.jsonl]
+    python benchmarks/reproduce_listops.py [--steps 3000] [--seq-len 256]
+        [--out results/reproductions/listops-lra.jsonl]
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def majority_rate(max_depth: int, max_args: int, seq_len: int, n: int = 20000) -
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default="results/listops-lra.jsonl")
+    ap.add_argument("--out", default="results/reproductions/listops-lra.jsonl")
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--max-depth", type=int, default=6)

@@ -6,8 +6,8 @@ come from `effattn bench --preset lra-speed` (the same model at n = 1k-4k, forwa
 `--level model`, batch 2 on this CPU), with the Transformer twice: as in 2020 (`naive`: the
 attention matrix materialised) and as today (`full`: fused SDPA).
 
-    effattn bench --preset lra-speed --out results/lra-speed-cpu.jsonl
-    python benchmarks/reproduce_lra_speed.py results/lra-speed-cpu.jsonl
+    effattn bench --preset lra-speed --out results/reproductions/lra-speed-cpu.jsonl
+    python benchmarks/reproduce_lra_speed.py results/reproductions/lra-speed-cpu.jsonl
 
 A ratio "reproduces" when ours is within a factor of 1.5 of the paper's (speed-ups and memory
 ratios depend on hardware and batch; the factor is the tolerance we set for "the same finding",
@@ -40,7 +40,7 @@ def verdict(paper: float, ours: float) -> str:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("results", nargs="?", default="results/lra-speed-cpu.jsonl")
+    ap.add_argument("results", nargs="?", default="results/reproductions/lra-speed-cpu.jsonl")
     a = ap.parse_args(argv)
     from effattn.results import latest, load
 

@@ -13,7 +13,7 @@ with iid and with orthogonal features, and prints the formula beside the measure
 95% interval. The estimate is read through the plugin's feature map (`PerformerAttention._phi`,
 which scales its input by d^-1/4 and divides out a stabilising constant; both are undone here).
 
-    python benchmarks/reproduce_performer_mse.py [--draws 4000] [--out results/repro-performer-mse.json]
+    python benchmarks/reproduce_performer_mse.py [--draws 4000] [--out results/reproductions/repro-performer-mse.json]
 """
 
 from __future__ import annotations

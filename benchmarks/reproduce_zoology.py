@@ -12,7 +12,7 @@ steps, 2 seeds) at (64, 4) and (128, 8), d_model in {16, 32, 64}, with `full`, `
 repeated). Calibration: with 1000-1500 steps even `full` had not passed its induction-head
 transition at d_model 16-32 (accuracy 0.12-0.29); at 3000 steps it reached 0.88 at d_model 32.
 
-    python benchmarks/reproduce_zoology.py [--out results/mqar-zoology.jsonl] [--steps 2500]
+    python benchmarks/reproduce_zoology.py [--out results/reproductions/mqar-zoology.jsonl] [--steps 2500]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ WIDTHS = (16, 32, 64)
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default="results/mqar-zoology.jsonl")
+    ap.add_argument("--out", default="results/reproductions/mqar-zoology.jsonl")
     ap.add_argument("--steps", type=int, default=2500)
     ap.add_argument("--widths", default=",".join(map(str, WIDTHS)))
     ap.add_argument("--plot", default=None, help="write the accuracy-against-width plot here (.png)")

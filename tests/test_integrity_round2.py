@@ -168,7 +168,7 @@ def test_memory_outside_torch_counts_and_the_budget_applies_to_it(cli, tmp_path)
 
 # ---------------------------------------------------------------- 5, 6. reports that crashed
 def test_a_task_file_gets_a_report_of_its_own_and_compare_refuses_it(cli, tmp_path):
-    here = os.path.join(os.path.dirname(__file__), "..", "results", "mqar-default.jsonl")
+    here = os.path.join(os.path.dirname(__file__), "..", "results", "recall-tasks", "mqar-default.jsonl")
     r = cli("report", here, "--out", "rep", "--format", "md,html")
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
     md = (tmp_path / "rep" / "report.md").read_text()

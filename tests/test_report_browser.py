@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-REFERENCE = [ROOT / "results" / "cpu-sweep-256-16k.jsonl", ROOT / "results" / "fwdbwd-8k-cpu.jsonl"]
+SCALING = ROOT / "results" / "scaling-cpu"
+REFERENCE = [SCALING / "cpu-sweep-256-16k.jsonl", SCALING / "fwdbwd-8k-cpu.jsonl"]
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 
 
@@ -102,7 +103,7 @@ def test_the_reference_report_renders_in_a_browser(browser, tmp_path):
 
 def test_the_committed_reference_report_renders_in_a_browser(browser):
     """What a reader of the repository opens."""
-    html = ROOT / "results" / "cpu-sweep-256-16k-report" / "report.html"
+    html = SCALING / "report" / "report.html"
     facts = _facts(browser, html)
     _check(facts, len(list(html.parent.glob("*.png"))))
 
