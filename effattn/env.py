@@ -85,3 +85,14 @@ def environment() -> dict:
         p = torch.cuda.get_device_properties(0)
         env["gpu"], env["gpu_mem_bytes"] = p.name, p.total_memory
     return env
+
+
+def cache_dir() -> str:
+    """Where effattn keeps what it learns on this machine (its usual matmul rate, the trained
+    backbone of `--inputs trained`): $EFFATTN_CACHE_DIR, else $EFFATTN_CACHE (its older name),
+    else $XDG_CACHE_HOME/effattn, else ~/.cache/effattn."""
+    for name in ("EFFATTN_CACHE_DIR", "EFFATTN_CACHE"):
+        if os.environ.get(name):
+            return os.environ[name]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "effattn")

@@ -310,7 +310,7 @@ def test_find_max_len_bisects_to_the_budget(run_cli, tmp_path):
 @pytest.mark.slow
 def test_trained_inputs_give_peaked_attention_and_error_columns(run_cli, tmp_path):
     """--inputs trained: q, k, v from a backbone trained on MQAR (cached on disk once)."""
-    env = {"EFFATTN_CACHE": str(tmp_path / "cache")}
+    env = {"EFFATTN_CACHE_DIR": str(tmp_path / "cache")}
     args = [
         "bench",
         "--attn",

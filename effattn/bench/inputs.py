@@ -15,6 +15,8 @@ import os
 
 import torch
 
+from ..env import cache_dir
+
 TRAIN = dict(task="mqar", num_pairs=8, vocab=128, seq_len=64, steps=300, batch_size=32, lr=1e-3, n_layers=2, seed=0)
 
 
@@ -22,8 +24,7 @@ def _cache_path(heads: int, head_dim: int) -> str:
     key = hashlib.sha1(
         json.dumps({**TRAIN, "heads": heads, "head_dim": head_dim}, sort_keys=True).encode()
     ).hexdigest()[:12]
-    root = os.environ.get("EFFATTN_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "effattn"))
-    return os.path.join(root, f"trained-mqar-{key}.pt")
+    return os.path.join(cache_dir(), f"trained-mqar-{key}.pt")
 
 
 def trained_model(heads: int, head_dim: int, log=None):

@@ -11,7 +11,7 @@ itself says catch it:
 * the load average (runnable tasks over the last minute) against the CPUs: its lowest reading
   over a group above CPUs + LOADAVG_MARGIN is a load.
 * the reference rate against the rate this machine reached before: the quiet groups' rates are
-  kept per machine (host, CPU, threads, device, dtype) in the user's cache (`cache_dir()`), and a
+  kept per machine (host, CPU, threads, device, dtype) in the user's cache (`env.cache_dir()`), and a
   group whose rate is below (1 - rounds.LOAD_TOLERANCE) of their median ran on a slowed machine.
 
 `MachineLoad.verdict` returns the reasons found (none: quiet). `wait_for_quiet` is what
@@ -26,6 +26,8 @@ import os
 import platform
 import statistics
 import time
+
+from ..env import cache_dir
 
 #: others' CPU use beyond the cores our threads leave free that marks a group as loaded
 CONTENTION_CORES = 0.5
@@ -112,15 +114,6 @@ def contention(others: float | None, cpus: int, threads: int) -> float | None:
 
 
 # ------------------------------------------------------------------------ the machine's history
-def cache_dir() -> str:
-    """Where effattn keeps what it learns about this machine: $EFFATTN_CACHE_DIR, else
-    $XDG_CACHE_HOME/effattn, else ~/.cache/effattn."""
-    if os.environ.get("EFFATTN_CACHE_DIR"):
-        return os.environ["EFFATTN_CACHE_DIR"]
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "effattn")
-
-
 def machine_key(env: dict, device: str, dtype: str, probe_n: int) -> str:
     """The machine a reference rate belongs to: host, CPU, threads, GPU, device, dtype, probe."""
     return "|".join(
