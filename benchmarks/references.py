@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -159,9 +160,9 @@ def run(args) -> int:
         raise Fail(f"unknown variant {', '.join(bad)}; known: {', '.join(CASE_NAMES)}")
     if args.min_run_time is None:
         args.min_run_time = 0.05 if args.quick else 1.0
-    if not args.min_run_time > 0:
+    if not (args.min_run_time > 0 and math.isfinite(args.min_run_time)):
         raise Fail(f"--min-run-time must be positive seconds, not {args.min_run_time}")
-    if not args.max_ref_seconds > 0:
+    if not (args.max_ref_seconds > 0 and math.isfinite(args.max_ref_seconds)):
         raise Fail(f"--max-ref-seconds must be positive, not {args.max_ref_seconds}")
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -111,6 +111,8 @@ def test_table_prints_every_case(quick_rows):
         (["run", "--lengths", ""], "--lengths is empty"),  # these three used to start the full run
         (["run", "--variants", " , "], "--variants is empty"),
         (["run", "--min-run-time", "-1"], "--min-run-time"),
+        (["run", "--min-run-time", "inf"], "--min-run-time"),  # would time forever
+        (["run", "--max-ref-seconds", "inf"], "--max-ref-seconds"),
         (["table", "/nonexistent/rows.jsonl"], "is not a file"),
     ],
 )
