@@ -10,6 +10,7 @@ import click
 
 from .._version import __version__
 from ..errors import EffattnError
+from . import advise as _advise
 from . import bench as _bench
 from . import plugins as _plugins
 from . import report as _report
@@ -26,7 +27,7 @@ def cli():
 
 # (the modules keep their names: effattn.cli.bench is the module, its command is .bench.bench)
 for _command in (_plugins.list_cmd, _plugins.info, _plugins.check, _plugins.new_plugin, _bench.bench,
-                 _bench.presets_cmd, _report.report, _report.compare):  # fmt: skip
+                 _bench.presets_cmd, _report.report, _report.compare, _advise.advise):  # fmt: skip
     cli.add_command(_command)
 
 
