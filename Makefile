@@ -6,8 +6,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.effattn-installed
+DOCS_STAMP := $(VENV)/.effattn-docs-installed
 
-.PHONY: setup test test-fast bench report lint browser clean
+.PHONY: setup test test-fast bench report lint docs browser clean
 
 setup: $(STAMP)
 
@@ -40,6 +41,16 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check effattn tests benchmarks
 	$(VENV)/bin/ruff format --check effattn tests benchmarks
 
+# The documentation site (mkdocs.yml: docs/ and the API reference from the docstrings) in site/,
+# --strict: a broken link or anchor, a page left out of the nav or an unreadable docstring fails it.
+# The docs extra goes in after the setup, so that pip finds the CPU torch already there.
+$(DOCS_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(VENV)/bin/mkdocs build --strict --site-dir site
+
 # Headless Chromium and its driver (Debian's packages; needs root) for tests/test_report_browser.py,
 # which opens the HTML report in it. Without them that test skips, unless EFFATTN_REQUIRE_BROWSER=1.
 browser:
@@ -47,4 +58,4 @@ browser:
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver; }
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info
+	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info site
