@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,7 @@ def _driver():
         return None, "no Chromium and chromedriver here (`make browser` installs Debian's)"
     opts = webdriver.ChromeOptions()
     opts.binary_location = binary
+    opts.set_capability("goog:loggingPrefs", {"performance": "ALL"})  # every request the page makes
     for arg in (
         "--headless=new",
         "--no-sandbox",
@@ -84,6 +86,65 @@ def _check(facts: dict, images_expected: int):
     assert facts["width"] <= facts["viewport"] + 1, "the page scrolls sideways"
 
 
+INTERACTIVE = ("time", "memory", "error", "decision_map")
+
+PLOT_FACTS = """
+return Array.from(document.querySelectorAll('.js-plotly-plot')).map(d => ({
+  id: d.id, svg: d.querySelectorAll('svg.main-svg').length, traces: (d.data || []).length,
+  drawn: d.querySelectorAll('.scatterlayer .trace, .heatmaplayer .hm, .imagelayer image').length,
+  legend: d.querySelectorAll('.legend .traces').length, types: (d.data || []).map(t => t.type),
+  xlog: d.layout.xaxis.type, ylog: d.layout.yaxis.type}));
+"""
+
+
+def _requests(drv) -> list[str]:
+    """The URLs of every request the page made since the last call (Chrome's network log)."""
+    import json
+
+    urls = []
+    for entry in drv.get_log("performance"):
+        msg = json.loads(entry["message"])["message"]
+        if msg.get("method") == "Network.requestWillBeSent":
+            urls.append(msg["params"]["request"]["url"])
+    return urls
+
+
+def _check_interactive(drv, html: Path):
+    """Plots drawn by plotly: log axes, traces on the page, hover values, a legend that hides a
+    trace on a click, and no request to anything but the file itself and its images."""
+    from selenium.webdriver.common.by import By
+
+    _requests(drv)  # drop the log of earlier pages
+    drv.get(html.as_uri())
+    plots = drv.execute_script(PLOT_FACTS)
+    ids = [p["id"] for p in plots]
+    assert {"plot-time", "plot-memory"} <= set(ids) and any(i.startswith("plot-map_") for i in ids), ids
+    for p in plots:
+        assert p["svg"] >= 1 and p["traces"] >= 1 and p["drawn"] >= 1, p
+        assert p["xlog"] == "log" and p["ylog"] == "log", p
+    assert any("heatmap" in p["types"] for p in plots), "no decision map drawn"
+    # hover: the first point of the time plot shows its time and interval
+    drv.execute_script("Plotly.Fx.hover('plot-time', [{curveNumber: 0, pointNumber: 0}]);")
+    hover = drv.execute_script(
+        "return Array.from(document.querySelectorAll('#plot-time .hovertext')).map(e => e.textContent).join(' ');"
+    )
+    assert "ms" in hover and "95%" in hover and "status" in hover, hover
+    # a click on the first legend entry hides that variant's trace
+    assert drv.execute_script("return document.getElementById('plot-time').data[0].visible;") in (None, True)
+    drv.find_element(By.CSS_SELECTOR, "#plot-time .legend .traces .legendtoggle").click()
+    state = None
+    for _ in range(30):  # plotly acts on a single click after its double-click delay (300 ms)
+        state = drv.execute_script("return document.getElementById('plot-time').data[0].visible;")
+        if state == "legendonly":
+            break
+        time.sleep(0.1)
+    assert state == "legendonly", state
+    urls = _requests(drv)
+    outside = [u for u in urls if not u.startswith(("file://", "data:", "blob:", "about:"))]
+    assert urls and not outside, f"the page fetched {outside}"
+    return plots
+
+
 def test_the_reference_report_renders_in_a_browser(browser, tmp_path):
     """Built now, by this code, from the committed reference sweep."""
     from effattn.report import build_report
@@ -91,10 +152,11 @@ def test_the_reference_report_renders_in_a_browser(browser, tmp_path):
     out = tmp_path / "rep"
     written = build_report([str(p) for p in REFERENCE], str(out), ("md", "html"))
     facts = _facts(browser, out / "report.html")
-    plots = [w for w in written if w.endswith(".png")]
+    plots = [w for w in written if w.endswith(".png") and not Path(w).stem.startswith(INTERACTIVE)]
     patterns = list(out.glob("pattern_*.png"))
     assert plots and patterns
     _check(facts, len(plots) + len(patterns))
+    _check_interactive(browser, out / "report.html")
     shot = os.environ.get("EFFATTN_SCREENSHOT")
     if shot:
         browser.set_window_size(1280, min(int(facts["height"]) + 100, 16000))
@@ -105,24 +167,26 @@ def test_the_committed_reference_report_renders_in_a_browser(browser):
     """What a reader of the repository opens."""
     html = SCALING / "report" / "report.html"
     facts = _facts(browser, html)
-    _check(facts, len(list(html.parent.glob("*.png"))))
+    _check(facts, len([p for p in html.parent.glob("*.png") if not p.stem.startswith(INTERACTIVE)]))
+    _check_interactive(browser, html)
 
 
-def test_the_check_sees_a_broken_image_and_a_split_cell(browser, tmp_path):
-    """Not vacuous: a page with a missing image and a row with an extra cell fails the check."""
-    page = tmp_path / "bad.html"
-    rows = "".join("<tr><td>a</td><td>b</td></tr>" for _ in range(3))
-    tables = "".join(f"<table><tr><th>x</th><th>y</th></tr>{rows}</table>" for _ in range(5))
-    page.write_text(
-        "<!doctype html><html><head><title>effattn report</title></head><body><h1>effattn report</h1>"
-        f"<img src='missing.png'>{tables}</body></html>"
-    )
-    with pytest.raises(AssertionError, match="did not load"):
-        _check(_facts(browser, page), 1)
-    page.write_text(
-        page.read_text()
-        .replace("<img src='missing.png'>", "")
-        .replace("<tr><td>a</td><td>b</td></tr>", "<tr><td>a</td><td>b</td><td>c</td></tr>", 1)
-    )
-    with pytest.raises(AssertionError, match="more or fewer cells than its header"):
-        _check(_facts(browser, page), 0)
+def test_the_interactive_check_sees_a_page_that_fetches_and_a_legend_that_does_not_hide(browser, tmp_path):
+    """Not vacuous: the same report with its bundle loaded from the network, and with legend
+    clicks turned off, fails the check."""
+    from effattn.report import build_report
+
+    out = tmp_path / "rep"
+    build_report([str(REFERENCE[0])], str(out), ("html",))
+    page = out / "report.html"
+    text = page.read_text()
+    head, _, rest = text.partition("<script>")
+    bundle, _, tail = rest.partition("</script>")
+    (out / "plotly.js").write_text(bundle)
+    page.write_text(head + "<script src='plotly.js'></script><img src='https://example.invalid/x.png'>" + tail)
+    with pytest.raises(AssertionError, match="fetched"):
+        _check_interactive(browser, page)
+    stop = "document.querySelectorAll('.js-plotly-plot').forEach(d => d.on('plotly_legendclick', () => false));"
+    page.write_text(text.replace("</body>", f"<script>{stop}</script></body>"))
+    with pytest.raises(AssertionError, match="legendonly"):
+        _check_interactive(browser, page)

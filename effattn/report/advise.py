@@ -156,12 +156,13 @@ def _canon(v):
 
 
 # ---------------------------------------------------------------------------------- estimates
-def estimates(rows: pd.DataFrame, seq_len: int) -> tuple[list[Estimate], list[dict]]:
+def estimates(rows: pd.DataFrame, seq_len: int, draws: int = 400) -> tuple[list[Estimate], list[dict]]:
     """Each variant of one configuration at `seq_len`: an Estimate, or {"label", "reason"} for a
-    variant that has none (it failed there or before, or has too little data)."""
+    variant that has none (it failed there or before, or has too little data). `draws`: the
+    resamples an extrapolated interval is made from (0: the curvature part of it alone)."""
     got, out = [], []
     for label, g in rows.groupby("label", sort=True):
-        e = _estimate(label, g, seq_len)
+        e = _estimate(label, g, seq_len, draws)
         (got if isinstance(e, Estimate) else out).append(e)
     return got, out
 
@@ -178,7 +179,7 @@ def _short(reason, limit: int = 70) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _estimate(label: str, g: pd.DataFrame, n: int):
+def _estimate(label: str, g: pd.DataFrame, n: int, draws: int):
     at = g[g["seq_len"] == n]
     if len(at):
         r = at.iloc[-1].to_dict()
@@ -208,7 +209,7 @@ def _estimate(label: str, g: pd.DataFrame, n: int):
         }
     if n < lens[0]:
         return {"label": label, "reason": f"not measured at or below n = {n} (shortest {lens[0]})"}
-    return _interpolated(label, pts, n) if n < lens[-1] else _extrapolated(label, pts, n)
+    return _interpolated(label, pts, n) if n < lens[-1] else _extrapolated(label, pts, n, draws)
 
 
 def _memory(r: dict) -> tuple[float | None, float | None]:
@@ -280,7 +281,7 @@ def _extrapolated(label: str, pts: dict, n: int, draws: int = 400, seed: int = 0
     # the noise: refit to resampled round times
     rng = np.random.default_rng(seed)
     raws = [_raw(pts[m]) for m in lens]
-    preds = []
+    preds = [t]
     for _ in range(draws):
         y = np.log([float(np.median(rng.choice(s, size=len(s)))) for s in raws])
         b, a = np.polyfit(x, y, 1)
@@ -391,13 +392,16 @@ def decision_grid(rows: pd.DataFrame, axis: str, n_lengths: int = 33, n_ys: int 
     if len(lens) < 2:
         return None
     lengths = sorted({int(round(v)) for v in np.geomspace(lens[0], lens[-1] * reach, n_lengths)} | set(lens))
-    per_length = [estimates(rows, n)[0] for n in lengths]
+    per_length = [estimates(rows, n, draws=0)[0] for n in lengths]
     every = [e for found in per_length for e in found]
     if axis == "memory":
         vals = [e.memory_bytes for e in every if e.memory_bytes]
         if not vals:
             return None
-        ys = list(np.geomspace(min(vals) * 0.8, max(vals) * 1.25, n_ys))
+        # up to where the answer stops changing: twice the memory of the fastest at each length
+        fastest = [min(found, key=lambda e: e.time_ms).memory_bytes for found in per_length if found]
+        top = max([m for m in fastest if m] or vals) * 2
+        ys = list(np.geomspace(min(vals) * 0.8, max(top, min(vals) * 4), n_ys))
     else:
         vals = [e.rel_err for e in every if e.rel_err]
         if not vals:

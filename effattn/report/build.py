@@ -13,9 +13,10 @@ import os
 import pandas as pd
 
 from ..results import label_series, latest, load, measured, summary
+from .decision import decision_grids, draw_decision_maps
 from .html import to_html
 from .patterns import pattern_pictures
-from .plots import make_plots
+from .plots import label_styles, make_plots
 from .tables import cell, fmt, pivot, table_md
 from .tasks import task_report
 
@@ -37,13 +38,42 @@ def build_report(paths: list[str], out_dir: str, formats=("md",), on_problem=Non
         ]
     df = mark_recompute(df)
     plots = make_plots(df, out_dir)
-    md = _header(df, paths) + [f"![{p}]({p}.png)\n" for p in PLOT_ORDER if p in plots]
+    maps = decision_grids(df)
+    map_files = draw_decision_maps(maps, out_dir, label_styles(df))
+    md = _header(df, paths) + _decision_section(map_files)
+    md += [PLOT_MARK + p for p in PLOT_ORDER if p in plots]
     md += _tables(df) + exactness_table(df) + _scaling(summary(df))
     md += _patterns(pattern_pictures(df, out_dir)) + _context(df)
     if is_task.any():
         md += ["", task_report(every[is_task], paths, out_dir, heading="##")]
-    written = _write_formats(out_dir, "\n".join(md) + "\n", formats)
-    return written + [os.path.join(out_dir, f"{p}.png") for p in plots]
+    interactive = None
+    if "html" in formats:
+        from .interactive import interactive_plots
+
+        interactive = interactive_plots(df, maps)
+    written = _write_formats(out_dir, md, formats, interactive)
+    pictures = [f"{p}.png" for p in plots] + [f for f, _ in map_files]
+    return written + [os.path.join(out_dir, f) for f in pictures]
+
+
+#: a line of the report's outline that stands for a plot: an image in report.md, the interactive
+#: plot (where there is one) in report.html
+PLOT_MARK = "@@plot:"
+
+
+def _decision_section(map_files) -> list[str]:
+    if not map_files:
+        return []
+    md = [
+        "## Which variant, at which length",
+        "",
+        "The fastest variant that fits, at each length (x) against a memory budget (inputs plus peak; left) "
+        "or an error tolerance against `full` (right; where the rows carry errors). Past the dashed line the "
+        "figures are extrapolated from the measured lengths (hatched): measure there before relying on it. "
+        "`effattn advise RESULTS --seq-len N` answers for one point, with the reasons the others are out.",
+        "",
+    ]
+    return md + [f"{PLOT_MARK}{os.path.splitext(f)[0]}" for f, _ in map_files]
 
 
 #: the plots in the order the report shows them
@@ -148,13 +178,40 @@ def _context(df: pd.DataFrame) -> list[str]:
     return md
 
 
-def _write_formats(out_dir: str, body: str, formats) -> list[str]:
+def _write_formats(out_dir: str, body, formats, interactive: dict | None = None) -> list[str]:
+    """report.md (plots as images) and report.html (plots interactive where `interactive` has
+    them, keyed by plot name; a decision map's key is map_<i>_<axis>). `body`: the text, or its
+    lines with PLOT_MARK lines standing for plots."""
+    lines = body.splitlines() if isinstance(body, str) else body
     written = []
     if "md" in formats:
-        written.append(_write(out_dir, "report.md", body))
+        md = [f"![{line[len(PLOT_MARK):]}]({line[len(PLOT_MARK):]}.png)\n" if line.startswith(PLOT_MARK) else line
+              for line in lines]  # fmt: skip
+        written.append(_write(out_dir, "report.md", "\n".join(md) + "\n"))
     if "html" in formats:
-        written.append(_write(out_dir, "report.html", to_html(body)))
+        plots, html_lines = {}, []
+        for line in lines:
+            if not line.startswith(PLOT_MARK):
+                html_lines.append(line)
+                continue
+            name = line[len(PLOT_MARK) :]
+            divs = _interactive_for(name, interactive or {})
+            if divs:
+                key = f"PLOTSLOT{len(plots)}"
+                plots[key] = "\n".join(divs)
+                html_lines += ["", key, ""]
+            else:
+                html_lines.append(f"![{name}]({name}.png)\n")
+        written.append(_write(out_dir, "report.html", to_html("\n".join(html_lines) + "\n", plots)))
     return written
+
+
+def _interactive_for(name: str, interactive: dict) -> list[str]:
+    """The interactive divs that replace the static plot `name`."""
+    if name.startswith("decision_map"):
+        k = name.rpartition("_")[2] if name != "decision_map" else "0"
+        return [v for key, v in interactive.items() if key.startswith(f"map_{k}_")]
+    return [interactive[name]] if name in interactive else []
 
 
 RECOMPUTE_MARK = " (recomputes)"

@@ -26,6 +26,17 @@ def _style(i: int) -> dict:
     return {"color": colour, "marker": MARKERS[(i + i // 10) % 10]}
 
 
+def label_styles(df: pd.DataFrame) -> dict:
+    """label -> colour and marker, in the rows' order: the same in every plot of a report (the
+    decision maps, which name variants by their measured label, find them under it too)."""
+    styles = {label: _style(i) for i, label in enumerate(dict.fromkeys(df["label"]))}
+    if "base_label" in df:
+        for label, base in zip(df["label"], df["base_label"]):
+            if isinstance(base, str):
+                styles.setdefault(base, styles[label])
+    return styles
+
+
 def _flagged(g: pd.DataFrame) -> pd.Series:
     """Points measured while noisy or loaded: drawn hollow."""
     out = pd.Series(False, index=g.index)
@@ -174,7 +185,7 @@ def _plottable(df: pd.DataFrame, col: str) -> bool:
 def make_plots(df: pd.DataFrame, out_dir: str) -> list[str]:
     """Every plot the rows allow, one look per variant in all of them; the names made."""
     figs = _Figures(out_dir)
-    styles = {label: _style(i) for i, label in enumerate(dict.fromkeys(df["label"]))}
+    styles = label_styles(df)
     decode = "mode" in df and (df["mode"] == "decode").all()
     for col, name, ylabel, scale in (
         ("time_ms", "time", "time per generated token (ms)" if decode else "time (ms)", 1.0),
