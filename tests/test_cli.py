@@ -13,7 +13,10 @@ def test_list_shows_builtins(run_cli):
     assert r.returncode == 0, r.stderr
     for n in ("full", "naive", "masked"):
         assert f"\n{n} " in r.stdout
-    assert "complexity" in r.stdout and "available (cpu)" in r.stdout
+    assert "complexity" in r.stdout and "on cpu" in r.stdout
+    # a terminal of 100 columns shows it whole: availability reasons go below the table
+    assert max(len(line) for line in r.stdout.splitlines()) <= 100, r.stdout
+    assert "\nxformers " in r.stdout and "* not available on cpu:\n  xformers: unavailable: needs CUDA" in r.stdout
 
 
 def test_info(run_cli):

@@ -19,7 +19,7 @@ def list_cmd(device, pattern):
     """List registered attention plugins (PATTERN: shell wildcard)."""
     from ..registry import broken_plugins, get_entry, list_attention
 
-    rows = []
+    rows, unavailable = [], {}
     for name in list_attention(pattern):
         e = get_entry(name)
         f = e.facts
@@ -35,28 +35,27 @@ def list_cmd(device, pattern):
             if ok
         ]
         why = e.availability(device)
-        rows.append(
-            (
-                name,
-                "exact" if f.exact else "approx",
-                f.complexity,
-                ",".join(masks) or "-",
-                ",".join(f.devices),
-                "yes" if why is None else why,
-                e.source,
-            )
-        )
-    head = ("name", "kind", "complexity", "supports", "devices", f"available ({device})", "source")
+        kind = "exact" if f.exact else "approx"
+        rows.append((name, kind, f.complexity, ",".join(masks) or "-", "yes" if why is None else "no *"))
+        unavailable[name] = why
+    head = ("name", "kind", "complexity", "supports", f"on {device}")
     widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
     for r in [head] + rows:
         click.echo("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+    if any(unavailable.values()):
+        click.echo(f"\n* not available on {device}:")
+        for name, why in unavailable.items():
+            if why:
+                _wrapped(f"  {name}: {why}", "    ")
     if rows:
         click.echo("\nwhat each computes, and its options (NAME:KEY=VALUE; `effattn info NAME` for more):")
         w = max(len(r[0]) for r in rows)
+        pad = " " * (w + 4)
         for r in rows:
             e = get_entry(r[0])
-            click.echo(f"  {r[0]:{w}s}  {e.facts.description or '(no description)'}")
-            click.echo(f"  {'':{w}s}  options: {_options_line(e.target)}")
+            _wrapped(f"  {r[0]:{w}s}  {e.facts.description or '(no description)'}", pad)
+            _wrapped(f"{pad}options: {_options_line(e.target)}", pad + "  ")
+            _wrapped(f"{pad}devices: {','.join(e.facts.devices)}; from {e.source}", pad + "  ")
     broken = {k: v for k, v in broken_plugins().items() if fnmatch.fnmatchcase(k, pattern)}
     if broken:
         click.echo("\nbroken plugins:")
@@ -73,6 +72,15 @@ def list_cmd(device, pattern):
             "not loaded; fix the group in the package's pyproject.toml and reinstall it",
             err=True,
         )
+
+
+def _wrapped(text: str, indent: str, width: int = 100) -> None:
+    """Echo `text` in lines of at most `width` columns (a terminal of 100 shows `list` whole)."""
+    import textwrap
+
+    for line in textwrap.wrap(text, width=width, subsequent_indent=indent, break_on_hyphens=False,
+                              break_long_words=False) or [""]:  # fmt: skip
+        click.echo(line)
 
 
 def _options_line(target) -> str:
