@@ -58,6 +58,19 @@ _add(
 )
 _add(
     Preset(
+        "all-builtins",
+        1,
+        "every effattn built-in that runs on a CPU (no wrappers of other libraries), forward, n = 256-4k: "
+        "the sweep that `effattn bench` with no options was before its first taste",
+        {
+            "attn": "bigbird,full,linear,linformer,masked,moba,naive,nsa,nystrom,performer,sliding_window,"
+            "sliding_window_sinks,sparse",
+            "seq_lens": "256,512,1k,2k,4k",
+        },
+    )
+)
+_add(
+    Preset(
         "long-context",
         1,
         "every exact and approximate built-in, forward, n = 256-16k, each point in its own process",

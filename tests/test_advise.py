@@ -283,3 +283,25 @@ def test_missing_foreign_and_task_files_are_refused(cli_here, tmp_path):
     refs = ROOT / "results" / "references" / "references-cpu.jsonl"
     code, _, err = cli_here("advise", str(refs), "--seq-len", "1k")
     assert code == 2 and "benchmarks/references.py" in err
+
+
+# ------------------------------------------------------------------------------- the default sweep
+def test_the_default_sweep_is_the_first_taste_and_the_full_one_a_preset_away():
+    from effattn.cli.requests import FIRST_TASTE, default_builtins, default_variants
+    from effattn.presets import get_preset
+
+    assert default_variants("cpu", False).split(",") == sorted(FIRST_TASTE)
+    # causal: what cannot mask causally (nystrom) is left out, as before
+    assert default_variants("cpu", True).split(",") == sorted(set(FIRST_TASTE) - {"nystrom"})
+    every = get_preset("all-builtins").options["attn"].split(",")
+    assert every == default_builtins("cpu", False) == default_variants("cpu", False, every=True).split(",")
+
+
+def test_a_sweep_ends_with_the_advice_for_its_longest_length(run_cli, tmp_path):
+    out = tmp_path / "s.jsonl"
+    r = run_cli("bench", "--seq-lens", "32,64", "--attn", "full,linear", "--heads", "2", "--head-dim", "8",
+                "--min-run-time", "0.01", "--out", str(out))  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    tail = r.stdout.split("which one at n = 64?", 1)[1]
+    assert f"effattn advise {out} --seq-len N" in tail and "recommended: " in tail
+    assert " 1  " in tail and ("full" in tail and "linear" in tail)

@@ -13,6 +13,8 @@ from effattn.presets import PRESETS, get_preset
 TINY = {
     "lra-speed": ["--seq-lens", "64", "--min-run-time", "0.01", "--heads", "2", "--head-dim", "8", "--layers", "1",
                   "--batch", "1"],
+    "all-builtins": ["--seq-lens", "32", "--attn", "full,nsa", "--min-run-time", "0.01", "--heads", "2",
+                     "--head-dim", "8"],
     "long-context": ["--seq-lens", "32", "--attn", "full,sliding_window_sinks:window=4", "--min-run-time", "0.01"],
     "mqar-zoology": ["--seq-lens", "32", "--steps", "3", "--seeds", "1", "--d-model", "16", "--attn", "full,linear"],
     "mqar-capacity": ["--seq-lens", "48", "--steps", "3", "--seeds", "1", "--d-model", "16"],

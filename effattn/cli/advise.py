@@ -133,17 +133,9 @@ def advice_text(a, sources=(), width: int = WIDTH) -> str:
     the excluded variants with their reasons."""
     c = a.constraints
     cfg = a.config
-    shape = ", ".join(
-        str(x)
-        for x in (
-            cfg.get("device"),
-            cfg.get("dtype"),
-            f"batch {cfg.get('batch')}",
-            f"{cfg.get('heads')} heads",
-            f"head_dim {cfg.get('head_dim')}",
-            "causal" if cfg.get("causal") else "non-causal",
-            f"level {cfg.get('level')}",
-        )
+    shape = (
+        f"{cfg.get('device')} {cfg.get('dtype')}, batch {cfg.get('batch')}, {cfg.get('heads')} heads of "
+        f"{cfg.get('head_dim')}, {'causal' if cfg.get('causal') else 'non-causal'}, {cfg.get('level')} level"
     )
     lines = _wrap(f"effattn advise: n = {c.seq_len}, {c.mode}; {shape}", width)
     want = []

@@ -62,7 +62,8 @@ def _on_sigterm(signum, frame):
     "--attn",
     "attn",
     default=None,
-    help="NAME[:KEY=VALUE...] comma list [default: every available built-in that computes the sweep's masking]",
+    help="NAME[:KEY=VALUE...] comma list [default: full, sliding_window, bigbird, sparse, linear, performer, "
+    "nystrom, those that compute the sweep's masking; --preset all-builtins: every built-in]",
 )
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option(
@@ -200,7 +201,7 @@ def _timing_mode(spec, ex, o):
     from ..bench.runner import isolation_for
     from ..bench.sweep import run_sweep
     from .progress import ClickProgress
-    from .summary import print_sweep_summary
+    from .summary import print_closing_advice, print_sweep_summary
 
     ex.open(spec.device)  # a cluster that cannot hold one point fails here, before the file is touched
     isolation = isolation_for(isolate=o["isolate"], executor=ex)
@@ -229,6 +230,7 @@ def _timing_mode(spec, ex, o):
         ),
     )
     print_sweep_summary(rf.path, spec, log)
+    print_closing_advice(rf.path, spec, log)
     click.echo(f"\nresults: {rf.path}  (effattn report {rf.path})")
     # no point ok and some an error: nothing was measured (an oom, timeout or unsupported answers
     # the question "does it fit, is it fast enough, can it run" and leaves the exit status 0)

@@ -27,6 +27,25 @@ def print_sweep_summary(path: str, spec, log) -> None:
     print_summary(df, summary(df))
 
 
+def print_closing_advice(path: str, spec, log) -> None:
+    """The advise table at the sweep's longest length, for its own configuration: the answer the
+    sweep was run for, with the command that asks it at other lengths and constraints."""
+    from ..report.advise import AdviseError, Constraints, advise
+    from .advise import advice_text
+
+    df = load(path, on_problem=log)
+    mine = config_key(base_row(spec, spec.variants[0], spec.seq_lens[0]))
+    df = df[[config_key(r) == mine for r in df.to_dict("records")]]
+    n = max(spec.seq_lens)
+    try:
+        a = advise(df, Constraints(n, spec.mode))
+    except AdviseError as e:
+        log(f"(no advice at n = {n}: {e})")
+        return
+    click.echo(f"\nwhich one at n = {n}? (effattn advise {path} --seq-len N [--memory-budget SIZE] [--max-error E])")
+    click.echo(advice_text(a))
+
+
 def print_summary(df: pd.DataFrame, summ: pd.DataFrame) -> None:
     if df.empty:
         click.echo("no points")
