@@ -122,6 +122,7 @@ def test_what_cannot_be_estimated_is_excluded_with_its_reason(tmp_path):
         row("one", 1024, 1.0),
         row("dies", 1024, 1.0),
         row("dies", 2048, 1.0, status="oom"),
+        row("far", 512, 0.5),
         row("far", 1024, 1.0),
         row("far", 2048, 2.0),
         row("never", 1024, 0, status="unsupported"),
@@ -134,8 +135,8 @@ def test_what_cannot_be_estimated_is_excluded_with_its_reason(tmp_path):
     assert "far" not in why
     why = {d["label"]: d["reason"] for d in advise(df, Constraints(2048 * 17)).excluded}
     assert why["far"].startswith("not measured near n = 34816")
-    why = {d["label"]: d["reason"] for d in advise(df, Constraints(512)).excluded}
-    assert why["far"] == "not measured at or below n = 512 (shortest 1024)"
+    why = {d["label"]: d["reason"] for d in advise(df, Constraints(256)).excluded}
+    assert why["far"] == "not measured at or below n = 256 (shortest 512)"
 
 
 def test_mixed_configurations_are_refused_and_filters_choose(tmp_path):
@@ -305,3 +306,49 @@ def test_a_sweep_ends_with_the_advice_for_its_longest_length(run_cli, tmp_path):
     tail = r.stdout.split("which one at n = 64?", 1)[1]
     assert f"effattn advise {out} --seq-len N" in tail and "recommended: " in tail
     assert " 1  " in tail and ("full" in tail and "linear" in tail)
+
+
+# ------------------------------------------------------------------------------- broken rows
+def test_rows_with_missing_or_broken_figures_are_judged_honestly(tmp_path):
+    """What an adversarial review found: NaN or text in a figure, a point that failed once at a
+    short length, too few rounds, too few lengths to extrapolate."""
+    n = 1024
+    nan_inputs = row("a", n, 1.0, input_bytes=float("nan"))
+    text_inputs = row("b", n, 2.0, input_bytes="abc")
+    nan_ci = row("c", n, 3.0, time_ci_ms=[float("nan"), float("nan")])
+    df = frame([nan_inputs, text_inputs, nan_ci], tmp_path)
+    a = advise(df, Constraints(n, memory_budget_bytes=1 << 40))
+    # without the inputs' size, inputs + peak is unknown: not "fits"
+    assert labels(a) == ["c"]
+    assert {d["label"]: d["reason"] for d in a.excluded} == {
+        "a": "its memory was not measured",
+        "b": "its memory was not measured",
+    }
+    lo, hi = a.candidates[0].time_ms_interval  # from its round times instead
+    assert lo <= 3.0 <= hi and math.isfinite(hi)
+    assert "NaN" not in json.dumps(advise(df, Constraints(n)).as_dict())
+    # an error at 1k says nothing against ok points at 2k..8k
+    rows = [row("w", 1024, 0, status="error")] + [row("w", m, m / 100) for m in (2048, 4096, 8192)]
+    a = advise(frame(rows, tmp_path), Constraints(16384))
+    assert labels(a) == ["w"] and a.candidates[0].extrapolated
+    # two lengths do not show whether the exponent still moves: no extrapolation
+    a = advise(frame([row("x", 1024, 1.0), row("x", 2048, 2.0)], tmp_path), Constraints(4096))
+    assert a.excluded[0]["reason"].startswith("measured at 2 lengths only")
+    # an interval of less than 95% coverage orders nothing: unbounded, null in JSON, tied
+    few = [row("y", n, 1.0, time_ci_coverage=0.75), row("z", n, 5.0)]
+    a = advise(frame(few, tmp_path), Constraints(n))
+    assert a.candidates[0].time_ms_interval == (0.0, math.inf) and a.tied == ["z"]
+    assert a.as_dict()["candidates"][0]["time_ms_interval"] == [0.0, None]
+
+
+def test_a_mix_that_differs_in_an_unset_field_names_it_and_probes_are_left_out(tmp_path, cli_here):
+    rows = [row("full", 1024, 1.0), row("full", 1024, 2.0, kv_heads=1), row("linear", 1024, 0.5, probe="find-max-len")]
+    df = frame(rows, tmp_path)
+    with pytest.raises(AdviseError, match="--kv-heads 1/none"):
+        advise(df, Constraints(1024))
+    assert labels(advise(df, Constraints(1024, filters={"kv_heads": 1}))) == ["full"]
+    assert labels(advise(df, Constraints(1024, filters={"kv_heads": None}))) == ["full"]
+    code, out, err = cli_here("advise", str(tmp_path / "rows.jsonl"), "--seq-len", "1k", "--kv-heads", "1")
+    assert code == 0 and "linear" not in out, err
+    code, _, err = cli_here("advise", str(tmp_path), "--seq-len", "1k")
+    assert code == 2 and "is a folder" in err

@@ -37,6 +37,10 @@ def _bool(text: str) -> bool:
 @click.option("--head-dim", "head_dim", type=int, default=None)
 @click.option("--causal", default=None, help="true or false: keep the causal or the non-causal points")
 @click.option("--level", type=click.Choice(["attention", "layer", "model"]), default=None)
+@click.option("--inputs", type=click.Choice(["random", "trained"]), default=None)
+@click.option("--seed", type=int, default=None)
+@click.option("--kv-heads", "kv_heads", default=None, help="a number, or none (as many as --heads)")
+@click.option("--layers", type=int, default=None, help="the backbone's layers (--level model)")
 def advise(results, seq_len, mode, memory_budget, max_error, fmt, **filters):
     """The variants that meet every constraint at --seq-len, fastest first, and every other variant
     with the reason it is out.
@@ -59,12 +63,25 @@ def advise(results, seq_len, mode, memory_budget, max_error, fmt, **filters):
     err = _error(max_error)
     if filters.get("causal") is not None:
         filters["causal"] = _bool(filters["causal"])
+    kv = filters.pop("kv_heads")
+    if kv is not None:
+        if kv.strip().lower() == "none":
+            filters["kv_heads"] = None
+        elif kv.strip().isdigit() and int(kv) > 0:
+            filters["kv_heads"] = int(kv)
+        else:
+            fail(f"--kv-heads {kv!r}: give a positive number or none")
     for p in results:
+        if os.path.isdir(p):
+            fail(f"{p} is a folder, not a results file")
         if not os.path.isfile(p):
             fail(f"results file {p} does not exist")
-    chosen = {k: v for k, v in filters.items() if v is not None}
+    chosen = {k: v for k, v in filters.items() if v is not None or k == "kv_heads"}
     try:
-        df = latest(measured(load(*results, on_problem=warn), list(results), warn))
+        df = measured(load(*results, on_problem=warn), list(results), warn)
+        if "measured_at" in df and len(results) > 1:  # the newest row of a point, whichever file holds it
+            df = df.assign(_at=df["measured_at"].astype(str)).sort_values("_at", kind="stable").drop(columns="_at")
+        df = latest(df)
         if "kind" in df:
             df = df[~df["kind"].eq("task")]
         a = advise(df, Constraints(n, mode, budget, err, chosen))
@@ -104,6 +121,10 @@ def _mib(b) -> str:
 
 def _num(x: float) -> str:
     """A time in ms at three significant figures without an exponent."""
+    if not math.isfinite(x):
+        return "?"
+    if x < 0.001:
+        return f"{x:.2g}"
     if x >= 100:
         return f"{x:.0f}"
     return f"{x:.1f}" if x >= 10 else f"{x:.2f}" if x >= 1 else f"{x:.3f}"
@@ -111,6 +132,8 @@ def _num(x: float) -> str:
 
 def _time(e) -> str:
     lo, hi = e.time_ms_interval
+    if not math.isfinite(hi):
+        return f"{_num(e.time_ms)} [?]"
     return f"{_num(e.time_ms)} [{_num(lo)}, {_num(hi)}]"
 
 
@@ -167,6 +190,8 @@ def advice_text(a, sources=(), width: int = WIDTH) -> str:
             lines += _wrap(
                 f"  but {', '.join(a.tied)} overlap its interval: the data cannot tell which is faster", width
             )
+        if any(not math.isfinite(e.time_ms_interval[1]) for e in a.candidates):
+            lines += _wrap("  [?]: too few rounds for a 95% interval; such a time orders nothing", width)
         if any(e.extrapolated for e in a.candidates):
             lines += _wrap(
                 "  ~ marks an estimate: this length was not measured for that variant; the figure comes from "

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import EffattnError
+from ..stats import CONFIDENCE, median_ci
 from ..store import CONFIG_FIELDS, config_key
 
 #: how far past the longest measured length an estimate may reach
@@ -82,8 +83,9 @@ class Estimate:
     loaded: bool = False
 
     def as_dict(self) -> dict:
+        """As JSON takes it: a bound that is not finite (no interval) is null."""
         d = asdict(self)
-        d["time_ms_interval"] = list(self.time_ms_interval)
+        d["time_ms_interval"] = [x if math.isfinite(x) else None for x in self.time_ms_interval]
         return d
 
 
@@ -126,17 +128,18 @@ def select_config(df: pd.DataFrame, mode: str, filters: dict) -> tuple[pd.DataFr
     if rows.empty:
         raise AdviseError(f"no {mode} points in the files (they hold {', '.join(modes) or 'no mode'})")
     for f, want in filters.items():
-        have = rows[f].map(_canon)
-        keep = rows[have == _canon(want)]
+        have = rows[f].map(lambda v: str(_canon(v)))
+        keep = rows[have == str(_canon(want))]
         if keep.empty:
             seen = ", ".join(sorted({str(v) for v in have}))
             raise AdviseError(f"no {mode} points with {f} = {want} (the files hold {f} = {seen})")
         rows = keep
     keys = pd.Series([config_key(r) for r in rows.to_dict("records")], index=rows.index)
     if keys.nunique() > 1:
-        varying = [f for f in CONFIG_FIELDS if rows[f].map(_canon).nunique() > 1]
+        varying = [f for f in CONFIG_FIELDS if rows[f].map(lambda v: str(_canon(v))).nunique() > 1]
         choices = "; ".join(
-            f"--{f.replace('_', '-')} " + "/".join(sorted({str(v) for v in rows[f].map(_canon)})) for f in varying
+            f"--{f.replace('_', '-')} " + "/".join(sorted({str(_canon(v)).replace("None", "none") for v in rows[f]}))
+            for f in varying
         )
         raise AdviseError(f"the files mix {keys.nunique()} configurations of {mode} points; choose one: {choices}")
     first = rows.iloc[0]
@@ -168,14 +171,15 @@ def estimates(rows: pd.DataFrame, seq_len: int, draws: int = 400) -> tuple[list[
 
 
 def _ok_points(g: pd.DataFrame) -> dict[int, dict]:
-    ok = g[(g["status"] == "ok") & pd.to_numeric(g["time_ms"], errors="coerce").gt(0)]
+    time = pd.to_numeric(g["time_ms"], errors="coerce")
+    ok = g[(g["status"] == "ok") & time.gt(0) & np.isfinite(time)]
     fault = ok["fault"].map(lambda f: isinstance(f, str) and bool(f)) if "fault" in ok else False
     ok = ok[~fault] if isinstance(fault, pd.Series) else ok
     return {int(r["seq_len"]): r for r in ok.to_dict("records")}
 
 
 def _short(reason, limit: int = 70) -> str:
-    text = " ".join(str(reason or "").split())
+    text = " ".join(str(reason).split()) if isinstance(reason, str) else ""
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -184,18 +188,21 @@ def _estimate(label: str, g: pd.DataFrame, n: int, draws: int):
     if len(at):
         r = at.iloc[-1].to_dict()
         if r["status"] != "ok":
-            why = f": {_short(r.get('reason'))}" if r.get("reason") else ""
+            why = f": {_short(r.get('reason'))}" if _short(r.get("reason")) else ""
             return {"label": label, "reason": f"{r['status']} at n = {n}{why}"}
         pts = _ok_points(at)
         if n not in pts:
             return {"label": label, "reason": f"its point at n = {n} has no usable time (a measurement fault)"}
         return _measured(label, pts[n], n)
-    failed = g[g["status"].isin(["oom", "timeout", "error", "unsupported"]) & (g["seq_len"] < n)]
+    pts = _ok_points(g)
+    lens = sorted(pts)
+    # a failure counts where nothing longer (and shorter than n) ran ok since: an error at 1k
+    # says nothing against ok points at 2k-16k
+    after = max([m for m in lens if m < n], default=0)
+    failed = g[g["status"].isin(["oom", "timeout", "error", "unsupported"]) & g["seq_len"].between(after + 1, n - 1)]
     if len(failed):
         r = failed.sort_values("seq_len").iloc[0].to_dict()
         return {"label": label, "reason": f"{r['status']} already at n = {int(r['seq_len'])}, shorter than {n}"}
-    pts = _ok_points(g)
-    lens = sorted(pts)
     if not lens:
         statuses = ", ".join(sorted(set(g["status"].astype(str))))
         return {"label": label, "reason": f"no ok point to estimate from (its points: {statuses})"}
@@ -209,29 +216,58 @@ def _estimate(label: str, g: pd.DataFrame, n: int, draws: int):
         }
     if n < lens[0]:
         return {"label": label, "reason": f"not measured at or below n = {n} (shortest {lens[0]})"}
+    if n > lens[-1] and len(lens) < FIT_POINTS:
+        return {
+            "label": label,
+            "reason": f"measured at {len(lens)} lengths only, up to {lens[-1]}: extrapolating needs "
+            f"{FIT_POINTS} (to see whether the exponent still moves)",
+        }
     return _interpolated(label, pts, n) if n < lens[-1] else _extrapolated(label, pts, n, draws)
 
 
+def _finite(x) -> float | None:
+    """x as a float where it is a finite number (not a string, NaN or None), else None."""
+    if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)):
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
 def _memory(r: dict) -> tuple[float | None, float | None]:
-    peak = r.get("peak_mem_bytes")
-    if peak is None or not math.isfinite(float(peak)):
+    """(inputs + peak, peak); inputs + peak is None where the row does not hold the inputs' size
+    (files older than the field): the budget cannot be judged on the peak alone."""
+    peak, inputs = _finite(r.get("peak_mem_bytes")), _finite(r.get("input_bytes"))
+    if peak is None or peak < 0:
         return None, None
-    return float(peak) + float(r.get("input_bytes") or 0), float(peak)
+    if inputs is None or inputs < 0:
+        return None, peak
+    return peak + inputs, peak
 
 
 def _error(r: dict, label: str) -> float | None:
     if (r.get("base_label") or label) == BASELINE:
         return 0.0
-    e = r.get("rel_err_vs_full")
-    return float(e) if e is not None and math.isfinite(float(e)) else None
+    e = _finite(r.get("rel_err_vs_full"))
+    return e if e is not None and e >= 0 else None
 
 
 def _interval(r: dict) -> tuple[float, float]:
-    ci = r.get("time_ci_ms")
+    """The row's 95% interval for its median time: its own, else one from its round times; an
+    interval of less than 95% coverage (too few rounds) orders nothing: (0, inf)."""
     t = float(r["time_ms"])
-    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(x, (int, float)) for x in ci):
+    cov = _finite(r.get("time_ci_coverage"))
+    ci = r.get("time_ci_ms")
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(_finite(x) is not None for x in ci):
+        if cov is not None and cov < CONFIDENCE:
+            return 0.0, math.inf
         return float(min(ci[0], t)), float(max(ci[1], t))
-    return t, t
+    raw = _raw(r)
+    if len(raw) > 1:
+        lo, hi, cov = median_ci(list(raw))
+        if cov < CONFIDENCE:
+            return 0.0, math.inf
+        return min(lo, t), max(hi, t)
+    return 0.0, math.inf  # a single figure: no interval at all
 
 
 def _measured(label: str, r: dict, n: int) -> Estimate:
@@ -261,13 +297,15 @@ def _interpolated(label: str, pts: dict, n: int) -> Estimate:
     ra, rb = pts[a], pts[b]
     (alo, ahi), (blo, bhi) = _interval(ra), _interval(rb)
     t = geo(float(ra["time_ms"]), float(rb["time_ms"]))
+    bounded = all(0 < x < math.inf for x in (alo, ahi, blo, bhi))
+    interval = (geo(alo, blo), geo(ahi, bhi)) if bounded else (0.0, math.inf)
     mem_a, peak_a = _memory(ra)
     mem_b, peak_b = _memory(rb)
     mem = geo(mem_a, mem_b) if mem_a and mem_b else None
     peak = geo(peak_a, peak_b) if peak_a and peak_b else None
     err, err_at = _nearest_error(pts, n, label)
     loaded = bool(ra.get("loaded") or rb.get("loaded"))
-    return Estimate(label, t, (geo(alo, blo), geo(ahi, bhi)), mem, peak, err, True,
+    return Estimate(label, t, interval, mem, peak, err, True,
                     f"interpolated between n = {a} and {b}", err_at, loaded)  # fmt: skip
 
 
@@ -306,9 +344,8 @@ def _extrapolated(label: str, pts: dict, n: int, draws: int = 400, seed: int = 0
 
 def _raw(r: dict) -> np.ndarray:
     raw = r.get("time_raw_ms")
-    if isinstance(raw, (list, tuple)) and len(raw):
-        return np.asarray([float(v) for v in raw if v is not None and math.isfinite(float(v))] or [r["time_ms"]])
-    return np.asarray([float(r["time_ms"])])
+    good = [x for x in (_finite(v) for v in raw) if x is not None and x > 0] if isinstance(raw, (list, tuple)) else []
+    return np.asarray(good or [float(r["time_ms"])])
 
 
 def _slope_spread(x: np.ndarray, y: np.ndarray, slope: float) -> float:
@@ -356,6 +393,8 @@ def choose(c: Constraints, found: list[Estimate], missing: list[dict], config: d
 
 def advise(df: pd.DataFrame, c: Constraints) -> Advice:
     """The answer for one set of constraints, from the loaded rows of timing points."""
+    if "probe" in df:  # find-max-len probes answer "does it fit", not "how fast"
+        df = df[df["probe"].isna()]
     rows, config = select_config(df, c.mode, c.filters)
     found, missing = estimates(rows, c.seq_len)
     others = set(df["label"]) - set(rows["label"])
