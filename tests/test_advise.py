@@ -10,7 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from effattn.report.advise import AdviseError, Constraints, advise, decision_grid
+from effattn.report.advise import AdviseError, Constraints, advise
+from effattn.report.decision import decision_grid
 from effattn.results import latest, load
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,14 +7,83 @@ markdown report; `effattn.report.interactive` draws the same grids for the HTML 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from .advise import DecisionGrid, decision_grid, map_configs
+from ..store import CONFIG_FIELDS, config_key
+from .advise import Constraints, _canon, choose, estimates
 
 NOTHING = "nothing fits"
 AXES = {"memory": "memory budget (inputs + peak, MiB)", "error": "error tolerance (relative error against full)"}
+
+
+@dataclass
+class DecisionGrid:
+    """The best variant over lengths (columns) and a constraint's values (rows): `best[i][j]` is
+    the label recommended at `ys[i]` and `lengths[j]`, or None where nothing meets it."""
+
+    axis: str  # "memory" or "error"
+    lengths: list[int]
+    ys: list[float]
+    best: list[list[str | None]]
+    times: list[list[float | None]]
+    #: the longest measured length: columns past it are extrapolated
+    measured_to: int
+
+
+def decision_grid(rows: pd.DataFrame, axis: str, n_lengths: int = 33, n_ys: int = 25, reach: int = 4):
+    """The decision map of one configuration: for every length of a log grid (the measured range
+    and `reach` times past it) and every memory budget or error tolerance of a log grid, the
+    variant `choose` recommends. None when the rows hold too little to draw one."""
+    lens = sorted(int(n) for n in rows.loc[rows["status"] == "ok", "seq_len"].unique())
+    if len(lens) < 2:
+        return None
+    lengths = sorted({int(round(v)) for v in np.geomspace(lens[0], lens[-1] * reach, n_lengths)} | set(lens))
+    per_length = [estimates(rows, n, draws=0)[0] for n in lengths]
+    every = [e for found in per_length for e in found]
+    if axis == "memory":
+        vals = [e.memory_bytes for e in every if e.memory_bytes]
+        if not vals:
+            return None
+        # up to where the answer stops changing: twice the memory of the fastest at each length
+        fastest = [min(found, key=lambda e: e.time_ms).memory_bytes for found in per_length if found]
+        top = max([m for m in fastest if m] or vals) * 2
+        ys = list(np.geomspace(min(vals) * 0.8, max(top, min(vals) * 4), n_ys))
+    else:
+        vals = [e.rel_err for e in every if e.rel_err]
+        if not vals:
+            return None
+        ys = list(np.geomspace(max(min(vals) * 0.5, 1e-8), max(vals) * 1.5, n_ys))
+    best, times = [], []
+    for y in ys:
+        row_b, row_t = [], []
+        for n, found in zip(lengths, per_length):
+            c = Constraints(n, memory_budget_bytes=int(y) if axis == "memory" else None,
+                            max_error=float(y) if axis == "error" else None)  # fmt: skip
+            a = choose(c, found, [], {})
+            row_b.append(a.recommended)
+            row_t.append(a.candidates[0].time_ms if a.candidates else None)
+        best.append(row_b)
+        times.append(row_t)
+    return DecisionGrid(axis, lengths, ys, best, times, int(lens[-1]))
+
+
+def map_configs(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(title, rows) for each configuration of timing points that a decision map can be drawn for
+    (two or more lengths measured ok)."""
+    out = []
+    keys = pd.Series([config_key(r) for r in df.to_dict("records")], index=df.index)
+    varying = [f for f in CONFIG_FIELDS if f in df and df[f].map(_canon).nunique() > 1]
+    for key in dict.fromkeys(keys):
+        rows = df[keys == key]
+        if rows.loc[rows["status"] == "ok", "seq_len"].nunique() < 2:
+            continue
+        first = rows.iloc[0]
+        title = ", ".join(f"{f}={_canon(first[f])}" for f in varying) or f"{first['mode']}"
+        out.append((title, rows))
+    return out
 
 
 def decision_grids(df: pd.DataFrame, max_configs: int = 4) -> list[tuple[str, list[DecisionGrid]]]:

@@ -12,8 +12,7 @@ import math
 
 import pandas as pd
 
-from .advise import DecisionGrid
-from .decision import AXES, NOTHING, label_spots, region_codes
+from .decision import AXES, NOTHING, DecisionGrid, label_spots, region_codes
 
 #: plotly's own id for the embedded bundle; the page carries it once
 _CONFIG = {"displaylogo": False, "responsive": True, "modeBarButtonsToRemove": ["toImage"]}
