@@ -9,9 +9,7 @@ import os
 
 import click
 
-from .common import StrictCommand, fail, warn
-
-WIDTH = 100
+from .common import WIDTH, StrictCommand, fail, warn, wrap
 
 
 def _bool(text: str) -> bool:
@@ -160,7 +158,7 @@ def advice_text(a, sources=(), width: int = WIDTH) -> str:
         f"{cfg.get('device')} {cfg.get('dtype')}, batch {cfg.get('batch')}, {cfg.get('heads')} heads of "
         f"{cfg.get('head_dim')}, {'causal' if cfg.get('causal') else 'non-causal'}, {cfg.get('level')} level"
     )
-    lines = _wrap(f"effattn advise: n = {c.seq_len}, {c.mode}; {shape}", width)
+    lines = wrap(f"effattn advise: n = {c.seq_len}, {c.mode}; {shape}", width)
     want = []
     if c.memory_budget_bytes:
         from ..report.advise import _size
@@ -168,9 +166,9 @@ def advice_text(a, sources=(), width: int = WIDTH) -> str:
         want.append(f"inputs + peak <= {_size(c.memory_budget_bytes)}")
     if c.max_error is not None:
         want.append(f"error against full <= {c.max_error:g}")
-    lines += _wrap("constraints: " + ("; ".join(want) if want else "none (ranked by time)"), width)
+    lines += wrap("constraints: " + ("; ".join(want) if want else "none (ranked by time)"), width)
     if sources:
-        lines += _wrap("from: " + ", ".join(sources), width)
+        lines += wrap("from: " + ", ".join(sources), width)
     lines.append("")
     if a.candidates:
         lw = min(28, max(len("variant"), *(len(e.label) for e in a.candidates)))
@@ -185,15 +183,15 @@ def advice_text(a, sources=(), width: int = WIDTH) -> str:
         lines.append("")
         rec = a.candidates[0]
         text = f"recommended: {rec.label}, the fastest of the {len(a.candidates)} that meet every constraint"
-        lines += _wrap(text, width)
+        lines += wrap(text, width)
         if a.tied:
-            lines += _wrap(
+            lines += wrap(
                 f"  but {', '.join(a.tied)} overlap its interval: the data cannot tell which is faster", width
             )
         if any(not math.isfinite(e.time_ms_interval[1]) for e in a.candidates):
-            lines += _wrap("  [?]: too few rounds for a 95% interval; such a time orders nothing", width)
+            lines += wrap("  [?]: too few rounds for a 95% interval; such a time orders nothing", width)
         if any(e.extrapolated for e in a.candidates):
-            lines += _wrap(
+            lines += wrap(
                 "  ~ marks an estimate: this length was not measured for that variant; the figure comes from "
                 "its measured lengths (the interval includes how much the fit's exponent still moves)",
                 width,
@@ -207,11 +205,5 @@ def advice_text(a, sources=(), width: int = WIDTH) -> str:
         lw = min(lw, 24)
         for d in a.excluded:
             label = d["label"] if len(d["label"]) <= lw else d["label"][: lw - 1] + "…"
-            lines += _wrap(f"  {label:{lw}}  {d['reason']}", width, indent=" " * (lw + 4))
+            lines += wrap(f"  {label:{lw}}  {d['reason']}", width, indent=" " * (lw + 4))
     return "\n".join(lines)
-
-
-def _wrap(text: str, width: int, indent: str = "    ") -> list[str]:
-    import textwrap
-
-    return textwrap.wrap(text, width=width, subsequent_indent=indent, break_on_hyphens=False) or [""]

@@ -20,6 +20,19 @@ def warn(msg: str) -> None:
     click.echo(f"effattn: warning: {msg}", err=True)
 
 
+#: the terminal width effattn's tables and texts fit
+WIDTH = 100
+
+
+def wrap(text: str, width: int = WIDTH, indent: str = "    ", break_long_words: bool = True) -> list[str]:
+    """`text` as lines of at most `width` columns, the later ones indented (never broken at a
+    hyphen: option names and labels carry them)."""
+    import textwrap
+
+    return textwrap.wrap(text, width=width, subsequent_indent=indent, break_on_hyphens=False,
+                         break_long_words=break_long_words) or [""]  # fmt: skip
+
+
 def log(msg: str) -> None:
     click.echo(msg, err=True)
 

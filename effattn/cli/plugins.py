@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from .common import StrictCommand, fail
+from .common import StrictCommand, fail, wrap
 
 
 @click.command("list", cls=StrictCommand)
@@ -74,12 +74,9 @@ def list_cmd(device, pattern):
         )
 
 
-def _wrapped(text: str, indent: str, width: int = 100) -> None:
-    """Echo `text` in lines of at most `width` columns (a terminal of 100 shows `list` whole)."""
-    import textwrap
-
-    for line in textwrap.wrap(text, width=width, subsequent_indent=indent, break_on_hyphens=False,
-                              break_long_words=False) or [""]:  # fmt: skip
+def _wrapped(text: str, indent: str) -> None:
+    """Echo `text` within 100 columns (a terminal of 100 shows `list` whole)."""
+    for line in wrap(text, indent=indent, break_long_words=False):
         click.echo(line)
 
 
