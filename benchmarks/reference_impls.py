@@ -16,9 +16,9 @@ B, H, D = 1, 4, 64
 
 #: (case name, variant, options, quick options, reference, independent?)
 CASES = [
-    ("gla", "gla", {"head_dim": D}, {"head_dim": D}, "fla naive_recurrent_gla", True),
-    ("deltanet", "deltanet", {"head_dim": D}, {"head_dim": D}, "fla delta_rule_recurrence", True),
-    ("gated_deltanet", "gated_deltanet", {"head_dim": D}, {"head_dim": D},
+    ("gla", "gla_core", {"head_dim": D}, {"head_dim": D}, "fla naive_recurrent_gla", True),
+    ("deltanet", "deltanet_core", {"head_dim": D}, {"head_dim": D}, "fla delta_rule_recurrence", True),
+    ("gated_deltanet", "gated_deltanet_core", {"head_dim": D}, {"head_dim": D},
      "fla naive_recurrent_gated_delta_rule", True),
     ("nsa", "nsa", {}, dict(block_size=8, block_stride=4, select_size=16, top_n=4, window=32),
      "effattn nsa_reference (dense float64)", False),

@@ -17,16 +17,19 @@ from .registry import (
     get_entry,
     list_attention,
     register_attention,
+    register_mixer,
 )
 
 
 def _builtins() -> None:
     from .attention import load_builtins
+    from .mixers import load_mixers
 
     load_builtins()
+    load_mixers()
 
 
-_registry.add_source(_builtins)  # effattn's own plugins, found in effattn.attention when first needed
+_registry.add_source(_builtins)  # effattn's own plugins (effattn.attention, effattn.mixers), found when first needed
 
 __all__ = [
     "EffattnError",
@@ -39,5 +42,6 @@ __all__ = [
     "get_entry",
     "list_attention",
     "register_attention",
+    "register_mixer",
     "__version__",
 ]

@@ -165,6 +165,42 @@ class MultiHeadAttention(nn.Module):
         return self.out_proj(rearrange(self._decoder.step(cache, q, k, v), "b h n d -> b n (h d)"))
 
 
+class MixerLayer(nn.Module):
+    """A sequence mixer (a plugin of kind "mixer", docs/mixers.md) in the place of multi-head
+    attention: it takes the layer input itself and owns its projections. Same calls as
+    `MultiHeadAttention` (forward, new_cache, prefill, step), so the blocks need not tell them apart."""
+
+    def __init__(self, d_model: int, n_heads: int, mixer: str, options: dict, causal: bool = True):
+        super().__init__()
+        self.causal = causal
+        names = option_names(get_entry(mixer).target)[0]
+        sized = {k: v for k, v in (("d_model", d_model), ("n_heads", n_heads)) if k in names and k not in options}
+        self.core = create_attention(mixer, **sized, **options)
+
+    def forward(self, x, memory=None, key_padding_mask=None):
+        if memory is not None:
+            raise UnsupportedError(f"{self.core.attention_name!r} is a sequence mixer: it has no cross-attention form")
+        return self.core(x, causal=self.causal, key_padding_mask=key_padding_mask)
+
+    def new_cache(self, batch: int, dtype=torch.float32, device="cpu", max_len: int = 0):
+        return self.core.new_cache(batch, dtype=dtype, device=device, max_len=max_len)
+
+    def prefill(self, cache, x, key_padding_mask=None):
+        return self.core.prefill(cache, x, key_padding_mask=key_padding_mask)
+
+    def step(self, cache, x):
+        return self.core.step(cache, x)
+
+
+def self_mixing(d_model: int, n_heads: int, name: str, options: dict, causal: bool, n_kv_heads=None) -> nn.Module:
+    """The layer that mixes tokens: multi-head attention around an attention plugin, or a mixer."""
+    if get_entry(name).facts.kind == "mixer":
+        if n_kv_heads not in (None, n_heads):
+            raise UnsupportedError(f"{name!r} is a sequence mixer: grouped-query heads (n_kv_heads) do not apply")
+        return MixerLayer(d_model, n_heads, name, options, causal=causal)
+    return MultiHeadAttention(d_model, n_heads, name, options, causal=causal, n_kv_heads=n_kv_heads)
+
+
 class CausalConv(nn.Module):
     """Short causal depthwise convolution (H3, Zoology's BaseConv): lets every mixer see the
     previous few tokens exactly, which plain linear attention cannot single out."""
@@ -191,7 +227,7 @@ class Block(nn.Module):
         super().__init__()
         d = cfg.d_model
         self.conv = CausalConv(d, cfg.conv_kernel) if cfg.conv_kernel > 0 else None
-        self.self_attn = MultiHeadAttention(
+        self.self_attn = self_mixing(
             d, cfg.n_heads, cfg.attention, cfg.attention_options, causal=causal, n_kv_heads=cfg.n_kv_heads
         )
         self.norm1 = nn.LayerNorm(d)

@@ -18,6 +18,8 @@ from typing import Any
 from .errors import OptionError, UnknownAttentionError
 
 ENTRY_POINT_GROUP = "effattn.attention"
+#: the kinds of plugin: attention (q, k, v in, (B, H, n, Dv) out) and sequence mixer (x in, x's shape out)
+KINDS = ("attention", "mixer")
 
 
 #: the optional methods a plugin may have beside `forward`; Facts says which it has
@@ -39,6 +41,9 @@ class Facts:
     approximate, non-causal, self-attention-only, unpadded plugin of unknown complexity, and the
     conformance suite checks only what is claimed."""
 
+    #: "attention" (called with q, k, v: docs/plugins.md) or "mixer" (called with the layer's input
+    #: x and owning its projections: docs/mixers.md)
+    kind: str = "attention"
     exact: bool = False
     complexity: str = "unknown"
     supports_causal: bool = False
@@ -78,6 +83,8 @@ class Facts:
                 elif f == "small_options":
                     v = (dict(v),) if isinstance(v, dict) else tuple(dict(x) for x in v or ())
                 values[f] = tuple(v) if isinstance(v, (list, tuple)) else v
+        if values.get("kind", "attention") not in KINDS:
+            raise ValueError(f"kind {values['kind']!r}: a plugin's kind is one of {', '.join(KINDS)}")
         if "description" not in values:
             doc = inspect.getdoc(target) or ""
             values["description"] = doc.strip().splitlines()[0] if doc.strip() else ""
@@ -129,8 +136,21 @@ def register_attention(name: str, *, source: str = "builtin") -> Callable:
                 f"attention {name!r} is already registered by {old.source} "
                 f"({_qualname(old.target)}); cannot register {_qualname(target)} under that name"
             )
-        _REGISTRY[name] = PluginEntry(name, target, source, Facts.of(target))
+        facts = Facts.of(target)  # (an unknown kind is refused here)
+        _REGISTRY[name] = PluginEntry(name, target, source, facts)
         return target
+
+    return deco
+
+
+def register_mixer(name: str, *, source: str = "builtin") -> Callable:
+    """Decorator for a sequence mixer (a class whose `kind` is "mixer"); otherwise as `register_attention`."""
+    inner = register_attention(name, source=source)
+
+    def deco(target):
+        if getattr(target, "kind", "attention") != "mixer":
+            raise ValueError(f"register_mixer({name!r}): {_qualname(target)} does not declare kind = 'mixer'")
+        return inner(target)
 
     return deco
 
@@ -322,39 +342,42 @@ def option_defaults(target) -> dict[str, Any]:
 def check_option_names(name: str, options: dict) -> None:
     """Refuse an option the plugin `name` does not take, naming the ones it does. Reads the
     signature only: no plugin code runs (a third-party constructor may hang or exit)."""
-    names, var_kw = option_names(get_entry(name).target)
+    entry = get_entry(name)
+    names, var_kw = option_names(entry.target)
     unknown = [k for k in options if k not in names]
     if unknown and not var_kw:
         valid = ", ".join(names) if names else "none"
-        raise OptionError(f"attention {name!r} has no option {', '.join(map(repr, unknown))}; valid options: {valid}")
+        bad = ", ".join(map(repr, unknown))
+        raise OptionError(f"{entry.facts.kind} {name!r} has no option {bad}; valid options: {valid}")
 
 
 def create_attention(name: str, **options):
     """Build the plugin `name` with its validated options."""
     entry = get_entry(name)
+    what = f"{entry.facts.kind} {name!r}"  # "attention 'full'", "mixer 'deltanet'"
     check_option_names(name, options)
     defaults = option_defaults(entry.target)
     for k, v in options.items():
         d = defaults.get(k)
         # A CLI or config value of the wrong kind is named here rather than failing deep inside.
         if isinstance(d, bool) and not isinstance(v, bool):
-            raise OptionError(f"attention {name!r}: option {k} must be true or false, got {v!r}")
+            raise OptionError(f"{what}: option {k} must be true or false, got {v!r}")
         if isinstance(d, int) and not isinstance(d, bool) and (isinstance(v, bool) or not isinstance(v, int)):
-            raise OptionError(f"attention {name!r}: option {k} must be an integer, got {v!r}")
+            raise OptionError(f"{what}: option {k} must be an integer, got {v!r}")
         if isinstance(d, float) and (isinstance(v, bool) or not isinstance(v, (int, float))):
-            raise OptionError(f"attention {name!r}: option {k} must be a number, got {v!r}")
+            raise OptionError(f"{what}: option {k} must be a number, got {v!r}")
     try:
         module = entry.target(**options)
     except OptionError as e:  # the plugin's own check: say which attention it is about
-        if str(e).startswith(f"attention {name!r}"):
+        if str(e).startswith(what):
             raise
-        raise OptionError(f"attention {name!r}: {e}") from None
+        raise OptionError(f"{what}: {e}") from None
     except (TypeError, ValueError) as e:
-        raise OptionError(f"attention {name!r}: {e}") from None
+        raise OptionError(f"{what}: {e}") from None
     import torch.nn
 
     if not isinstance(module, torch.nn.Module):
-        raise OptionError(f"attention {name!r}: its factory returned a {type(module).__name__}, not a torch.nn.Module")
+        raise OptionError(f"{what}: its factory returned a {type(module).__name__}, not a torch.nn.Module")
     module.attention_name = name
     module.attention_options = dict(options)
     return module

@@ -3,6 +3,8 @@
 It writes a package with the entry point, a plugin module holding the contract's skeleton (the
 facts, the options, `dense_mask` and a `forward` to write), and a test that runs the conformance
 suite. Until its forward is written the plugin fails that suite: it does not pass by doing nothing.
+With `mixer=True` (`effattn new-plugin NAME --mixer`) the module is a sequence mixer's skeleton
+instead (docs/mixers.md): a subclass of effattn's MixerBase with `mix` and `step_state` to write.
 """
 
 from __future__ import annotations
@@ -111,6 +113,51 @@ class {cls}(nn.Module):
         raise NotImplementedError("write {cls}.forward")
 '''
 
+MIXER_MODULE = '''\
+"""The `{name}` sequence mixer for effattn (a plugin of kind "mixer": it takes the layer's input).
+
+Write `mix` and `step_state`, then run `pytest` here: the mixer conformance suite checks shapes,
+causality, padding, empty input, decoding against the forward, determinism and gradients.
+MixerBase does the checks, padding (as absence), empty input and the decoding calls around them.
+"""
+
+import torch
+from torch import nn
+
+from effattn.mixers.base import MixerBase, check_float
+
+
+class {cls}(MixerBase):
+    """{name}: one line saying what it computes (effattn list shows this line)."""
+
+    kind = "mixer"  # (MixerBase says so already; the registry reads it)
+    complexity = "O(n)"  # shown by effattn list
+
+    def __init__(self, d_model: int = 64, n_heads: int = 4, seed: int = 0, decay: float = 0.9):
+        # The backbone passes d_model and n_heads; the others are the mixer's own options
+        # (NAME:decay=0.5 on the command line), validated here.
+        super().__init__(d_model, n_heads, seed)
+        self.decay = check_float("decay", decay, 0.0, 1.0)
+        self.in_proj = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+        self.init_weights()  # every parameter drawn from `seed`: two builds are the same function
+
+    def state_shapes(self, batch: int) -> dict:
+        """The decoding state's tensors and their shapes: none may grow with the context."""
+        return {{"h": (batch, self.d_model)}}
+
+    def mix(self, x, state):
+        """x (batch, n, d_model), from `state` (a MixerState, or None: the empty one), to
+        (y (batch, n, d_model), the state after x: a MixerState holding the tensors of state_shapes).
+        Token t's output may depend on tokens <= t only."""
+        raise NotImplementedError("write {cls}.mix")
+
+    def step_state(self, state, x):
+        """One token x (batch, 1, d_model) -> its output (batch, 1, d_model); update `state` in place
+        (state["h"] = ...). It must equal `mix` on the whole sequence, token by token."""
+        raise NotImplementedError("write {cls}.step_state")
+'''
+
 TEST = """\
 \"\"\"The conformance suite, one test per check (a check that does not apply is a skip).\"\"\"
 
@@ -134,10 +181,22 @@ effattn bench --attn full,{name} --seq-lens 1k,2k,4k
 """
 
 
-def new_plugin(name: str, directory: str = ".") -> str:
+MIXER_TEST = """\
+\"\"\"The mixer conformance suite, one test per check (a check that does not apply is a skip).\"\"\"
+
+from effattn.testing import conformance_tests
+
+test_{name} = conformance_tests("{name}")
+test_{name}_slow_decay = conformance_tests("{name}", decay=0.99)
+"""
+
+
+def new_plugin(name: str, directory: str = ".", mixer: bool = False) -> str:
     """Write the package for plugin `name` into `directory`/effattn-NAME; return that path.
-    Refuses a folder that exists and is not empty."""
+    Refuses a folder that exists and is not empty. `mixer`: a sequence mixer's skeleton."""
     n = names_for(name)
+    if mixer:
+        n["cls"] = n["cls"].removesuffix("Attention") + "Mixer"
     if not isinstance(directory, (str, os.PathLike)) or not str(directory).strip():
         raise ScaffoldError("the directory is empty; leave it out to use the current one")
     root = os.path.join(str(directory), n["dist"])
@@ -145,8 +204,8 @@ def new_plugin(name: str, directory: str = ".") -> str:
         raise ScaffoldError(f"{root} already exists and is not empty; choose another --dir")
     files = {
         "pyproject.toml": PYPROJECT,
-        os.path.join(n["module"], "__init__.py"): MODULE,
-        os.path.join("tests", "test_conformance.py"): TEST,
+        os.path.join(n["module"], "__init__.py"): MIXER_MODULE if mixer else MODULE,
+        os.path.join("tests", "test_conformance.py"): MIXER_TEST if mixer else TEST,
         "README.md": README,
     }
     made_dir = None  # the topmost folder this call creates, removed again if it fails

@@ -12,7 +12,7 @@ import effattn
 from effattn import UnsupportedError, create_attention
 from effattn.errors import OptionError
 
-NAMES = ("gla", "deltanet", "gated_deltanet")
+NAMES = ("gla_core", "deltanet_core", "gated_deltanet_core")
 
 
 # ----------------------------------------------------------------------------- the definitions, token by token
@@ -33,7 +33,7 @@ def loop_reference(name, attn, q, k, v, key_padding_mask=None):
             for t in range(n):
                 kt, vt, qt = k[b, kh, t], v[b, kh, t], q[b, h, t]
                 padded = key_padding_mask is not None and bool(key_padding_mask[b, t])
-                if name == "gla":
+                if name == "gla_core":
                     if not padded:
                         a = torch.exp(F.logsigmoid(kt @ attn.gate_weight + attn.gate_bias) / attn.tau)
                         S = a[:, None] * S + torch.outer(kt, vt)
@@ -42,7 +42,7 @@ def loop_reference(name, attn, q, k, v, key_padding_mask=None):
                     if not padded:
                         beta = torch.sigmoid(kt @ attn.beta_weight + attn.beta_bias)
                         alpha = 1.0
-                        if name == "gated_deltanet":
+                        if name == "gated_deltanet_core":
                             alpha = torch.exp(
                                 -torch.exp(attn.A_log) * F.softplus(kt @ attn.alpha_weight + attn.dt_bias)
                             )
@@ -109,11 +109,11 @@ def test_gla_in_slices_recomputed_in_the_backward_equals_the_token_loop(monkeypa
     from effattn.attention import gla
 
     monkeypatch.setattr(gla, "SLICE_ELEMENTS", 1)
-    attn = _build("gla", 6, chunk=chunk)
+    attn = _build("gla_core", 6, chunk=chunk)
     q, k, v = (t.requires_grad_() for t in _qkv(2, 4, 2, 70, 6, seed=4))
     params = [p for _, p in sorted(attn.named_parameters())]
     out = attn(q, k, v, causal=True)
-    ref = loop_reference("gla", attn, q, k, v)
+    ref = loop_reference("gla_core", attn, q, k, v)
     assert _max_err(out, ref) < 1e-11
     for a, b in zip(_grads(out, [q, k, v, *params]), _grads(ref, [q, k, v, *params])):
         assert _max_err(a, b) < 1e-10
@@ -179,7 +179,7 @@ def test_bad_options_and_calls_are_refused_in_one_line(name):
     ):
         with pytest.raises(OptionError, match=needle):
             create_attention(name, **opts)
-    if name == "gla":
+    if name == "gla_core":
         with pytest.raises(OptionError, match="tau"):
             create_attention(name, tau=0.0)
     attn = create_attention(name)
@@ -242,7 +242,7 @@ FLA_TOL = 2e-5  # fla's references compute in float32 whatever they are given
 def test_gla_equals_fla_naive_recurrent_gla(chunk):
     ref = _fla_naive("gla/naive").naive_recurrent_gla
     B, H, n, D = 2, 3, 50, 16
-    attn = _build("gla", D, chunk=chunk)
+    attn = _build("gla_core", D, chunk=chunk)
     q, k, v = _qkv(B, H, H, n, D, seed=8)
     with torch.no_grad():
         gk = attn.log_gate(k)  # fla takes the log gate itself, (B, T, H, D), and scales q by D^-1/2
@@ -255,7 +255,7 @@ def test_gla_equals_fla_naive_recurrent_gla(chunk):
 def test_deltanet_equals_fla_delta_rule_recurrence(chunk):
     ref = _fla_naive("delta_rule/naive").delta_rule_recurrence
     B, H, n, D = 2, 3, 50, 16
-    attn = _build("deltanet", D, chunk=chunk)
+    attn = _build("deltanet_core", D, chunk=chunk)
     q, k, v = _qkv(B, H, H, n, D, seed=9)
     with torch.no_grad():
         beta, _ = attn.gates(k)  # fla takes beta itself and normalised q, k; (B, H, T, D)
@@ -268,7 +268,7 @@ def test_deltanet_equals_fla_delta_rule_recurrence(chunk):
 def test_gated_deltanet_equals_fla_naive_recurrent_gated_delta_rule(chunk):
     ref = _fla_naive("gated_delta_rule/naive").naive_recurrent_gated_delta_rule
     B, H, n, D = 2, 3, 50, 16
-    attn = _build("gated_deltanet", D, chunk=chunk)
+    attn = _build("gated_deltanet_core", D, chunk=chunk)
     q, k, v = _qkv(B, H, H, n, D, seed=10)
     with torch.no_grad():
         beta, log_alpha = attn.gates(k)  # fla takes beta and the log gate g, (B, T, H)

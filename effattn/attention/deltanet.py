@@ -140,7 +140,7 @@ class _DeltaRule(GatedRecurrence):
         return (qn.reshape(B, K, H // K, D) @ cache.S).reshape(B, H, 1, -1)
 
 
-@register_attention("deltanet")
+@register_attention("deltanet_core")
 class DeltaNet(_DeltaRule):
     """DeltaNet: linear attention whose state is corrected by the delta rule; chunked, causal only."""
 
@@ -157,7 +157,7 @@ class DeltaNet(_DeltaRule):
         }
 
 
-@register_attention("gated_deltanet")
+@register_attention("gated_deltanet_core")
 class GatedDeltaNet(_DeltaRule):
     """Gated DeltaNet: the delta rule with a scalar decay gate per token (Mamba2's); chunked, causal only."""
 

@@ -235,7 +235,7 @@ class GatedRecurrence(AttentionBase):
         return out.to(q.dtype)
 
 
-@register_attention("gla")
+@register_attention("gla_core")
 class GatedLinearAttention(GatedRecurrence):
     """GLA: linear attention with a per-dimension forget gate from the key; chunked, causal only."""
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import torch
 
-from ..model import MultiHeadAttention, Transformer, TransformerConfig
+from ..errors import UnsupportedError
+from ..model import MixerLayer, MultiHeadAttention, Transformer, TransformerConfig, self_mixing
+from ..registry import get_entry
 from .spec import MODEL_VOCAB, Config, PointSpec
 
 
@@ -31,8 +33,8 @@ class Level:
         raise NotImplementedError
 
     def cores(self, module) -> list:
-        """Every attention core of the module: a layer's, or each layer's (self and cross)."""
-        return [m.core for m in module.modules() if isinstance(m, MultiHeadAttention)]
+        """Every attention core (or mixer) of the module: a layer's, or each layer's (self and cross)."""
+        return [m.core for m in module.modules() if isinstance(m, (MultiHeadAttention, MixerLayer))]
 
     def call(self, module, tensors, causal: bool):
         return module(*tensors)
@@ -51,6 +53,11 @@ class AttentionLevel(Level):
     name, has_qkv = "attention", True
 
     def build(self, spec):
+        if get_entry(spec.variant.name).facts.kind == "mixer":
+            raise UnsupportedError(
+                f"{spec.variant.name} is a sequence mixer (it takes the layer input, not q, k, v): "
+                "no attention-level form; use --level layer or model"
+            )
         return spec.variant.build().to(spec.device, spec.torch_dtype)
 
     def inputs(self, spec, n, grad, g):
@@ -86,7 +93,7 @@ class LayerLevel(Level):
     name = "layer"
 
     def build(self, spec):
-        return MultiHeadAttention(
+        return self_mixing(
             spec.heads * spec.head_dim,
             spec.heads,
             spec.variant.name,

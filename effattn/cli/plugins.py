@@ -16,7 +16,7 @@ from .common import StrictCommand, fail, wrap
 @click.option("--device", default="cpu", show_default=True, help="availability is judged for this device")
 @click.argument("pattern", default="*")
 def list_cmd(device, pattern):
-    """List registered attention plugins (PATTERN: shell wildcard)."""
+    """List registered plugins, attention and sequence mixers (PATTERN: shell wildcard)."""
     from ..registry import broken_plugins, get_entry, list_attention
 
     rows, unavailable = [], {}
@@ -35,13 +35,18 @@ def list_cmd(device, pattern):
             if ok
         ]
         why = e.availability(device)
-        kind = "exact" if f.exact else "approx"
+        kind = "mixer" if f.kind == "mixer" else "exact" if f.exact else "approx"
         rows.append((name, kind, f.complexity, ",".join(masks) or "-", "yes" if why is None else "no *"))
         unavailable[name] = why
     head = ("name", "kind", "complexity", "supports", f"on {device}")
     widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
     for r in [head] + rows:
         click.echo("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+    if rows:
+        click.echo(
+            "\nkind: exact and approx(imate) are attention plugins, called with q, k, v; a mixer is a sequence"
+            "\nmixer, called with the layer's input (it runs at --level layer and model, not attention)"
+        )
     if any(unavailable.values()):
         click.echo(f"\n* not available on {device}:")
         for name, why in unavailable.items():
@@ -180,11 +185,13 @@ def check(variant, device, seq_lens):
 @click.command("new-plugin", cls=StrictCommand)
 @click.argument("name")
 @click.option("--dir", "directory", default=".", show_default=True, help="where the package folder is made")
-def new_plugin(name, directory):
-    """Write a plugin package to fill in: NAME is the attention's registered name.
+@click.option("--mixer", is_flag=True, help="a sequence mixer (takes the layer's input: docs/mixers.md)")
+def new_plugin(name, directory, mixer):
+    """Write a plugin package to fill in: NAME is the plugin's registered name.
 
     It holds a pyproject.toml with the entry point, a plugin module with the contract's skeleton
-    and a test that runs the conformance suite (failing until forward is written)."""
+    and a test that runs the conformance suite (failing until forward is written; with --mixer,
+    a sequence mixer's skeleton, failing until mix and step_state are written)."""
     from ..registry import get_entry, list_attention
     from ..scaffold import names_for, new_plugin
 
@@ -192,8 +199,9 @@ def new_plugin(name, directory):
     clash = [x for x in list_attention() if x.lower() == name.lower()]  # (a case apart is too close)
     if clash:
         fail(f"a plugin named {clash[0]!r} is already registered ({get_entry(clash[0]).source}); choose another name")
-    root = new_plugin(name, directory)
-    click.echo(f"wrote {root}/ ({n['dist']}: {n['module']}.{n['cls']})")
+    root = new_plugin(name, directory, mixer=mixer)
+    cls = n["cls"].removesuffix("Attention") + "Mixer" if mixer else n["cls"]
+    click.echo(f"wrote {root}/ ({n['dist']}: {n['module']}.{cls})")
     click.echo(f"next: cd {shlex.quote(root)} && pip install -e '.[test]' && effattn list {name} && pytest")
 
 

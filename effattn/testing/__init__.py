@@ -33,6 +33,7 @@ from ..guard import TorchState
 from ..reference import reference_attention
 from ..registry import Facts, create_attention
 from . import checks, decoding_checks  # noqa: F401 - importing them registers the checks, in order
+from .mixer_checks import MIXER_CHECKS, run_mixer_checks
 from .suite import CHECKS, EXACT_RTOL, MAX_CHECK_LEN, PATTERN_BOUND, CheckResult, PluginRaised, Skip, Suite, check
 
 __all__ = ["CHECKS", "EXACT_RTOL", "CheckResult", "Skip", "Suite", "check", "check_attention", "conformance_tests",
@@ -144,7 +145,8 @@ def run_checks(
     """Run every check (or only the one named `only`) and return the results; never raises for
     a failed check. `seq_lens` are the first lengths; the pattern search may add longer ones.
     `on_result` is told each result as soon as its check ends (the CLI prints it then)."""
-    names = [n for n, _ in CHECKS]
+    kind = _kind(name_or_module)
+    names = [n for n, _ in (MIXER_CHECKS if kind == "mixer" else CHECKS)]
     lens = list(seq_lens) if isinstance(seq_lens, (list, tuple)) else None
     if not lens or any(isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CHECK_LEN for n in lens):
         raise ValueError(
@@ -153,6 +155,8 @@ def run_checks(
         )
     if only is not None and only not in names:
         raise ValueError(f"no check named {only!r}; the checks are {', '.join(names)}")
+    if kind == "mixer":
+        return _mixer_checks(name_or_module, seq_lens, batch, device, seed, only, on_result, options)
     try:
         suite = _suite(name_or_module, seq_lens, batch, heads, head_dim, device, seed, options)
     except Exception as e:  # noqa: BLE001 - a plugin that cannot be built fails, by name, never crashes the suite
@@ -187,6 +191,38 @@ def run_checks(
     return results
 
 
+def _kind(name_or_module) -> str:
+    """ "mixer" or "attention": from the registry for a name, from the class for a module."""
+    from ..registry import get_entry
+
+    if isinstance(name_or_module, str):
+        return get_entry(name_or_module).facts.kind
+    return getattr(name_or_module, "kind", "attention")
+
+
+def _mixer_checks(name_or_module, seq_lens, batch, device, seed, only, on_result, options):
+    """The mixer suite (effattn.testing.mixer_checks); a mixer that cannot be built fails `build`."""
+    if isinstance(name_or_module, str):
+
+        def build():
+            return create_attention(name_or_module, **options)
+    else:
+
+        def build():
+            return name_or_module
+
+    try:
+        torch.manual_seed(seed)
+        build()
+    except Exception as e:  # noqa: BLE001 - reported by name, as for attention plugins
+        r = [CheckResult("build", False, f"the mixer could not be built: {type(e).__name__}: {e}")]
+        for x in r if on_result else ():
+            on_result(x)
+        return r
+    return run_mixer_checks(build, isinstance(name_or_module, str), seq_lens=seq_lens, batch=batch, device=device,
+                            seed=seed, only=only, on_result=on_result)  # fmt: skip
+
+
 def summarize(results: list[CheckResult]) -> str:
     """`5 passed, 1 failed, 2 skipped`."""
     count = {s: sum(r.status == s for r in results) for s in ("passed", "failed", "skipped")}
@@ -213,7 +249,9 @@ def conformance_tests(name_or_module, **kwargs):
     Each check is its own test; one that does not apply is a pytest skip with its reason."""
     import pytest
 
-    @pytest.mark.parametrize("check_name", [n for n, _ in CHECKS])
+    checks_of_kind = MIXER_CHECKS if _kind(name_or_module) == "mixer" else CHECKS
+
+    @pytest.mark.parametrize("check_name", [n for n, _ in checks_of_kind])
     def test_conformance(check_name):
         (r,) = run_checks(name_or_module, only=check_name, **kwargs)
         if r.skipped:
