@@ -99,3 +99,49 @@ def test_scaffold_names(cli_here):
     assert code == 2 and "a plugin named 'full' is already registered" in err
     code, _, err = cli_here("new-plugin", "class")
     assert code == 2 and "is a Python keyword" in err
+
+
+MIX = """        u = self.in_proj(x)
+        h = x.new_zeros(x.shape[0], self.d_model) if state is None else state["h"].to(x.dtype)
+        out = []
+        for t in range(x.shape[1]):
+            h = self.decay * h + (1 - self.decay) * u[:, t]
+            out.append(h)
+        new = MixerState()
+        new["h"] = h
+        return self.out_proj(torch.stack(out, 1) if out else u), new
+"""
+STEP = """        state["h"] = self.decay * state["h"] + (1 - self.decay) * self.in_proj(x)[:, 0]
+        return self.out_proj(state["h"][:, None])
+"""
+
+
+@pytest.mark.slow
+def test_scaffold_mixer_round_trip(tmp_path, run_cli):
+    """`new-plugin --mixer`: a third-party mixer package, listed as a mixer, failing its suite until
+    mix and step_state are written, then passing the mixer conformance suite."""
+    r = run_cli("new-plugin", "my_ema", "--mixer", "--dir", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert "effattn_my_ema.MyEmaMixer" in r.stdout
+    pkg = tmp_path / "effattn-my-ema"
+    site = tmp_path / "site"
+    _install(pkg, site)
+    listed = run_cli("list", "my_ema", env_extra={"PYTHONPATH": str(site)})
+    row = next(x for x in listed.stdout.splitlines() if x.startswith("my_ema "))
+    assert row.split()[1] == "mixer" and "entry point (effattn-my-ema)" in listed.stdout, listed.stdout
+    t = _pytest(pkg, site)
+    assert t.returncode == 1 and "NotImplementedError: write MyEmaMixer.mix" in t.stdout, t.stdout[-3000:]
+
+    module = pkg / "effattn_my_ema" / "__init__.py"
+    text = module.read_text().replace(
+        "from effattn.mixers.base import MixerBase,", "from effattn.mixers.base import MixerBase, MixerState,"
+    )
+    text = text.replace('        raise NotImplementedError("write MyEmaMixer.mix")\n', MIX)
+    module.write_text(text.replace('        raise NotImplementedError("write MyEmaMixer.step_state")\n', STEP))
+    _install(pkg, site)
+    t = _pytest(pkg, site)
+    assert t.returncode == 0, t.stdout[-3000:]
+    assert "18 passed" in t.stdout.splitlines()[-1], t.stdout[-500:]  # 2 tests x 9 checks
+    r = run_cli("bench", "--attn", "my_ema", "--level", "layer", "--causal", "--seq-lens", "32", "--out",
+                str(tmp_path / "e.jsonl"), "--min-run-time", "0.01", env_extra={"PYTHONPATH": str(site)})  # fmt: skip
+    assert r.returncode == 0 and '"status": "ok"' in (tmp_path / "e.jsonl").read_text(), r.stderr
