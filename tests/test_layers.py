@@ -25,6 +25,7 @@ LAYERS = [
     # the package's face sits with the plugins: it hands the registry effattn's own plugins to load
     [
         "effattn.attention",
+        "effattn.mixers",
         "effattn.decoding",
         "effattn.model",
         "effattn.tasks",
