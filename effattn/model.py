@@ -175,6 +175,11 @@ class MixerLayer(nn.Module):
         self.causal = causal
         names = option_names(get_entry(mixer).target)[0]
         sized = {k: v for k, v in (("d_model", d_model), ("n_heads", n_heads)) if k in names and k not in options}
+        if "seed" in names and "seed" not in options:
+            # from torch's generator, as every other weight of the backbone: each layer its own draw,
+            # and the model's seed (torch.manual_seed) decides them (a fixed default would give every
+            # layer the same weights and every training seed the same mixers)
+            sized["seed"] = int(torch.randint(0, 2**31 - 1, ()))
         self.core = create_attention(mixer, **sized, **options)
 
     def forward(self, x, memory=None, key_padding_mask=None):

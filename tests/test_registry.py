@@ -141,3 +141,12 @@ def test_an_entry_point_that_is_not_callable_is_broken_not_fatal(monkeypatch):
     registry.load_entry_points(force=True)
     assert "adv_int" not in registry._REGISTRY
     assert registry._BROKEN["adv_int"] == "somewhere:NOT_CALLABLE is a int, not a class or factory"
+
+
+def test_a_nan_option_is_refused_whatever_its_range():
+    from effattn.options import check_float
+
+    for lo, hi, lo_open in ((0.0, None, False), (0.0, 1.0, False), (0.0, None, True)):
+        with pytest.raises(OptionError, match="got nan"):
+            check_float("x", float("nan"), lo, hi, lo_open)
+    assert check_float("x", 0.5, 0.0, 1.0) == 0.5
