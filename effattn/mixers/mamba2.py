@@ -65,9 +65,11 @@ def ssd_chunked(x, dt, log_a, b, c, chunk: int, state=None):
     c_in = c * torch.exp(g)  # (B, G, R, m, C, N): reads of the entering state, decayed up to row r
     S = x.new_zeros(Bsz, G, R, P, b.shape[-1]) if state is None else state
     inter = []
-    for k in range(m):  # the scan over chunks: n / C steps of a P x N state per head
-        inter.append(c_in[:, :, :, k] @ S.transpose(-1, -2))
-        S = carry[:, :, :, k] * S + update[:, :, :, k]
+    # the scan over chunks: n / C steps of a P x N state per head, on per-chunk tensors unbound
+    # once (indexing a chunk out of the whole tensor in the loop: a whole-tensor gradient per chunk)
+    for ck, keep, own in zip(c_in.unbind(3), carry.unbind(3), update.unbind(3)):
+        inter.append(ck @ S.transpose(-1, -2))
+        S = keep * S + own
     y = intra + torch.stack(inter, 3)
     return y.flatten(3, 4)[..., :n, :], S
 
