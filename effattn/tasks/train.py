@@ -25,7 +25,11 @@ class TrainSpec:
     conv_kernel: int = 0
     eval_batches: int = 8
     warmup: int = 50
-    norm_first: bool = False  # the paper's post-norm; pre-norm is available but measured no better on MQAR
+    #: the blocks' residual form. None: as each kind's papers build their blocks - post-norm around
+    #: attention (Vaswani et al.; pre-norm measured no better on MQAR), pre-norm around a sequence
+    #: mixer (GLA, DeltaNet, Gated DeltaNet and Mamba-2 are all pre-norm models; post-norm kept Gated
+    #: DeltaNet from learning the default MQAR: docs/mixers.md)
+    norm_first: bool | None = None
 
     def __post_init__(self):
         import math
@@ -52,8 +56,21 @@ class TrainSpec:
             or self.lr <= 0
         ):
             raise EffattnError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if self.norm_first is not None and not isinstance(self.norm_first, bool):
+            raise EffattnError(
+                f"norm_first must be true, false or None (by the plugin's kind), got {self.norm_first!r}"
+            )
         if self.d_model % self.n_heads:
             raise EffattnError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+
+
+def norm_first_for(variant: Variant, spec: TrainSpec) -> bool:
+    """The residual form the blocks take for `variant` (TrainSpec.norm_first; None: by its kind)."""
+    if spec.norm_first is not None:
+        return bool(spec.norm_first)
+    from ..registry import get_entry
+
+    return get_entry(variant.name).facts.kind == "mixer"
 
 
 def build_for_task(task: Task, variant: Variant, spec: TrainSpec) -> Transformer:
@@ -68,7 +85,7 @@ def build_for_task(task: Task, variant: Variant, spec: TrainSpec) -> Transformer
         attention=variant.name,
         attention_options=variant.options,
         conv_kernel=spec.conv_kernel,
-        norm_first=spec.norm_first,
+        norm_first=norm_first_for(variant, spec),
     )
     return Transformer(cfg, "decoder" if task.kind == "lm" else "encoder")
 
@@ -134,7 +151,8 @@ def train_task(
         "final_loss": sum(tail) / len(tail),
         "train_time_s": train_time,
         "tokens_per_s": spec.steps * spec.batch_size * seq_len / train_time,
-        "train_spec": asdict(spec),
+        "train_spec": asdict(spec),  # as asked (norm_first None: by kind), part of the run's identity
+        "norm_first": norm_first_for(variant, spec),  # the blocks' form this run trained with
         "seed": seed,
         "task": task.name,
         "task_options": task.options(),
