@@ -3,6 +3,8 @@ Each returns the value when it is valid and raises `OptionError` with a one-line
 
 from __future__ import annotations
 
+import math
+
 from .errors import OptionError
 
 
@@ -18,8 +20,8 @@ def check_int(name: str, value, lo: int, hi: int | None = None) -> int:
 def check_float(name: str, value, lo: float, hi: float | None = None, lo_open: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise OptionError(f"option {name} must be a number, got {value!r}")
-    if value != value:  # NaN passes every comparison below
-        raise OptionError(f"option {name} must be a number, got nan")
+    if not math.isfinite(value):  # NaN passes every comparison below; no option here means infinity
+        raise OptionError(f"option {name} must be a finite number, got {value}")
     bad = value <= lo if lo_open else value < lo
     if bad or (hi is not None and value > hi):
         rng = (f"> {lo}" if lo_open else f">= {lo}") + ("" if hi is None else f" and <= {hi}")

@@ -143,10 +143,13 @@ def test_an_entry_point_that_is_not_callable_is_broken_not_fatal(monkeypatch):
     assert registry._BROKEN["adv_int"] == "somewhere:NOT_CALLABLE is a int, not a class or factory"
 
 
-def test_a_nan_option_is_refused_whatever_its_range():
+def test_a_nan_or_infinite_option_is_refused_whatever_its_range():
     from effattn.options import check_float
 
-    for lo, hi, lo_open in ((0.0, None, False), (0.0, 1.0, False), (0.0, None, True)):
-        with pytest.raises(OptionError, match="got nan"):
-            check_float("x", float("nan"), lo, hi, lo_open)
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        for lo, hi, lo_open in ((0.0, None, False), (0.0, 1.0, False), (0.0, None, True), (-1e300, None, False)):
+            with pytest.raises(OptionError, match="finite number"):
+                check_float("x", bad, lo, hi, lo_open)
+    with pytest.raises(OptionError, match="expand_k"):  # it overflowed in the width's arithmetic
+        effattn.create_attention("gla", expand_k=float("inf"))
     assert check_float("x", 0.5, 0.0, 1.0) == 0.5

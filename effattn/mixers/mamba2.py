@@ -139,8 +139,8 @@ class Mamba2(MixerBase):
     def init_parameter(self, name, p, gen):
         """A ~ U(1, 16) (A_log its log, the paper's and mamba_ssm's A_init_range; HF's takes 1..H);
         dt log-uniform in [dt_min, dt_max], floored at 1e-4, and dt_bias = softplus^-1(dt); D = d_init
-        (1, the papers'; 0 starts without the skip, which on a short MQAR budget is the difference
-        between learning and not: docs/mixers.md);
+        (1, the papers'; 0 starts without the skip: on MQAR it leaves the loss plateau sooner,
+        docs/mixers.md);
         the convolution's bias 0 (HF's); weights as the base's (nn.Linear's and nn.Conv1d's)."""
         if name == "A_log":
             p.copy_(torch.log(1 + 15 * torch.rand(p.shape, generator=gen, dtype=torch.float64)))

@@ -124,6 +124,10 @@ def empty_input(s: MixerSuite):
     y = m(x, causal=True)
     assert tuple(y.shape) == (s.batch, 0, m.d_model), f"got {tuple(y.shape)}"
     y.sum().backward()
+    x0 = torch.zeros(0, 5, m.d_model, dtype=x.dtype, device=x.device, requires_grad=True)  # no rows
+    y0 = m(x0, causal=True)
+    assert tuple(y0.shape) == (0, 5, m.d_model), f"batch 0: got {tuple(y0.shape)}"
+    y0.sum().backward()
 
 
 @mixer_check
@@ -132,13 +136,14 @@ def decoding_equals_forward(s: MixerSuite):
     n = max(max(s.seq_lens), 8)
     x = s.x(n)
     full = m(x, causal=True)
-    p = n // 3
+    p, r = n // 3, (2 * n) // 3
     state = m.new_cache(s.batch, dtype=torch.float64, device=s.device)
     outs = [m.prefill(state, x[:, :p])]
     size = state.nbytes()
-    for t in range(p, n):
+    for t in range(p, r):
         outs.append(m.step(state, x[:, t : t + 1]))
-    _close(torch.cat(outs, 1), full, f"prefill of {p} tokens then {n - p} steps against the forward")
+    outs.append(m.prefill(state, x[:, r:]))  # a prefill that continues a state (a later prompt)
+    _close(torch.cat(outs, 1), full, f"prefill of {p} tokens, {r - p} steps, a prefill of {n - r} against the forward")
     assert state.nbytes() == size, (
         f"the state grew with the context: {size} bytes after {p} tokens, {state.nbytes()} after {n}"
     )
