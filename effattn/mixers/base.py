@@ -201,6 +201,21 @@ class MixerBase(nn.Module):
         return y
 
 
+class QKVStateShapes:
+    """The decoding state of a q, k, v recurrence layer (GLA's, DeltaNet's): a (heads, D, Dv) state
+    and, with short convolutions, each convolution's last K - 1 inputs. Mixed into a MixerBase
+    subclass that sets n_heads, head_k_dim, head_v_dim, key_dim, value_dim, conv_size and
+    use_short_conv."""
+
+    def state_shapes(self, batch):
+        out = {"ssm": (batch, self.n_heads, self.head_k_dim, self.head_v_dim)}
+        if self.use_short_conv:
+            K = self.conv_size - 1
+            out |= {"conv_q": (batch, self.key_dim, K), "conv_k": (batch, self.key_dim, K)}
+            out["conv_v"] = (batch, self.value_dim, K)
+        return out
+
+
 class ShortConv(nn.Conv1d):
     """A short causal depthwise convolution over (B, n, C) with an optional SiLU, as the layers of
     GLA-family papers and Mamba-2 put on q, k, v (weight (C, 1, K), as nn.Conv1d's). Decoding keeps

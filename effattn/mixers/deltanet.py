@@ -32,16 +32,26 @@ from torch import nn
 from ..attention.deltanet import delta_chunked, l2_normalise
 from ..attention.gla import work_dtype
 from ..registry import register_mixer
-from .base import GatedRMSNorm, MixerBase, MixerState, RMSNorm, ShortConv, check_float, check_int
+from .base import GatedRMSNorm, MixerBase, MixerState, QKVStateShapes, RMSNorm, ShortConv, check_float, check_int
 
 
-class DeltaRuleLayer(MixerBase):
+class DeltaRuleLayer(QKVStateShapes, MixerBase):
     """What DeltaNet and Gated DeltaNet's layers share: projections, convolutions, the delta rule."""
 
     gated = False
     complexity = "O(n·C·D + n·D·Dv)"
 
-    def __init__(self, d_model, n_heads, seed, head_dim, expand_v, conv_size, chunk, use_short_conv):
+    def __init__(
+        self,
+        d_model: int = 64,
+        n_heads: int = 4,
+        seed: int = 0,
+        head_dim: int = 0,
+        expand_v: float = 1.0,
+        conv_size: int = 4,
+        chunk: int = 64,
+        use_short_conv: bool = True,
+    ):
         super().__init__(d_model, n_heads, seed)
         self.head_k_dim = check_int("head_dim", head_dim, 0) or d_model // n_heads
         expand_v = check_float("expand_v", expand_v, 0.0, lo_open=True)
@@ -148,14 +158,6 @@ class DeltaRuleLayer(MixerBase):
         state.last_flops = 2 * x.shape[0] * self.n_heads * self.head_k_dim * self.head_v_dim * 4
         return self._out(q @ state["ssm"], xw).to(x.dtype)
 
-    def state_shapes(self, batch):
-        out = {"ssm": (batch, self.n_heads, self.head_k_dim, self.head_v_dim)}
-        if self.use_short_conv:
-            K = self.conv_size - 1
-            out |= {"conv_q": (batch, self.key_dim, K), "conv_k": (batch, self.key_dim, K)}
-            out["conv_v"] = (batch, self.value_dim, K)
-        return out
-
     def projection_flops(self, batch, n):
         """q, k, v and beta (with the decay gate alpha and the output gate g), and the output."""
         d, H, D, Dv = self.d_model, self.n_heads, self.head_k_dim, self.head_v_dim
@@ -180,19 +182,6 @@ class DeltaNet(DeltaRuleLayer):
 
     small_options = ({"chunk": 5},)
 
-    def __init__(
-        self,
-        d_model: int = 64,
-        n_heads: int = 4,
-        seed: int = 0,
-        head_dim: int = 0,
-        expand_v: float = 1.0,
-        conv_size: int = 4,
-        chunk: int = 64,
-        use_short_conv: bool = True,
-    ):
-        super().__init__(d_model, n_heads, seed, head_dim, expand_v, conv_size, chunk, use_short_conv)
-
 
 @register_mixer("gated_deltanet")
 class GatedDeltaNet(DeltaRuleLayer):
@@ -200,16 +189,3 @@ class GatedDeltaNet(DeltaRuleLayer):
 
     gated = True
     small_options = ({"chunk": 5},)
-
-    def __init__(
-        self,
-        d_model: int = 64,
-        n_heads: int = 4,
-        seed: int = 0,
-        head_dim: int = 0,
-        expand_v: float = 1.0,
-        conv_size: int = 4,
-        chunk: int = 64,
-        use_short_conv: bool = True,
-    ):
-        super().__init__(d_model, n_heads, seed, head_dim, expand_v, conv_size, chunk, use_short_conv)

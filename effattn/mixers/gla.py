@@ -27,7 +27,7 @@ from torch import nn
 
 from ..attention.gla import gla_chunked, work_dtype
 from ..registry import register_mixer
-from .base import GatedRMSNorm, MixerBase, MixerState, ShortConv, check_float, check_int
+from .base import GatedRMSNorm, MixerBase, MixerState, QKVStateShapes, ShortConv, check_float, check_int
 
 
 def _width(name: str, d_model: int, expand: float, n_heads: int) -> int:
@@ -38,7 +38,7 @@ def _width(name: str, d_model: int, expand: float, n_heads: int) -> int:
 
 
 @register_mixer("gla")
-class GLA(MixerBase):
+class GLA(QKVStateShapes, MixerBase):
     """GLA's layer (Yang et al. 2024): a low-rank forget gate from the input, an output gate and norm."""
 
     complexity = "O(n·C·D + n·D·Dv)"
@@ -126,14 +126,6 @@ class GLA(MixerBase):
         state["ssm"] = torch.exp(log_a).transpose(-1, -2) * state["ssm"] + k.transpose(-1, -2) @ v
         state.last_flops = 2 * x.shape[0] * self.n_heads * self.head_k_dim * self.head_v_dim * 3
         return self._out(q @ state["ssm"], xw).to(x.dtype)
-
-    def state_shapes(self, batch):
-        out = {"ssm": (batch, self.n_heads, self.head_k_dim, self.head_v_dim)}
-        if self.use_short_conv:
-            K = self.conv_size - 1
-            out |= {"conv_q": (batch, self.key_dim, K), "conv_k": (batch, self.key_dim, K)}
-            out["conv_v"] = (batch, self.value_dim, K)
-        return out
 
     def projection_flops(self, batch, n):
         """q, k, v, the output gate g, the low-rank forget gate, and the output."""
