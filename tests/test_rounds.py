@@ -55,7 +55,10 @@ def test_a_group_is_timed_in_rounds_with_the_reference_between_them():
         lo, hi = r["time_ci_ms"]
         assert lo <= r["time_ms"] <= hi
         assert r["rounds_total"] == len(r["probe_gflops_raw"]) >= r["rounds"]
-        assert r["matmul_peak_gflops"] > 0 and r["loaded"] is False
+        # the host's state is not this test's subject: on a busy host (CI's one-minute load average
+        # stays high after the tests before) the group is flagged, and then it must say why; the
+        # verdict itself is tested on fake meters (test_integrity_round2, the load tests below)
+        assert r["matmul_peak_gflops"] > 0 and (r["loaded"] is False or bool(r["load_reasons"]))
     assert rows[0]["matmul_peak_gflops"] == rows[1]["matmul_peak_gflops"]  # one reference for the group
 
 
