@@ -231,3 +231,29 @@ def test_mamba2_d_init_sets_the_skip_and_is_validated():
     for bad in (float("nan"), -1.0, "one"):
         with pytest.raises(effattn.errors.OptionError, match="d_init"):
             effattn.create_attention("mamba2", d_init=bad)
+
+
+def test_the_bench_watch_sees_a_mixer_that_returns_garbage():
+    """At layer and model level the measured core's outputs are checked; a mixer is called with x
+    alone, and its NaN or misshapen output must be a problem, not an `ok` point."""
+    from effattn.bench.validate import CoreWatch
+
+    class Garbage(_Leaky):
+        def __init__(self, what="nan"):
+            super().__init__(leak="none")
+            self.what = what
+
+        def mix(self, x, state):
+            y, st = super().mix(x, state)
+            return (y * float("nan") if self.what == "nan" else y[:, :-1]), st
+
+    x = torch.randn(2, 6, 8)
+    for what, says in (("nan", "not finite"), ("short", "shape")):
+        m = Garbage(what)
+        with CoreWatch(m) as w:
+            m(x, causal=True)
+        assert any(says in p for p in w.problems), (what, w.problems)
+    honest = _Leaky(leak="none")
+    with CoreWatch(honest) as w:
+        honest(x, causal=True)
+    assert not w.problems

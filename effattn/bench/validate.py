@@ -84,6 +84,13 @@ class CoreWatch:
     def _on_forward(self, module, args, kwargs, out):
         self.calls += 1
         qkv = list(args[:3]) + [kwargs.get(k) for k in ("q", "k", "v")[len(args[:3]) :]]
+        if len(args) == 1 and isinstance(args[0], torch.Tensor) and args[0].dim() == 3:
+            # a sequence mixer, called with the layer input x (B, n, d_model): out is x's shape
+            x = args[0]
+            self._note(check_output(out, x.unsqueeze(1), x.unsqueeze(1), "mixer output")
+                       if not isinstance(out, torch.Tensor) or out.dim() != 3
+                       else check_output(out.unsqueeze(1), x.unsqueeze(1), x.unsqueeze(1), "mixer output"))  # fmt: skip
+            return
         if len(qkv) < 3 or not all(isinstance(t, torch.Tensor) for t in qkv[:3]):
             return
         q, k, v = qkv[:3]
